@@ -1,0 +1,205 @@
+"""Versioned artifact bundles: one folder per component, each with a checksummed ``manifest.json``.
+
+A release bundle looks like::
+
+    <bundle>/recall/manifest.json   item/user factors (.npz), id maps, ANN index
+    <bundle>/ranker/manifest.json   Triton model repository and tokenizer files
+    <bundle>/catalog/manifest.json  items with titles, attributes, prices
+
+Every file of a component is listed in its manifest with its sha256. Loading verifies each one and
+refuses a component with a missing, extra-unlisted-is-fine, changed or truncated file. Arrays are
+``.npz`` read with ``allow_pickle=False``; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopserve.errors import BundleError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_revision(cwd: Path | None = None) -> str | None:
+    """The current git commit of the code, or None outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+@dataclass
+class Manifest:
+    """What a component folder holds and where it came from.
+
+    Attributes:
+        component: ``recall``, ``ranker``, ``catalog``.
+        version: Release version of the bundle, e.g. ``2026.11.22-1``.
+        created: ISO-8601 UTC time of packaging.
+        files: Relative path -> sha256 of every file in the folder but the manifest.
+        data: Summary of the training data (counts, time range, source).
+        params: Training and serving parameters.
+        metrics: Offline evaluation metrics.
+        parent: Version this release was derived from, if any.
+        git_revision: Commit of the code that built it.
+        format_version: Manifest schema version.
+    """
+
+    component: str
+    version: str
+    created: str
+    files: dict[str, str]
+    data: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+    git_revision: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """Stable, human-readable JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Manifest:
+        """Parse a manifest dict, refusing one without the required keys."""
+        missing = [k for k in ("component", "version", "created", "files") if k not in raw]
+        if missing:
+            raise BundleError(f"manifest lacks {', '.join(missing)}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _listed_files(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def write_manifest(
+    folder: Path,
+    component: str,
+    version: str,
+    *,
+    data: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+) -> Manifest:
+    """Checksum every file under ``folder`` and write its ``manifest.json``.
+
+    Call it last, once every file of the component is in place.
+    """
+    folder = Path(folder)
+    manifest = Manifest(
+        component=component,
+        version=version,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        files=_listed_files(folder),
+        data=dict(data or {}),
+        params=dict(params or {}),
+        metrics=dict(metrics or {}),
+        parent=parent,
+        git_revision=git_revision(),
+    )
+    (folder / MANIFEST).write_text(manifest.to_json() + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read a component's manifest without checking files."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{folder}: no {MANIFEST}; not a packaged component")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
+    return Manifest.from_dict(raw)
+
+
+def verify(folder: Path) -> list[str]:
+    """Every problem with a component folder: missing files and checksum mismatches."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    problems = []
+    for rel, digest in sorted(manifest.files.items()):
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{rel}: sha256 mismatch")
+    return problems
+
+
+def load_component(folder: Path, component: str | None = None) -> Manifest:
+    """Verify a component folder and return its manifest.
+
+    Raises:
+        BundleError: no manifest, wrong component, or any missing or changed file.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if component is not None and manifest.component != component:
+        raise BundleError(
+            f"{folder}: manifest is for component '{manifest.component}', expected '{component}'"
+        )
+    problems = verify(folder)
+    if problems:
+        raise BundleError(f"{folder}: refusing corrupt bundle: {'; '.join(problems)}")
+    return manifest
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays uncompressed (fast to load); object arrays are refused (they would pickle)."""
+    for name, array in arrays.items():
+        if np.asarray(array).dtype == object:
+            raise TypeError(f"array '{name}' has dtype object; store text as a 'U' array")
+    np.savez(path, **arrays)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` with pickling disabled."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def new_version(now: _dt.datetime | None = None) -> str:
+    """A sortable release version from the UTC time: ``YYYYMMDD.HHMMSS``."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    return now.strftime("%Y%m%d.%H%M%S")
