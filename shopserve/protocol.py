@@ -292,10 +292,11 @@ def _numeric_array(values: list[Any], datatype: str, dtype: np.dtype, name: str)
         ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     if not ok:
         raise InvalidInput(f"input '{name}': data must be {datatype} numbers")
-    try:
-        return np.asarray(values, dtype=dtype)
-    except OverflowError:
-        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
+    if datatype in _INTEGER_V2 and values:
+        info = np.iinfo(dtype)
+        if min(values) < info.min or max(values) > info.max:
+            raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+    return np.asarray(values, dtype=dtype)
 
 
 def _flatten(data: Any) -> Iterable[Any]:

@@ -1,0 +1,1 @@
+"""Lifecycle automation and the ``shopserve`` command line."""

@@ -1,0 +1,197 @@
+"""``shopserve``: the lifecycle command line.
+
+Subcommands (``shopserve <command> --help`` for each):
+
+* ``data``: generate the seeded catalog/behaviour/query world into a folder;
+* ``train recall``: tune, train, evaluate and package the MF recall component;
+* ``build-demo``: build the whole demo bundle (``make up`` runs it when the bundle is missing);
+* ``up``: start the local stack on a bundle, wait until ready, show a sample request, stop on Ctrl-C;
+* ``bundles verify``: check every checksum of a bundle's components.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from shopserve.artifacts import MANIFEST, verify
+from shopserve.errors import BundleError
+from shopserve.protocol import ITEM_IDS, RECALL_MODEL, USER_ID
+
+DEFAULT_BUNDLE = Path("artifacts/demo")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from shopserve.data.generator import GeneratorConfig, generate
+
+    presets = {"tiny": GeneratorConfig.tiny, "demo": GeneratorConfig.demo,
+               "bench": GeneratorConfig.bench}
+    start = time.perf_counter()
+    dataset = generate(presets[args.size](seed=args.seed))
+    dataset.save(args.out)
+    print(json.dumps(dataset.summary(), indent=2))
+    print(f"wrote {args.out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _cmd_train_recall(args: argparse.Namespace) -> int:
+    from predictors.recall.build import RecallBuildConfig, build_recall
+    from predictors.recall.train import MFParams
+    from shopserve.artifacts import new_version
+    from shopserve.data.generator import Dataset
+    from shopserve.data.movielens import load_movielens_100k
+
+    if args.data == "movielens":
+        log, items = load_movielens_100k(), None
+    else:
+        dataset = Dataset.load(args.data)
+        log, items = dataset.events.log, dataset.item_map
+    config = RecallBuildConfig(
+        params=None if args.tune else MFParams(factors=args.factors, iterations=args.iterations),
+    )
+    manifest = build_recall(log, args.out, args.version or new_version(), items=items,
+                            config=config)
+    print(json.dumps(manifest.metrics, indent=2))
+    return 0
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import build_demo_bundle
+
+    report = build_demo_bundle(args.out)
+    print(report.table())
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from pipeline.stack import Component, Stack
+
+    bundle = Path(args.bundle)
+    for component in ("recall",):
+        if not (bundle / component / MANIFEST).is_file():
+            print(f"no {component} component in {bundle}; run `make up` or "
+                  f"`shopserve build-demo --out {bundle}` first", file=sys.stderr)
+            return 2
+    recall = Component("recall", "predictors.recall", args.recall_http_port, {
+        "RECALL_BUNDLE_DIR": str(bundle / "recall"),
+        "RECALL_HTTP_PORT": str(args.recall_http_port),
+        "RECALL_GRPC_PORT": str(args.recall_grpc_port),
+    })
+    start = time.perf_counter()
+    with Stack([recall], bundle.parent / "logs") as stack:
+        try:
+            ready = stack.start()
+        except RuntimeError as exc:
+            print(f"the stack did not start: {exc}", file=sys.stderr)
+            return 1
+        print(f"ready in {time.perf_counter() - start:.1f}s: "
+              + ", ".join(f"{n} {s:.1f}s" for n, s in ready.items()))
+        print(f"  mf-recall  http://127.0.0.1:{args.recall_http_port}  "
+              f"grpc 127.0.0.1:{args.recall_grpc_port}  metrics /metrics")
+        _sample_recall_request(bundle, recall.url)
+        if args.check:
+            return 0
+        print("\nPress Ctrl-C to stop.")
+        stack.wait()
+        print("stopping ...")
+    print("stopped.")
+    return 0
+
+
+def _sample_recall_request(bundle: Path, url: str) -> None:
+    from shopserve.data.generator import Dataset
+
+    dataset = Dataset.load(bundle / "catalog")
+    user = int(dataset.events.log.user_ids[-1])
+    body = {"inputs": [{"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [user]}],
+            "parameters": {"top_k": 5}}
+    print("\nSample request (recommendations for a known user):")
+    print(f"  curl -s {url}/v2/models/{RECALL_MODEL}/infer -H 'Content-Type: application/json' "
+          f"-d '{json.dumps(body)}'")
+    response = httpx.post(f"{url}/v2/models/{RECALL_MODEL}/infer", json=body, timeout=10)
+    response.raise_for_status()
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    ids = np.asarray(outputs[ITEM_IDS]["data"], dtype=np.int64)
+    scores = outputs["scores"]["data"]
+    titles = dataset.items.title[dataset.item_rows(ids)]
+    print(f"Answer for user {user}:")
+    for rank, (item, score, title) in enumerate(zip(ids, scores, titles, strict=True), 1):
+        print(f"  {rank}. {title}  (item {item}, score {score:.3f})")
+
+
+def _cmd_bundles_verify(args: argparse.Namespace) -> int:
+    bundle = Path(args.bundle)
+    components = sorted(p.parent for p in bundle.glob(f"*/{MANIFEST}"))
+    if not components:
+        print(f"{bundle}: no components", file=sys.stderr)
+        return 1
+    failed = False
+    for folder in components:
+        try:
+            problems = verify(folder)
+        except BundleError as exc:
+            problems = [str(exc)]
+        print(f"{folder.name:<10} {'ok' if not problems else 'CORRUPT'}")
+        for problem in problems:
+            print(f"  {problem}")
+        failed |= bool(problems)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="shopserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate the seeded catalog, behaviour log and queries")
+    data.add_argument("--size", choices=("tiny", "demo", "bench"), default="demo")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--out", type=Path, required=True)
+    data.set_defaults(func=_cmd_data)
+
+    train = sub.add_parser("train", help="train and package a component")
+    train_sub = train.add_subparsers(dest="component", required=True)
+    recall = train_sub.add_parser("recall", help="tune, train, evaluate and package MF recall")
+    recall.add_argument("--data", default="movielens",
+                        help="a dataset folder from `shopserve data`, or 'movielens'")
+    recall.add_argument("--out", type=Path, required=True, help="recall component folder")
+    recall.add_argument("--tune", action="store_true", help="grid-search hyper-parameters first")
+    recall.add_argument("--factors", type=int, default=64)
+    recall.add_argument("--iterations", type=int, default=15)
+    recall.add_argument("--version", default=None)
+    recall.set_defaults(func=_cmd_train_recall)
+
+    demo = sub.add_parser("build-demo", help="build the demo bundle")
+    demo.add_argument("--out", type=Path, default=DEFAULT_BUNDLE)
+    demo.set_defaults(func=_cmd_build_demo)
+
+    up = sub.add_parser("up", help="run the local stack on a bundle")
+    up.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    up.add_argument("--recall-http-port", type=int, default=8090)
+    up.add_argument("--recall-grpc-port", type=int, default=8091)
+    up.add_argument("--check", action="store_true",
+                    help="start, send the sample request, then stop (for scripts)")
+    up.set_defaults(func=_cmd_up)
+
+    bundles = sub.add_parser("bundles", help="inspect bundles")
+    bundles_sub = bundles.add_subparsers(dest="action", required=True)
+    check = bundles_sub.add_parser("verify", help="check every checksum of a bundle")
+    check.add_argument("bundle", type=Path)
+    check.set_defaults(func=_cmd_bundles_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``shopserve`` command."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

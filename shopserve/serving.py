@@ -1,0 +1,239 @@
+"""KServe adapter pieces shared by the KServe components (recall predictor, search transformer).
+
+This is the only core module that imports kserve; the ranker process (Triton) never imports it
+(kserve and ``tritonclient.grpc`` register the same protos, see DESIGN.md).
+
+It provides:
+
+* :func:`decode_inputs` / :func:`encode_response`: v2 request -> validated numpy, numpy -> v2
+  response, over the same code for REST (JSON or binary) and gRPC (typed or raw contents).
+* :func:`request_parameters`: request parameters as plain Python values for both transports.
+* :class:`ContractModel`: a ``kserve.Model`` whose v2 metadata lists the contract's real tensors.
+* :func:`serve`: run a ``ModelServer`` with the error table of :mod:`shopserve.errors` installed on
+  REST (gRPC reads it through ``GrpcException``) and bound to the configured address.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kserve import Model, ModelServer
+from kserve import model_server as _kserve_model_server
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
+from kserve.protocol.rest.server import RESTServer
+
+from shopserve.errors import InvalidInput, ShopserveError
+from shopserve.protocol import (
+    ModelContract,
+    check_tensor,
+    from_json_tensor,
+    from_raw,
+    v2_datatype,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests and responses.
+# --------------------------------------------------------------------------------------------------
+
+
+def decode_inputs(request: InferRequest, contract: ModelContract) -> dict[str, np.ndarray]:
+    """Validate a request's tensors against ``contract`` and decode them into numpy.
+
+    Raises:
+        InvalidInput: an unknown or repeated input, a missing required input, a wrong datatype or
+            rank, or data that does not fill the declared shape; the message names the input.
+    """
+    specs = {spec.name: spec for spec in contract.inputs}
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in request.inputs:
+        name = tensor.name
+        if name not in specs:
+            raise InvalidInput(
+                f"unknown input '{name}' for model '{contract.name}'; "
+                f"expected one of {sorted(specs)}"
+            )
+        if name in arrays:
+            raise InvalidInput(f"input '{name}' is given twice")
+        shape = [int(d) for d in tensor.shape]
+        check_tensor(specs[name], tensor.datatype, shape)
+        raw = getattr(tensor, "_raw_data", None)  # set by KServe for gRPC raw / REST binary data
+        if raw is not None:
+            arrays[name] = from_raw(raw, tensor.datatype, shape, name)
+        else:
+            data = tensor.data
+            if isinstance(data, np.ndarray):
+                data = data.tolist()
+            arrays[name] = from_json_tensor(
+                {"name": name, "datatype": tensor.datatype, "shape": shape, "data": data}
+            )
+    missing = [s.name for s in contract.inputs if not s.optional and s.name not in arrays]
+    if missing:
+        raise InvalidInput(f"missing input '{missing[0]}' for model '{contract.name}'")
+    return arrays
+
+
+def request_parameters(request: InferRequest) -> dict[str, Any]:
+    """The request-level parameters as plain Python values, for REST and gRPC alike."""
+    params = request.parameters
+    if not params:
+        return {}
+    if isinstance(params, Mapping) and all(not hasattr(v, "WhichOneof") for v in params.values()):
+        return dict(params)
+    return dict(to_http_parameters(params))
+
+
+def encode_response(
+    request: InferRequest,
+    contract: ModelContract,
+    outputs: Mapping[str, np.ndarray],
+    parameters: Mapping[str, Any] | None = None,
+) -> InferResponse:
+    """A v2 response with the contract's outputs, in the contract's order and datatypes."""
+    infer_outputs = []
+    for spec in contract.outputs:
+        array = np.asarray(outputs[spec.name])
+        if v2_datatype(array) != spec.datatype:
+            raise TypeError(f"output '{spec.name}' is {v2_datatype(array)}, not {spec.datatype}")
+        out = InferOutput(name=spec.name, shape=list(array.shape), datatype=spec.datatype)
+        out.set_data_from_numpy(array, binary_data=request.use_binary_outputs)
+        infer_outputs.append(out)
+    return InferResponse(
+        response_id=request.id or "",
+        model_name=contract.name,
+        infer_outputs=infer_outputs,
+        from_grpc=request.from_grpc,
+        parameters=dict(parameters) if parameters else None,
+        use_binary_outputs=request.use_binary_outputs,
+    )
+
+
+class ContractModel(Model):
+    """A ``kserve.Model`` that reports the contract's tensors in its v2 metadata."""
+
+    contract: ModelContract
+
+    def __init__(self, contract: ModelContract, name: str | None = None) -> None:
+        super().__init__(name or contract.name)
+        self.contract = contract
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """v2 metadata of the inputs."""
+        return [spec.metadata() for spec in self.contract.inputs]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """v2 metadata of the outputs."""
+        return [spec.metadata() for spec in self.contract.outputs]
+
+
+# --------------------------------------------------------------------------------------------------
+# The server.
+# --------------------------------------------------------------------------------------------------
+
+
+async def _shopserve_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ShopserveError)
+    # Logged once here, at the boundary; payloads are never logged.
+    level = logging.WARNING if exc.http_status < 500 else logging.ERROR
+    log.log(level, "%s: %s", type(exc).__name__, exc)
+    return JSONResponse(status_code=int(exc.http_status), content=exc.body())
+
+
+async def _request_validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    # FastAPI answers 422 with its own body shape; the v2 contract says 400 {"error": ...}.
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
+        for err in exc.errors()[:3]
+    )
+    return JSONResponse(status_code=400, content={"error": f"invalid request body ({problems})"})
+
+
+def _bound_rest_server(host: str) -> type[RESTServer]:
+    class BoundRESTServer(RESTServer):
+        """KServe's REST server, listening on ``host`` instead of every address."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    return BoundRESTServer
+
+
+def _bound_grpc_server(host: str) -> type[GRPCServer]:
+    from concurrent import futures
+
+    from grpc import aio
+
+    class BoundGRPCServer(GRPCServer):
+        """KServe's gRPC server, listening on ``host``; the rest as in ``GRPCServer.start``."""
+
+        async def start(self, max_workers: int) -> None:
+            servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                options=[
+                    ("grpc.max_send_message_length",
+                     self._kwargs.get("grpc_max_send_message_length")),
+                    ("grpc.max_receive_message_length",
+                     self._kwargs.get("grpc_max_receive_message_length")),
+                ],
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                servicer, self._server
+            )
+            self._server.add_insecure_port(f"{host}:{self._port}")
+            log.info("gRPC server listening on %s:%s", host, self._port)
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return BoundGRPCServer
+
+
+def serve(
+    models: Sequence[Model],
+    *,
+    http_port: int,
+    grpc_port: int,
+    workers: int = 1,
+    bind_host: str = "0.0.0.0",
+    grace_period: int = 10,
+) -> None:
+    """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
+
+    Args:
+        models: Loaded models to register.
+        http_port: REST port (v2 endpoints and ``/metrics``).
+        grpc_port: gRPC ``GRPCInferenceService`` port.
+        workers: uvicorn worker processes (1 keeps one copy of the model in memory).
+        bind_host: Address to listen on: ``0.0.0.0`` in a pod, ``127.0.0.1`` on one machine.
+        grace_period: Seconds to finish in-flight requests on shutdown.
+    """
+    _kserve_model_server.app.add_exception_handler(ShopserveError, _shopserve_error_handler)
+    _kserve_model_server.app.add_exception_handler(RequestValidationError,
+                                                   _request_validation_handler)
+    if bind_host not in ("0.0.0.0", "::", ""):
+        # KServe hard-codes every-address binding; swap in subclasses that honour bind_host.
+        _kserve_model_server.RESTServer = _bound_rest_server(bind_host)  # type: ignore[misc]
+        _kserve_model_server.GRPCServer = _bound_grpc_server(bind_host)  # type: ignore[misc]
+    server = ModelServer(
+        http_port=http_port,
+        grpc_port=grpc_port,
+        workers=workers,
+        grace_period=grace_period,
+        enable_docs_url=False,
+    )
+    server.start(list(models))

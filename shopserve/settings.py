@@ -1,0 +1,158 @@
+"""Settings of each component: defaults < environment < the CLI flags the KServe controller injects.
+
+One concept, three mechanical spellings: Helm ``recall.topK`` <-> env ``RECALL_TOP_K`` <-> field
+``top_k``. Nothing is parsed at import time: a component's ``__main__`` calls :func:`load`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="ServerSettings")
+
+#: Flags the KServe controller passes to every container; unknown flags are ignored.
+KSERVE_FLAGS: dict[str, type] = {
+    "model_name": str,
+    "predictor_host": str,
+    "http_port": int,
+    "grpc_port": int,
+    "workers": int,
+}
+
+
+class ServerSettings(BaseSettings):
+    """Settings every server shares."""
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+
+    model_name: str
+    """Model name served on the v2 endpoints."""
+    http_port: int = Field(ge=0, le=65535)
+    """REST port: v2 endpoints and Prometheus ``/metrics``."""
+    grpc_port: int = Field(ge=0, le=65535)
+    """gRPC ``GRPCInferenceService`` port."""
+    bind_host: str = "127.0.0.1"
+    """Address to listen on: loopback on one machine; the chart sets ``0.0.0.0`` in pods."""
+    workers: int = Field(default=1, ge=1)
+    """uvicorn worker processes; each holds its own copy of the model."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level; payloads are never logged at INFO."""
+
+
+class RecallSettings(ServerSettings):
+    """The MF recall predictor (``python -m predictors.recall``), env prefix ``RECALL_``."""
+
+    model_config = SettingsConfigDict(env_prefix="RECALL_", extra="ignore", validate_default=True)
+
+    model_name: str = "mf-recall"
+    """Model name served on the v2 endpoints."""
+    http_port: int = Field(default=8090, ge=0, le=65535)
+    """REST port."""
+    grpc_port: int = Field(default=8091, ge=0, le=65535)
+    """gRPC port."""
+    bundle_dir: Path = Path("artifacts/demo/recall")
+    """Folder of the recall component of a bundle (KServe mounts ``storageUri`` at /mnt/models)."""
+    index: Literal["exact", "hnsw", "ivf"] = "exact"
+    """Top-k search: exact inner product (numpy) or approximate FAISS (HNSW or IVF)."""
+    top_k: int = Field(default=200, ge=1)
+    """Candidates returned when the request names no ``top_k``."""
+    max_top_k: int = Field(default=1000, ge=1)
+    """Largest ``top_k`` a request may ask for."""
+    max_batch: int = Field(default=256, ge=1)
+    """Largest number of users or items in one request."""
+    hnsw_m: int = Field(default=32, ge=4)
+    """HNSW graph degree (FAISS ``M``), used when ``index`` is ``hnsw``."""
+    hnsw_ef_construction: int = Field(default=80, ge=8)
+    """HNSW build-time beam width."""
+    hnsw_ef_search: int = Field(default=128, ge=1)
+    """HNSW query-time beam width: recall against latency."""
+    ivf_nlist: int = Field(default=1024, ge=1)
+    """IVF cell count, used when ``index`` is ``ivf``."""
+    ivf_nprobe: int = Field(default=32, ge=1)
+    """IVF cells visited per query."""
+    search_threads: int = Field(default=1, ge=1)
+    """BLAS/FAISS threads per search: 1 keeps per-request latency flat under concurrency."""
+
+
+def cli_overrides(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The KServe-injected flags present in ``argv`` (``--model_name`` ...), unknown ones ignored."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for name, kind in KSERVE_FLAGS.items():
+        parser.add_argument(f"--{name}", type=kind, default=None)
+    known, _ = parser.parse_known_args(list(argv or []))
+    return {k: v for k, v in vars(known).items() if v is not None}
+
+
+def load(cls: type[S], argv: Sequence[str] | None = None, **overrides: Any) -> S:
+    """Settings from defaults, then env, then CLI flags, then explicit ``overrides``."""
+    values = cli_overrides(argv)
+    values.update(overrides)
+    known = set(cls.model_fields)
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class SearchSettings(ServerSettings):
+    """The search transformer (``python -m transformers_pre``), env prefix ``SEARCH_``.
+
+    The KServe controller passes the ranker's address as ``--predictor_host``; it sets
+    ``ranker_host``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SEARCH_", extra="ignore", validate_default=True)
+
+    model_name: str = "search"
+    """Model name served on the v2 endpoints."""
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """REST port."""
+    grpc_port: int = Field(default=8081, ge=0, le=65535)
+    """gRPC port."""
+    bundle_dir: Path = Path("artifacts/demo")
+    """Bundle folder holding the ``catalog`` and ``ranker`` (tokenizer) components."""
+    recall_host: str = "127.0.0.1:8091"
+    """``host:port`` of the ``mf-recall`` predictor's v2 gRPC endpoint."""
+    recall_model: str = "mf-recall"
+    """Model name of the recall predictor."""
+    ranker_host: str = "127.0.0.1:8001"
+    """``host:port`` of the ranker's (Triton) v2 gRPC endpoint; ``--predictor_host`` sets it."""
+    ranker_model: str = "bert-ranker"
+    """Model name of the ranker."""
+    recall_timeout_ms: float = Field(default=100.0, gt=0)
+    """Time budget of one recall call, retries included."""
+    ranker_timeout_ms: float = Field(default=300.0, gt=0)
+    """Time budget of one ranker call, retries included; past it the answer degrades."""
+    upstream_retries: int = Field(default=1, ge=0, le=5)
+    """Retries of an upstream call, only on connection errors and UNAVAILABLE (503)."""
+    lexical_candidates: int = Field(default=100, ge=1)
+    """BM25 candidates per query."""
+    recall_candidates: int = Field(default=100, ge=1)
+    """MF candidates per request."""
+    rank_candidates: int = Field(default=50, ge=1)
+    """Candidates sent to the ranker (the best by first-stage score); the rest keep that score."""
+    weight_relevance: float = 1.0
+    """Blend weight of the ranker's relevance (or BM25 when the ranker is down)."""
+    weight_personal: float = 0.3
+    """Blend weight of the MF personalisation score."""
+    weight_popularity: float = 0.1
+    """Blend weight of the popularity prior."""
+    default_top_n: int = Field(default=10, ge=1)
+    """Results returned when the request names no ``top_n``."""
+    max_top_n: int = Field(default=100, ge=1)
+    """Largest ``top_n`` a request may ask for."""
+    max_query_chars: int = Field(default=256, ge=1)
+    """Longest query accepted (after normalisation), in characters."""
+    max_batch: int = Field(default=32, ge=1)
+    """Largest number of queries in one request."""
+
+
+def load_search(argv: Sequence[str] | None = None, **overrides: Any) -> SearchSettings:
+    """Search settings; ``--predictor_host`` (injected by KServe) names the ranker."""
+    cli = cli_overrides(argv)
+    if "predictor_host" in cli and "ranker_host" not in overrides:
+        overrides["ranker_host"] = cli["predictor_host"]
+    return load(SearchSettings, argv, **overrides)
