@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import numpy as np
 from kserve.protocol.infer_type import InferRequest, InferResponse
@@ -136,6 +135,3 @@ class RecallModel(ContractModel):
             )
         return name, ids
 
-    def metadata_parameters(self) -> dict[str, Any]:
-        """Parameters the model accepts, for docs."""
-        return {TOP_K: self.settings.top_k, EXCLUDE_SEEN: True}

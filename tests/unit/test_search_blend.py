@@ -1,0 +1,69 @@
+"""Pure pieces of the search transformer: query normalisation, candidate union, blending."""
+
+import numpy as np
+import pytest
+
+from shopserve.text import normalise_query
+from transformers_pre import blend
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  Red   Sneakers ", "red sneakers"),
+        ("Ｓｈｏｅｓ", "shoes"),
+        ("T-SHIRT\tnavy\n", "t-shirt navy"),
+        ("", ""),
+        ("Straße", "strasse"),
+    ],
+)
+def test_normalise_query(raw, expected):
+    assert normalise_query(raw) == expected
+
+
+def test_union_keeps_signals_of_both_sources():
+    c = blend.union(np.array([5, 2]), np.array([3.0, 1.0], np.float32),
+                    np.array([2, 9]), np.array([0.5, 0.7], np.float32))
+    assert c.rows.tolist() == [2, 5, 9]
+    assert c.lexical.tolist() == [1.0, 3.0, 0.0]
+    np.testing.assert_allclose(c.personal, [0.5, np.nan, 0.7])
+
+
+def test_union_can_use_mf_scores_without_adding_candidates():
+    c = blend.union(np.array([1]), np.array([2.0], np.float32), np.array([1, 4]),
+                    np.array([0.9, 0.8], np.float32), personal_only_rows=np.array([], np.int64))
+    assert c.rows.tolist() == [1] and c.personal.tolist() == pytest.approx([0.9])
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([2.0, 4.0, 0.0], [0.5, 1.0, 0.0]), ([0.0, 0.0], [0.0, 0.0]), ([], [])],
+)
+def test_scale_max(values, expected):
+    assert blend.scale_max(np.array(values, np.float32)).tolist() == expected
+
+
+def test_scale_min_max_maps_nan_to_zero():
+    out = blend.scale_min_max(np.array([1.0, np.nan, 3.0, 2.0], np.float32))
+    assert out.tolist() == [0.0, 0.0, 1.0, 0.5]
+    assert blend.scale_min_max(np.array([4.0, 4.0], np.float32)).tolist() == [1.0, 1.0]
+
+
+def test_sigmoid_is_stable_and_monotone():
+    out = blend.sigmoid(np.array([-1000.0, 0.0, 1000.0], np.float32))
+    assert out.tolist() == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_blend_weights_and_fallback_to_bm25():
+    c = blend.Candidates(np.array([0, 1]), np.array([1.0, 2.0], np.float32),
+                         np.array([np.nan, 5.0], np.float32))
+    w = blend.Weights(relevance=1.0, personal=0.5, popularity=0.25)
+    pop = np.array([1.0, 0.0], np.float32)
+    with_ranker = blend.blend(c, pop, w, np.array([0.9, 0.1], np.float32))
+    assert with_ranker.tolist() == pytest.approx([0.9 + 0.25, 0.1 + 0.5])
+    without = blend.blend(c, pop, w, None)
+    assert without.tolist() == pytest.approx([0.5 + 0.25, 1.0 + 0.5])
+
+
+def test_top_n_is_stable():
+    assert blend.top_n(np.array([1.0, 3.0, 3.0, 0.0]), 3).tolist() == [1, 2, 0]

@@ -1,0 +1,1 @@
+"""The search transformer: shopper request -> ranked product list (KServe model ``search``)."""

@@ -1,0 +1,129 @@
+"""The catalog the transformer serves from: item facts, the lexical index, users' purchases.
+
+Loaded once from the bundle's verified ``catalog`` component; everything here is read-only and
+pure, so one instance is shared by every request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import scipy.sparse as sp
+
+from shopserve.artifacts import Manifest, load_component
+from shopserve.data.generator import Dataset
+from shopserve.data.interactions import IdMap, to_csr
+
+COMPONENT = "catalog"
+
+
+@dataclass
+class Catalog:
+    """Items (row-aligned arrays), the BM25 index over their text, and purchases per user.
+
+    Attributes:
+        items: Item id <-> row.
+        titles: Title per row.
+        categories: Category per row.
+        prices: Price per row (float32).
+        popularity: Popularity prior per row, scaled to [0, 1] (float32).
+        popular_order: Rows by descending popularity.
+        users: User id <-> row of ``purchases``.
+        purchases: users x items CSR of purchases (for ``exclude_purchased``).
+        bm25: BM25 (Lucene variant) over title + attributes.
+        manifest: The component's manifest.
+    """
+
+    items: IdMap
+    titles: np.ndarray
+    categories: np.ndarray
+    prices: np.ndarray
+    popularity: np.ndarray
+    popular_order: np.ndarray
+    users: IdMap
+    purchases: sp.csr_matrix
+    bm25: bm25s.BM25
+    manifest: Manifest | None = None
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, manifest: Manifest | None = None) -> Catalog:
+        """Index a generated dataset."""
+        items = dataset.items
+        corpus = bm25s.tokenize(list(dataset.item_text()), stopwords="en", show_progress=False)
+        bm25 = bm25s.BM25(method="lucene")
+        bm25.index(corpus, show_progress=False)
+        popularity = items.popularity.astype(np.float32)
+        popularity = popularity / max(float(popularity.max()), 1e-12)
+        purchases = dataset.events.of_type("purchase")
+        users = IdMap.from_ids(dataset.users.user_id)
+        return cls(
+            items=dataset.item_map, titles=items.title, categories=items.category,
+            prices=items.price.astype(np.float32), popularity=popularity,
+            popular_order=np.argsort(-popularity, kind="stable"), users=users,
+            purchases=to_csr(purchases, users, dataset.item_map), bm25=bm25, manifest=manifest,
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Catalog:
+        """Verify and load the ``catalog`` component of a bundle."""
+        manifest = load_component(folder, COMPONENT)
+        return cls.from_dataset(Dataset.load(folder), manifest)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Row of each item id, -1 if unknown."""
+        return self.items.index(item_ids)
+
+    def purchased_rows(self, user_id: int) -> np.ndarray:
+        """Rows of the items a user bought (empty for unknown or anonymous users)."""
+        row = int(self.users.index(np.array([user_id]))[0])
+        if row < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.purchases.indices[self.purchases.indptr[row] : self.purchases.indptr[row + 1]]
+
+    def filter_mask(
+        self,
+        category: str | None,
+        min_price: float | None,
+        max_price: float | None,
+        exclude_rows: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """Boolean mask of allowed rows, or None when nothing is filtered."""
+        if category is None and min_price is None and max_price is None and (
+            exclude_rows is None or exclude_rows.size == 0
+        ):
+            return None
+        mask = np.ones(len(self), dtype=bool)
+        if category is not None:
+            mask &= self.categories == category
+        if min_price is not None:
+            mask &= self.prices >= min_price
+        if max_price is not None:
+            mask &= self.prices <= max_price
+        if exclude_rows is not None and exclude_rows.size:
+            mask[exclude_rows] = False
+        return mask
+
+    def lexical(self, query: str, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top-``k`` rows with a positive score, best first, within ``mask``."""
+        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        if not tokens:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        scores = self.bm25.get_scores(tokens).astype(np.float32, copy=False)
+        if mask is not None:
+            scores = np.where(mask, scores, 0.0)
+        positive = np.flatnonzero(scores > 0)
+        if positive.size > k:
+            positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
+        order = positive[np.argsort(-scores[positive], kind="stable")]
+        return order.astype(np.int64), scores[order]
+
+    def popular(self, k: int, mask: np.ndarray | None) -> np.ndarray:
+        """The ``k`` most popular rows within ``mask``."""
+        order = self.popular_order if mask is None else self.popular_order[mask[self.popular_order]]
+        return order[:k]

@@ -1,0 +1,233 @@
+"""``search``: the KServe adapter of the transformer.
+
+Decodes and validates the v2 request (400 naming the field, REST and gRPC alike), runs
+:class:`~transformers_pre.engine.SearchEngine` for every row concurrently, and encodes the ranked
+lists with ``degraded`` and ``stage_ms`` in the response parameters. Counts each degradation and
+times each stage in Prometheus.
+
+Response parameters are v2 scalars so REST and gRPC carry the same thing: ``degraded`` is a
+comma-separated list of stage names (empty when nothing degraded), ``stage_ms`` a JSON object of
+milliseconds per stage (the slowest row's, when the batch has several).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from kserve.protocol.infer_type import InferRequest, InferResponse
+from prometheus_client import Counter, Gauge, Histogram
+from transformers import AutoTokenizer
+
+from shopserve.artifacts import load_component
+from shopserve.errors import BundleError, InvalidInput, ModelNotReady
+from shopserve.protocol import (
+    ANONYMOUS_USER,
+    CATEGORY,
+    DEGRADED,
+    EXCLUDE_PURCHASED,
+    ITEM_IDS,
+    MAX_PRICE,
+    MIN_PRICE,
+    QUERY,
+    SCORES,
+    SEARCH,
+    STAGE_MS,
+    TITLES,
+    TOP_N,
+    USER_ID,
+    parameter,
+)
+from shopserve.serving import ContractModel, decode_inputs, encode_response, request_parameters
+from shopserve.settings import SearchSettings
+from shopserve.text import normalise_query
+from transformers_pre.blend import Weights
+from transformers_pre.catalog import Catalog
+from transformers_pre.engine import (
+    STAGES,
+    EngineConfig,
+    SearchEngine,
+    SearchRequest,
+    SearchResult,
+    is_timeout,
+)
+from transformers_pre.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+STAGE_SECONDS = Histogram(
+    "shopserve_search_stage_seconds", "Time per request stage of the search transformer.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5),
+)
+REQUEST_SECONDS = Histogram(
+    "shopserve_search_request_seconds", "End-to-end time of a search request.", ["mode"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5),
+)
+REQUESTS = Counter("shopserve_search_rows_total", "Request rows answered, by mode.", ["mode"])
+DEGRADED_TOTAL = Counter(
+    "shopserve_search_degraded_total",
+    "Request rows answered without a failing dependency, by stage and reason.",
+    ["stage", "reason"],
+)
+MODEL_INFO = Gauge(
+    "shopserve_model_info", "Loaded model version (value 1).",
+    ["component", "model", "version", "index"],
+)
+
+RANKER_COMPONENT = "ranker"
+TOKENIZER_DIR = "tokenizer"
+
+
+class SearchModel(ContractModel):
+    """The ``search`` transformer as a KServe model."""
+
+    def __init__(self, settings: SearchSettings) -> None:
+        super().__init__(SEARCH, settings.model_name)
+        self.settings = settings
+        self.engine: SearchEngine | None = None
+
+    def load(self) -> bool:
+        """Load the catalog and the ranker's tokenizer; open (lazy) upstream channels."""
+        s = self.settings
+        bundle = Path(s.bundle_dir)
+        try:
+            catalog = Catalog.load(bundle / "catalog")
+            ranker = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT)
+            tokenizer = AutoTokenizer.from_pretrained(
+                bundle / RANKER_COMPONENT / TOKENIZER_DIR, local_files_only=True)
+        except (BundleError, OSError, KeyError, ValueError) as exc:
+            raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
+        max_length = int(ranker.params.get("max_length", 64))
+        config = EngineConfig(
+            lexical_candidates=s.lexical_candidates, recall_candidates=s.recall_candidates,
+            rank_candidates=s.rank_candidates, max_length=max_length,
+            weights=Weights(s.weight_relevance, s.weight_personal, s.weight_popularity),
+        )
+        self.engine = SearchEngine(
+            catalog, tokenizer,
+            Upstream("recall", s.recall_host, s.recall_model, s.recall_timeout_ms / 1000,
+                     s.upstream_retries),
+            Upstream("ranker", s.ranker_host, s.ranker_model, s.ranker_timeout_ms / 1000,
+                     s.upstream_retries),
+            config,
+        )
+        self.categories = frozenset(np.unique(catalog.categories).tolist())
+        version = catalog.manifest.version if catalog.manifest else "unknown"
+        MODEL_INFO.labels("search", self.name, version, "bm25").set(1)
+        log.info("search ready: %d items, ranker %s (max_length %d), recall %s",
+                 len(catalog), s.ranker_host, max_length, s.recall_host)
+        self.ready = True
+        return self.ready
+
+    async def predict(
+        self, payload: InferRequest, headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
+        """Answer one v2 request: a ranked list per query row."""
+        if self.engine is None:
+            raise ModelNotReady(f"model '{self.name}' is not loaded")
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("expected a v2 inference request")
+        start = time.perf_counter()
+        request_id = (headers or {}).get("x-request-id") or payload.id or None
+        requests, normalise_ms = self._decode(payload, request_id)
+        results = await asyncio.gather(
+            *(self.engine.search(r, {"normalise": normalise_ms}) for r in requests))
+        mode = "search" if any(r.query for r in requests) else "recommend"
+        self._observe(requests, results)
+        REQUEST_SECONDS.labels(mode).observe(time.perf_counter() - start)
+        return self._encode(payload, requests, results)
+
+    # ------------------------------------------------------------------------------- decoding
+
+    def _decode(self, payload: InferRequest, request_id: str | None
+                ) -> tuple[list[SearchRequest], float]:
+        s = self.settings
+        inputs = decode_inputs(payload, self.contract)
+        queries = inputs[QUERY]
+        batch = queries.shape[0]
+        if batch == 0:
+            raise InvalidInput(f"input '{QUERY}': empty batch")
+        if batch > s.max_batch:
+            raise InvalidInput(f"input '{QUERY}': batch of {batch} exceeds the limit {s.max_batch}")
+        users = inputs.get(USER_ID)
+        if users is None:
+            users = np.full(batch, ANONYMOUS_USER, dtype=np.int64)
+        elif users.shape[0] != batch:
+            raise InvalidInput(f"input '{USER_ID}': batch of {users.shape[0]} differs from "
+                               f"'{QUERY}' batch of {batch}")
+        params = request_parameters(payload)
+        top_n = parameter(params, TOP_N, int, s.default_top_n, 1, s.max_top_n)
+        category = parameter(params, CATEGORY, str, None)
+        if category is not None and category not in self.categories:
+            raise InvalidInput(f"parameter '{CATEGORY}': unknown category {category!r}; "
+                               f"known: {', '.join(sorted(self.categories))}")
+        min_price = parameter(params, MIN_PRICE, float, None, 0.0)
+        max_price = parameter(params, MAX_PRICE, float, None, 0.0)
+        if min_price is not None and max_price is not None and min_price > max_price:
+            raise InvalidInput(f"parameter '{MIN_PRICE}' ({min_price}) exceeds "
+                               f"'{MAX_PRICE}' ({max_price})")
+        exclude = parameter(params, EXCLUDE_PURCHASED, bool, False)
+
+        start = time.perf_counter()
+        texts = [self._query_text(raw, row) for row, raw in enumerate(queries.tolist())]
+        normalise_ms = (time.perf_counter() - start) * 1000.0
+        requests = [
+            SearchRequest(query=text, user_id=int(user), top_n=top_n, category=category,
+                          min_price=min_price, max_price=max_price, exclude_purchased=exclude,
+                          request_id=request_id)
+            for text, user in zip(texts, users.tolist(), strict=True)
+        ]
+        return requests, normalise_ms
+
+    def _query_text(self, raw: bytes, row: int) -> str:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input '{QUERY}': row {row} is not valid UTF-8") from None
+        text = normalise_query(text)
+        if len(text) > self.settings.max_query_chars:
+            raise InvalidInput(f"input '{QUERY}': row {row} has {len(text)} characters, the limit "
+                               f"is {self.settings.max_query_chars}")
+        return text
+
+    # ------------------------------------------------------------------------------- encoding
+
+    def _encode(self, payload: InferRequest, requests: list[SearchRequest],
+                results: list[SearchResult]) -> InferResponse:
+        assert self.engine is not None
+        top_n = requests[0].top_n
+        batch = len(results)
+        item_ids = np.full((batch, top_n), -1, dtype=np.int64)
+        scores = np.zeros((batch, top_n), dtype=np.float32)
+        titles = np.full((batch, top_n), b"", dtype=object)
+        catalog = self.engine.catalog
+        for i, result in enumerate(results):
+            n = result.rows.shape[0]
+            item_ids[i, :n] = catalog.items.ids[result.rows]
+            scores[i, :n] = result.scores
+            titles[i, :n] = [t.encode("utf-8") for t in catalog.titles[result.rows].tolist()]
+        degraded = sorted({stage for r in results for stage in r.degraded})
+        stage_ms = {stage: round(max(r.stage_ms.get(stage, 0.0) for r in results), 3)
+                    for stage in STAGES if any(stage in r.stage_ms for r in results)}
+        return encode_response(
+            payload, self.contract, {ITEM_IDS: item_ids, SCORES: scores, TITLES: titles},
+            {DEGRADED: ",".join(degraded), STAGE_MS: json.dumps(stage_ms)},
+        )
+
+    @staticmethod
+    def _observe(requests: list[SearchRequest], results: list[SearchResult]) -> None:
+        for req, result in zip(requests, results, strict=True):
+            REQUESTS.labels("search" if req.query else "recommend").inc()
+            for stage, ms in result.stage_ms.items():
+                STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+            for stage, exc in result.failures.items():
+                reason = "timeout" if is_timeout(exc) else "unavailable"
+                DEGRADED_TOTAL.labels(stage, reason).inc()
+                log.warning("request %s degraded: %s", req.request_id or "-", exc)
+
