@@ -37,7 +37,7 @@ def test_split_holds_out_latest_fraction(count, expected_test):
 def test_split_is_per_user():
     log = _log([1] * 5 + [2] * 5, list(range(10)), [5, 4, 3, 2, 1, 10, 20, 30, 40, 50])
     _, test = temporal_split(log, 0.2)
-    assert sorted(zip(test.user_ids.tolist(), test.item_ids.tolist())) == [(1, 0), (2, 9)]
+    assert sorted(zip(test.user_ids.tolist(), test.item_ids.tolist(), strict=True)) == [(1, 0), (2, 9)]
 
 
 def test_csr_sums_duplicates_and_drops_unknown():
