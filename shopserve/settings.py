@@ -134,6 +134,8 @@ class SearchSettings(ServerSettings):
     """MF candidates per request."""
     rank_candidates: int = Field(default=50, ge=1)
     """Candidates sent to the ranker (the best by first-stage score); the rest keep that score."""
+    ranker_enabled: bool = True
+    """Score the shortlist with the ranker; off blends BM25 and MF only (not a degradation)."""
     weight_relevance: float = 1.0
     """Blend weight of the ranker's relevance (or BM25 when the ranker is down)."""
     weight_personal: float = 0.3

@@ -99,6 +99,7 @@ class EngineConfig:
     lexical_candidates: int = 100
     recall_candidates: int = 100
     rank_candidates: int = 50
+    ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
     max_length: int = 64
 
@@ -232,6 +233,8 @@ class SearchEngine:
 
     async def _rank(self, req: SearchRequest, rows: np.ndarray, result: SearchResult
                     ) -> np.ndarray | None:
+        if not self.config.ranker_enabled:
+            return None
         with _Timer(result.stage_ms, "tokenise"):
             titles = self.catalog.titles[rows].tolist()
             batch = encode_pairs(self.tokenizer, [req.query] * len(titles), titles,

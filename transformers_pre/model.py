@@ -105,7 +105,8 @@ class SearchModel(ContractModel):
         max_length = int(ranker.params.get("max_length", 64))
         config = EngineConfig(
             lexical_candidates=s.lexical_candidates, recall_candidates=s.recall_candidates,
-            rank_candidates=s.rank_candidates, max_length=max_length,
+            rank_candidates=s.rank_candidates, ranker_enabled=s.ranker_enabled,
+            max_length=max_length,
             weights=Weights(s.weight_relevance, s.weight_personal, s.weight_popularity),
         )
         self.engine = SearchEngine(
