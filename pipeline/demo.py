@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from predictors.recall.build import RecallBuildConfig, build_recall
-from shopserve.artifacts import Manifest, new_version, write_manifest
+from shopserve.artifacts import CATALOG_COMPONENT, RECALL_COMPONENT, Manifest, new_version, write_manifest
 from shopserve.data.generator import Dataset, GeneratorConfig, generate
-
-CATALOG = "catalog"
-RECALL = "recall"
 
 #: Small grid for the demo bundle: seconds, not minutes, on 2 cores.
 DEMO_GRID: dict[str, tuple[Any, ...]] = {
@@ -62,7 +59,7 @@ def save_catalog(dataset: Dataset, folder: Path, version: str) -> Manifest:
     """Store the generated world as the bundle's ``catalog`` component."""
     folder.mkdir(parents=True, exist_ok=True)
     dataset.save(folder)
-    return write_manifest(folder, CATALOG, version, data=dataset.summary())
+    return write_manifest(folder, CATALOG_COMPONENT, version, data=dataset.summary())
 
 
 def build_demo_bundle(
@@ -90,7 +87,7 @@ def build_demo_bundle(
     start = time.perf_counter()
     log(f"[1/{2 + len(extra_steps or [])}] data: generating the demo catalog and behaviour log")
     dataset = generate(config)
-    save_catalog(dataset, out / CATALOG, version)
+    save_catalog(dataset, out / CATALOG_COMPONENT, version)
     summary = dataset.summary()
     report.steps.append(StepResult(
         "data", time.perf_counter() - start,
@@ -101,7 +98,7 @@ def build_demo_bundle(
     start = time.perf_counter()
     log(f"[2/{2 + len(extra_steps or [])}] recall: tuning and training MF (implicit ALS)")
     manifest = build_recall(
-        dataset.events.log, out / RECALL, version, items=dataset.item_map, config=recall,
+        dataset.events.log, out / RECALL_COMPONENT, version, items=dataset.item_map, config=recall,
         data={"source": summary["source"], "seed": summary["seed"]},
     )
     model, pop = manifest.metrics["model"], manifest.metrics["popularity"]

@@ -29,6 +29,15 @@ from shopserve.errors import BundleError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
+# Component folders of a release bundle, and what other components read from them.
+CATALOG_COMPONENT = "catalog"
+RECALL_COMPONENT = "recall"
+RANKER_COMPONENT = "ranker"
+#: Hugging Face tokenizer files inside the ranker component.
+RANKER_TOKENIZER_DIR = "tokenizer"
+#: Ranker manifest parameter: the longest (query, title) sequence the model takes.
+MAX_SEQUENCE_LENGTH = "max_sequence_length"
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""

@@ -13,11 +13,9 @@ import bm25s
 import numpy as np
 import scipy.sparse as sp
 
-from shopserve.artifacts import Manifest, load_component
+from shopserve.artifacts import CATALOG_COMPONENT, Manifest, load_component
 from shopserve.data.generator import Dataset
 from shopserve.data.interactions import IdMap, to_csr
-
-COMPONENT = "catalog"
 
 
 @dataclass
@@ -69,7 +67,7 @@ class Catalog:
     @classmethod
     def load(cls, folder: Path) -> Catalog:
         """Verify and load the ``catalog`` component of a bundle."""
-        manifest = load_component(folder, COMPONENT)
+        manifest = load_component(folder, CATALOG_COMPONENT)
         return cls.from_dataset(Dataset.load(folder), manifest)
 
     def __len__(self) -> int:

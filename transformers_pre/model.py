@@ -23,7 +23,13 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Counter, Gauge, Histogram
 from transformers import AutoTokenizer
 
-from shopserve.artifacts import load_component
+from shopserve.artifacts import (
+    CATALOG_COMPONENT,
+    MAX_SEQUENCE_LENGTH,
+    RANKER_COMPONENT,
+    RANKER_TOKENIZER_DIR,
+    load_component,
+)
 from shopserve.errors import BundleError, InvalidInput, ModelNotReady
 from shopserve.protocol import (
     ANONYMOUS_USER,
@@ -79,9 +85,6 @@ MODEL_INFO = Gauge(
     ["component", "model", "version", "index"],
 )
 
-RANKER_COMPONENT = "ranker"
-TOKENIZER_DIR = "tokenizer"
-
 
 class SearchModel(ContractModel):
     """The ``search`` transformer as a KServe model."""
@@ -96,13 +99,13 @@ class SearchModel(ContractModel):
         s = self.settings
         bundle = Path(s.bundle_dir)
         try:
-            catalog = Catalog.load(bundle / "catalog")
+            catalog = Catalog.load(bundle / CATALOG_COMPONENT)
             ranker = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT)
             tokenizer = AutoTokenizer.from_pretrained(
-                bundle / RANKER_COMPONENT / TOKENIZER_DIR, local_files_only=True)
+                bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR, local_files_only=True)
+            max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
-        max_length = int(ranker.params.get("max_length", 64))
         config = EngineConfig(
             lexical_candidates=s.lexical_candidates, recall_candidates=s.recall_candidates,
             rank_candidates=s.rank_candidates, ranker_enabled=s.ranker_enabled,

@@ -21,11 +21,18 @@ import scipy.sparse as sp
 
 from predictors.recall.index import IndexConfig, TopKIndex, build_index, load_index
 from predictors.recall.train import MFModel
-from shopserve.artifacts import Manifest, load_component, load_npz, save_npz, write_manifest
+from shopserve.artifacts import (
+    RECALL_COMPONENT,
+    Manifest,
+    load_component,
+    load_npz,
+    save_npz,
+    write_manifest,
+)
 from shopserve.data.interactions import IdMap, Interactions, to_csr
 from shopserve.errors import BundleError
 
-COMPONENT = "recall"
+COMPONENT = RECALL_COMPONENT
 FACTORS = "factors.npz"
 SEEN = "seen.npz"
 #: Score of padding entries when fewer than k items are eligible (JSON has no -inf).
