@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 
 from shopserve.data.generator import Dataset
-from shopserve.metrics import mrr, ndcg_at_k, recall_at_k
+from shopserve.metrics import mrr, ndcg_at_k
 from shopserve.protocol import ANONYMOUS_USER, DEGRADED, ITEM_IDS, QUERY, SEARCH_MODEL, TOP_N, USER_ID
 
 
