@@ -31,6 +31,7 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 from kserve.protocol.rest.server import RESTServer
+from prometheus_client import Counter, Gauge
 
 from shopserve.errors import InvalidInput, ShopserveError
 from shopserve.protocol import (
@@ -42,6 +43,16 @@ from shopserve.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+REQUESTS_BY_CODE = Counter(
+    "shopserve_requests_total",
+    "Inference requests answered, by model and HTTP-equivalent status code (REST and gRPC).",
+    ["model", "code"],
+)
+MODEL_INFO = Gauge(
+    "shopserve_model_info", "Loaded model version (value 1).",
+    ["component", "model", "version", "index"],
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,6 +139,21 @@ class ContractModel(Model):
     def __init__(self, contract: ModelContract, name: str | None = None) -> None:
         super().__init__(name or contract.name)
         self.contract = contract
+
+    async def __call__(self, body: Any, headers: dict[str, str] | None = None,
+                       verb: Any = None) -> Any:
+        """KServe's call, counting each answer by status code for the error-ratio alerts."""
+        try:
+            result = await (super().__call__(body, headers) if verb is None
+                            else super().__call__(body, headers, verb))
+        except ShopserveError as exc:
+            REQUESTS_BY_CODE.labels(self.name, str(int(exc.http_status))).inc()
+            raise
+        except Exception:
+            REQUESTS_BY_CODE.labels(self.name, "500").inc()
+            raise
+        REQUESTS_BY_CODE.labels(self.name, "200").inc()
+        return result
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """v2 metadata of the inputs."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from kserve.protocol.infer_type import InferRequest, InferResponse
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from transformers import AutoTokenizer
 
 from shopserve.artifacts import (
@@ -48,7 +48,7 @@ from shopserve.protocol import (
     USER_ID,
     parameter,
 )
-from shopserve.serving import ContractModel, decode_inputs, encode_response, request_parameters
+from shopserve.serving import MODEL_INFO, ContractModel, decode_inputs, encode_response, request_parameters
 from shopserve.settings import SearchSettings
 from shopserve.text import normalise_query
 from transformers_pre.blend import Weights
@@ -79,10 +79,6 @@ DEGRADED_TOTAL = Counter(
     "shopserve_search_degraded_total",
     "Request rows answered without a failing dependency, by stage and reason.",
     ["stage", "reason"],
-)
-MODEL_INFO = Gauge(
-    "shopserve_model_info", "Loaded model version (value 1).",
-    ["component", "model", "version", "index"],
 )
 
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 from kserve.protocol.infer_type import InferRequest, InferResponse
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from predictors.recall.index import IndexConfig
 from predictors.recall.recommender import Recommender
@@ -26,7 +26,7 @@ from shopserve.protocol import (
     USER_ID,
     parameter,
 )
-from shopserve.serving import ContractModel, decode_inputs, encode_response, request_parameters
+from shopserve.serving import MODEL_INFO, ContractModel, decode_inputs, encode_response, request_parameters
 from shopserve.settings import RecallSettings
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ SEARCH_SECONDS = Histogram(
 BATCH_SIZE = Histogram(
     "shopserve_recall_batch_size", "Users or items per request.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-MODEL_INFO = Gauge(
-    "shopserve_model_info", "Loaded model version (value 1).",
-    ["component", "model", "version", "index"],
 )
 
 

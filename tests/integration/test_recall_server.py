@@ -172,7 +172,10 @@ def test_similar_items_exclude_the_item_itself(server: Server, factors: dict) ->
 def test_metrics_are_exported(server: Server, factors: dict) -> None:
     _json_infer(server, [{"name": USER_ID, "shape": [1], "datatype": "INT64",
                           "data": [int(factors["user_ids"][0])]}])
+    _json_infer(server, [])
     text = httpx.get(f"{server.http_url}/metrics").text
+    assert 'shopserve_requests_total{code="200",model="mf-recall"}' in text
+    assert 'shopserve_requests_total{code="400",model="mf-recall"}' in text
     assert 'shopserve_recall_requests_total{mode="user_id"}' in text
     assert "shopserve_recall_search_seconds_bucket" in text
     assert 'shopserve_model_info{component="recall"' in text
