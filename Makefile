@@ -10,7 +10,7 @@ DEMO_BUNDLE := $(ARTIFACTS)/demo
 # uses your own helm instead.
 TOOLS_STAMP := .tools/.installed
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests bench-recall demo-bundle lint clean
+.PHONY: bench-ranker venv up test test-unit test-integration test-charts tools manifests bench-recall demo-bundle lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
-$(DEMO_BUNDLE)/recall/manifest.json: | $(STAMP)
+$(DEMO_BUNDLE)/ranker/manifest.json: | $(STAMP)
 	$(PY) -m pipeline.cli build-demo --out $(DEMO_BUNDLE)
 
-demo-bundle: $(DEMO_BUNDLE)/recall/manifest.json
+demo-bundle: $(DEMO_BUNDLE)/ranker/manifest.json
 
 up: $(STAMP) demo-bundle
 	$(PY) -m pipeline.cli up --bundle $(DEMO_BUNDLE)
@@ -60,6 +60,10 @@ manifests: $(STAMP) tools
 bench-recall: $(STAMP)
 	$(PY) -m bench.recall_quality
 	$(PY) -m bench.recall_index
+
+# Ranker variants (torch, ONNX fp32/int8, pruned int8) and the local Triton; bench/results/ranker.md.
+bench-ranker: $(STAMP)
+	$(PY) -m bench.ranker
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import Model, ModelServer
 from kserve import model_server as _kserve_model_server
+from kserve.errors import InferenceError, inference_error_handler
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
@@ -35,6 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from shopserve.errors import InvalidInput, ShopserveError
 from shopserve.protocol import (
+    CONTRACTS,
     ModelContract,
     check_tensor,
     from_json_tensor,
@@ -187,6 +189,20 @@ async def _request_validation_handler(_: Request, exc: Exception) -> JSONRespons
     return JSONResponse(status_code=400, content={"error": f"invalid request body ({problems})"})
 
 
+async def _kserve_inference_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # KServe turns REST binary BYTES inputs into text before the model sees them and answers a
+    # non-UTF-8 element with a 500 InferenceError; that is bad input, so answer 400 naming it.
+    assert isinstance(exc, InferenceError)
+    if str(exc.reason).startswith("Failed to encode"):
+        contract = CONTRACTS.get(request.path_params.get("model_name", ""))
+        names = [t.name for t in contract.inputs if t.datatype == "BYTES"] if contract else []
+        field = f"input '{names[0]}'" if len(names) == 1 else "a BYTES input"
+        log.warning("rejected non-UTF-8 BYTES data in %s", field)
+        return JSONResponse(status_code=400, content={"error": f"{field}: an element is not valid "
+                                                      "UTF-8 (BYTES over REST must be UTF-8 text)"})
+    return await inference_error_handler(request, exc)
+
+
 def _bound_rest_server(host: str) -> type[RESTServer]:
     class BoundRESTServer(RESTServer):
         """KServe's REST server, listening on ``host`` instead of every address."""
@@ -251,6 +267,7 @@ def serve(
     _kserve_model_server.app.add_exception_handler(ShopserveError, _shopserve_error_handler)
     _kserve_model_server.app.add_exception_handler(RequestValidationError,
                                                    _request_validation_handler)
+    _kserve_model_server.app.add_exception_handler(InferenceError, _kserve_inference_error_handler)
     if bind_host not in ("0.0.0.0", "::", ""):
         # KServe hard-codes every-address binding; swap in subclasses that honour bind_host.
         _kserve_model_server.RESTServer = _bound_rest_server(bind_host)  # type: ignore[misc]
