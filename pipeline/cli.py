@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import numpy as np
 
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
     MANIFEST,
     RANKER_COMPONENT,
     RECALL_COMPONENT,
+    read_manifest,
     verify,
 )
 from shopserve.errors import BundleError
@@ -192,6 +194,48 @@ def _sample_search_request(bundle: Path, url: str) -> None:
         print(f"  degraded: {params.get(DEGRADED) or 'none'}; stage ms: {params.get(STAGE_MS)}")
 
 
+def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pipeline.evaluate_stack import VARIANTS, format_table, judge, send_queries
+    from pipeline.stack import Stack
+    from shopserve.data.generator import Dataset, split_queries
+
+    bundle = Path(args.bundle)
+    dataset = Dataset.load(bundle / CATALOG_COMPONENT)
+    split = read_manifest(bundle / RANKER_COMPONENT).params.get("build", {})
+    _, test_ids = split_queries(dataset, split.get("eval_fraction", 0.2), split.get("seed", 0))
+    if args.limit:
+        test_ids = test_ids[: args.limit]
+    rows = dataset.queries.query_id.searchsorted(test_ids)
+    texts = dataset.queries.text[rows].tolist()
+    users = dataset.queries.user_id[rows]
+    ports = StackPorts()
+    components = stack_components(bundle, ports)
+    results = []
+    log_dir = bundle.parent / "logs"
+    with Stack(components[:2], log_dir) as backends:
+        backends.start()
+        for variant in sorted(VARIANTS, key=lambda v: v.ranker_down):
+            if variant.ranker_down and "ranker" in backends.processes:
+                backends.stop(names=["ranker"])
+            search = stack_components(bundle, ports, variant.search_env)[-1]
+            with Stack([search], log_dir) as front:
+                front.start()
+                sent = np.full(users.shape, -1) if variant.anonymous else users
+                answers = asyncio.run(send_queries(search.url, texts, sent.tolist(), top_n=50))
+            results.append((variant.name, judge(dataset, test_ids, users, answers)))
+            print(f"  {variant.name}: done", file=sys.stderr)
+    order = {v.name: i for i, v in enumerate(VARIANTS)}
+    results.sort(key=lambda r: order[r[0]])
+    table = format_table(results, len(test_ids), int((users >= 0).sum()))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(f"# Search pipeline quality\n\nCommand: `shopserve evaluate stack "
+                                  f"--bundle {bundle}`\n\n{table}\n")
+    return 0
+
+
 def _cmd_bundles_verify(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
     components = sorted(p.parent for p in bundle.glob(f"*/{MANIFEST}"))
@@ -243,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--check", action="store_true",
                     help="start, send the sample request, then stop (for scripts)")
     up.set_defaults(func=_cmd_up)
+
+    evaluate = sub.add_parser("evaluate", help="offline evaluation")
+    evaluate_sub = evaluate.add_subparsers(dest="target", required=True)
+    stack_eval = evaluate_sub.add_parser(
+        "stack", help="held-out queries through the running stack over v2, per pipeline variant")
+    stack_eval.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    stack_eval.add_argument("--limit", type=int, default=0, help="evaluate only the first N queries")
+    stack_eval.add_argument("--out", type=Path, default=None, help="also write the table here")
+    stack_eval.set_defaults(func=_cmd_evaluate_stack)
 
     bundles = sub.add_parser("bundles", help="inspect bundles")
     bundles_sub = bundles.add_subparsers(dest="action", required=True)

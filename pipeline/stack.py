@@ -118,20 +118,20 @@ class Stack:
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(f"  [{name}] {line}" for line in text.splitlines()[-lines:])
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every component (reverse order), SIGKILL what is left after ``timeout``."""
-        for name in reversed(list(self.processes)):
-            proc = self.processes[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 15.0, names: Sequence[str] | None = None) -> None:
+        """SIGTERM components (all by default, in reverse order), SIGKILL any left after ``timeout``."""
+        chosen = [n for n in reversed(list(self.processes)) if names is None or n in names]
+        for name in chosen:
+            if self.processes[name].poll() is None:
+                self.processes[name].send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for proc in self.processes.values():
+        for name in chosen:
+            proc = self.processes.pop(name)
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        self.processes.clear()
 
     def wait(self) -> None:
         """Block until a component dies or SIGINT/SIGTERM arrives, then return (caller stops)."""

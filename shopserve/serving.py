@@ -203,15 +203,22 @@ async def _kserve_inference_error_handler(request: Request, exc: Exception) -> J
     return await inference_error_handler(request, exc)
 
 
-def _bound_rest_server(host: str) -> type[RESTServer]:
-    class BoundRESTServer(RESTServer):
-        """KServe's REST server, listening on ``host`` instead of every address."""
+def _rest_server(host: str) -> type[RESTServer]:
+    class ShopserveRESTServer(RESTServer):
+        """KServe's REST server, listening on ``host``, with shopserve's error table."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.config.host = host
 
-    return BoundRESTServer
+        def _add_exception_handlers(self, app: Any) -> None:
+            super()._add_exception_handlers(app)
+            # Registered after KServe's so that ours win for the classes both handle.
+            app.add_exception_handler(ShopserveError, _shopserve_error_handler)
+            app.add_exception_handler(RequestValidationError, _request_validation_handler)
+            app.add_exception_handler(InferenceError, _kserve_inference_error_handler)
+
+    return ShopserveRESTServer
 
 
 def _bound_grpc_server(host: str) -> type[GRPCServer]:
@@ -260,17 +267,15 @@ def serve(
         models: Loaded models to register.
         http_port: REST port (v2 endpoints and ``/metrics``).
         grpc_port: gRPC ``GRPCInferenceService`` port.
-        workers: uvicorn worker processes (1 keeps one copy of the model in memory).
+        workers: uvicorn worker processes (1 keeps one copy of the model in memory; with more,
+            KServe's multi-process server keeps its own error handlers and binding).
         bind_host: Address to listen on: ``0.0.0.0`` in a pod, ``127.0.0.1`` on one machine.
         grace_period: Seconds to finish in-flight requests on shutdown.
     """
-    _kserve_model_server.app.add_exception_handler(ShopserveError, _shopserve_error_handler)
-    _kserve_model_server.app.add_exception_handler(RequestValidationError,
-                                                   _request_validation_handler)
-    _kserve_model_server.app.add_exception_handler(InferenceError, _kserve_inference_error_handler)
+    # KServe hard-codes every-address binding and its own error handlers; swap in subclasses
+    # that honour bind_host and answer with shopserve's error table.
+    _kserve_model_server.RESTServer = _rest_server(bind_host or "0.0.0.0")  # type: ignore[misc]
     if bind_host not in ("0.0.0.0", "::", ""):
-        # KServe hard-codes every-address binding; swap in subclasses that honour bind_host.
-        _kserve_model_server.RESTServer = _bound_rest_server(bind_host)  # type: ignore[misc]
         _kserve_model_server.GRPCServer = _bound_grpc_server(bind_host)  # type: ignore[misc]
     server = ModelServer(
         http_port=http_port,
