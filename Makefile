@@ -61,6 +61,14 @@ bench-recall: $(STAMP)
 	$(PY) -m bench.recall_quality
 	$(PY) -m bench.recall_index
 
+# Transformer overhead and ranking throughput through the transformer vs Triton directly.
+bench-stack: $(STAMP) demo-bundle
+	$(PY) -m bench.stack --bundle $(DEMO_BUNDLE)
+
+# Quality of the whole pipeline through the running stack (BM25, BM25+MF, full, degraded).
+evaluate-stack: $(STAMP) demo-bundle
+	$(PY) -m pipeline.cli evaluate stack --bundle $(DEMO_BUNDLE) --out bench/results/stack_quality.md
+
 # Ranker variants (torch, ONNX fp32/int8, pruned int8) and the local Triton; bench/results/ranker.md.
 bench-ranker: $(STAMP)
 	$(PY) -m bench.ranker
