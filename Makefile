@@ -10,7 +10,7 @@ DEMO_BUNDLE := $(ARTIFACTS)/demo
 # uses your own helm instead.
 TOOLS_STAMP := .tools/.installed
 
-.PHONY: bench-ranker venv up test test-unit test-integration test-charts tools manifests bench-recall demo-bundle lint clean
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint clean bench-recall bench-ranker bench-stack evaluate-stack
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)

@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> None:
             batches.append(encode_pairs(tokenizer, [text] * len(titles), titles, max_length))
         first.close()
         pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
-        header = (f"| clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | overhead p50 | "
-                  f"overhead p99 | search req/s | Triton direct req/s | through / direct |")
+        header = ("| clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | overhead p50 | "
+                  "overhead p99 | search req/s | Triton direct req/s | through / direct |")
         lines += [f"{len(bodies)} held-out queries per run, {pairs:.0f} (query, title) pairs per "
                   f"ranker call, median of {args.repeats} runs; times in ms", "", header,
                   "|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|"]
