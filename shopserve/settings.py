@@ -76,6 +76,9 @@ class RecallSettings(ServerSettings):
     """IVF cell count, used when ``index`` is ``ivf``."""
     ivf_nprobe: int = Field(default=32, ge=1)
     """IVF cells visited per query."""
+    mips_to_l2: bool = True
+    """FAISS indexes search L2 over norm-augmented vectors instead of the inner product directly:
+    better recall on MF factors, whose norms vary with popularity (bench/recall_index.py)."""
     search_threads: int = Field(default=1, ge=1)
     """BLAS/FAISS threads per search: 1 keeps per-request latency flat under concurrency."""
 

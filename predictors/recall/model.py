@@ -58,6 +58,7 @@ def index_config(settings: RecallSettings) -> IndexConfig:
         ef_search=settings.hnsw_ef_search,
         nlist=settings.ivf_nlist,
         nprobe=settings.ivf_nprobe,
+        mips_to_l2=settings.mips_to_l2,
         threads=settings.search_threads,
     )
 

@@ -23,7 +23,7 @@ from predictors.recall.train import MFParams
 from shopserve.artifacts import load_npz
 from shopserve.data.generator import GeneratorConfig, generate
 from shopserve.protocol import ITEM_ID, ITEM_IDS, RECALL, RECALL_MODEL, SCORES, USER_ID
-from tests.servers import Server, start_server
+from tests.servers import Server, free_port, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +44,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("logs") / "recall.log"
-    from tests.servers import free_port
-
     http_port, grpc_port = free_port(), free_port()
     srv = start_server(
         "predictors.recall",
@@ -289,3 +287,40 @@ def test_tritonclient_reports_the_error_and_server_stays_up(server: Server) -> N
         client.infer(RECALL_MODEL, [bad])
     assert client.is_server_live() and client.is_model_ready(RECALL_MODEL)
     assert httpx.get(f"{server.http_url}/v2/health/ready").status_code == 200
+
+
+# ------------------------------------------------------------------------------------- settings
+
+
+def test_approximate_index_agrees_with_exact(
+    server: Server, bundle: Path, tmp_path: Path, factors: dict
+) -> None:
+    approx = start_server("predictors.recall",
+                          {"RECALL_BUNDLE_DIR": str(bundle), "RECALL_INDEX": "hnsw",
+                           "RECALL_HNSW_EF_SEARCH": "256", "RECALL_TOP_K": "20"},
+                          tmp_path / "hnsw.log", http_port=(port := free_port()),
+                          args=["--http_port", str(port), "--grpc_port", str(free_port())])
+    try:
+        users = factors["user_ids"][:20].tolist()
+        body = [{"name": USER_ID, "shape": [20], "datatype": "INT64", "data": users}]
+        exact = np.array(_json_infer(server, body, {"top_k": 20}).json()["outputs"][0]["data"])
+        got = np.array(_json_infer(approx, body).json()["outputs"][0]["data"])
+        overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in
+                           zip(exact.reshape(20, 20), got.reshape(20, 20), strict=True)])
+        assert overlap >= 0.9
+        assert 'index="hnsw"' in httpx.get(f"{approx.http_url}/metrics").text
+    finally:
+        approx.stop()
+
+
+def test_corrupt_bundle_is_refused_at_start(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "recall"
+    shutil.copytree(bundle, broken)
+    with open(broken / "factors.npz", "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+        start_server("predictors.recall", {"RECALL_BUNDLE_DIR": str(broken)},
+                     tmp_path / "broken.log", timeout=60)

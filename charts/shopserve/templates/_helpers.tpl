@@ -117,7 +117,7 @@ tests/charts checks both directions against shopserve.settings.
 workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries lexicalCandidates recallCandidates rankCandidates rankerEnabled weightRelevance weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
-workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe searchThreads
+workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads
 {{- end -}}
 
 {{/*
