@@ -1,0 +1,70 @@
+"""``python -m predictors.ranker``: serve a bundle's ``bert-ranker`` on the local Triton server.
+
+Settings come from ``RANKER_*`` environment variables (see :class:`RankerSettings`); the only
+flags are the KServe-style port overrides, so the same command line works under a controller.
+SIGINT and SIGTERM stop Triton cleanly (it drains in-flight requests); the exit code is Triton's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from predictors.ranker.server import RankerSettings, TritonServer
+
+log = logging.getLogger("predictors.ranker")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> dict[str, object]:
+    """Overrides from the command line (unknown flags ignored, as KServe injects its own)."""
+    parser = argparse.ArgumentParser(prog="python -m predictors.ranker", description=__doc__)
+    parser.add_argument("--bundle", type=Path, help="ranker component folder of a bundle")
+    parser.add_argument("--http_port", "--http-port", type=int)
+    parser.add_argument("--grpc_port", "--grpc-port", type=int)
+    parser.add_argument("--metrics_port", "--metrics-port", type=int)
+    known, _unknown = parser.parse_known_args(argv)
+    return {k: v for k, v in vars(known).items() if v is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start Triton, wait for readiness, then block until a signal or Triton's exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = RankerSettings(**parse_args(argv))  # type: ignore[arg-type]
+    server = TritonServer(settings)
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Only signal Triton here: waiting inside a handler could deadlock with the main
+        # thread's wait on the same process.
+        nonlocal stopping
+        stopping = True
+        log.info("received %s; stopping tritonserver", signal.Signals(signum).name)
+        server.terminate()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.start()
+        server.wait_ready()
+        log.info(
+            "bert-ranker ready: http %s, grpc %s, metrics %s",
+            server.http_url, server.grpc_url, server.metrics_url,
+        )
+        assert server.process is not None
+        code = server.process.wait()
+    except Exception as exc:  # noqa: BLE001 - the boundary: log once, exit non-zero
+        if not stopping:
+            log.error("ranker failed: %s", exc)
+        code = 1
+    finally:
+        # Waits for Triton's drain (SIGKILL after exit_timeout_s + 10 s) and removes the workdir.
+        server.stop()
+    return 0 if stopping else code
+
+if __name__ == "__main__":
+    sys.exit(main())

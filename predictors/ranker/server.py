@@ -1,0 +1,313 @@
+"""The local Triton server for ``bert-ranker``: settings, model repository and process control.
+
+Triton is the ``tritonserver`` binary shipped inside ``nvidia-pytriton`` (2.51, Python backend only).
+This module lays out a runnable Triton home (backend directory with the Python backend and the stub
+of this interpreter's version), a local model repository whose ``bert-ranker`` runs the bundle's
+``model.onnx`` through the Python backend, and starts the binary bound to 127.0.0.1.
+
+Two environment details make the stub work (see DESIGN.md):
+
+* this interpreter's own ``libpython`` folder (``sysconfig LIBDIR``) comes first on
+  ``LD_LIBRARY_PATH``, else the stub picks up another ``libpython`` and models fail with an RLock
+  error; pytriton's bundled libraries (``nvidia_pytriton.libs``) follow;
+* the stub embeds Python without a virtualenv of its own, so this interpreter's ``sys.path``
+  (site-packages with numpy and onnxruntime) is handed over in ``PYTHONPATH``, and its ``bin``
+  folder leads ``PATH``, as pytriton itself does.
+
+This module never imports kserve (it may share a process with ``tritonclient.grpc``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from predictors.ranker.triton_repo import (
+    MAX_SEQUENCE_LENGTH,
+    MODEL_FILE,
+    VERSION,
+    TritonModelConfig,
+    read_config,
+    write_repository,
+)
+from shopserve.artifacts import RANKER_COMPONENT, load_component
+from shopserve.errors import BundleError
+from shopserve.protocol import RANKER_MODEL
+
+log = logging.getLogger(__name__)
+
+COMPONENT = RANKER_COMPONENT
+
+
+class RankerSettings(BaseSettings):
+    """Settings of the local ranker server; environment variables ``RANKER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RANKER_", extra="ignore")
+
+    bundle: Path = Path("artifacts/demo/ranker")
+    """The ranker component folder of a bundle (holds ``manifest.json`` and ``bert-ranker/``)."""
+
+    host: str = "127.0.0.1"
+    """Address every Triton endpoint binds to (loopback locally)."""
+
+    http_port: int = Field(8000, ge=0, le=65535)
+    """Triton's v2 HTTP/REST port."""
+
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """Triton's v2 gRPC port."""
+
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    """Triton's Prometheus metrics port (``/metrics``)."""
+
+    threads: int = Field(2, ge=1)
+    """ONNX Runtime intra-op threads of the model instance (the cores the ranker may use)."""
+
+    instances: int = Field(1, ge=1)
+    """Model instances (each is a Python stub process with its own ONNX Runtime session)."""
+
+    max_queue_delay_us: int = Field(2000, ge=0)
+    """How long Triton's dynamic batcher may hold a request to fill a batch."""
+
+    workdir: Path | None = None
+    """Where the Triton home and local model repository are laid out; a temp dir when unset."""
+
+    startup_timeout_s: float = Field(120.0, gt=0)
+    """How long to wait for ``/v2/health/ready`` before giving up."""
+
+    exit_timeout_s: int = Field(5, ge=0)
+    """How long Triton waits for open connections and in-flight requests on shutdown."""
+
+    log_verbose: int = Field(0, ge=0)
+    """Triton's ``--log-verbose`` level."""
+
+    verify_bundle: bool = True
+    """Check the bundle's manifest checksums before serving (refuse a corrupt bundle)."""
+
+
+def triton_dist() -> Path:
+    """The ``tritonserver`` distribution folder inside the installed ``nvidia-pytriton``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0")
+    dist = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise RuntimeError(f"no tritonserver binary under {dist}")
+    return dist
+
+
+def _pytriton_libs(dist: Path) -> Path:
+    # Wheel installs keep the auditwheel-vendored libraries beside the package; editable installs
+    # keep them inside it (same rule as pytriton.utils.distribution.get_libs_path).
+    beside = dist.parent.parent / "nvidia_pytriton.libs"
+    return beside if beside.is_dir() else dist / "external_libs"
+
+
+def prepare_backends(home: Path) -> Path:
+    """A backend directory with the Python backend and the stub built for this interpreter."""
+    dist = triton_dist()
+    backend = home / "backends" / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copyfile(dist / "backends" / "python" / name, backend / name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+    target = backend / "triton_python_backend_stub"
+    shutil.copyfile(stub, target)
+    target.chmod(0o755)
+    return home / "backends"
+
+
+def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> Path:
+    """Turn the bundle's onnxruntime model folder into a Python-backend one under ``out_dir``.
+
+    The bundle's ``config.pbtxt`` stays the source of truth for the max sequence length and any
+    extra parameters (vocabulary size); the batching and thread settings are the local ones.
+    """
+    source = Path(bundle) / RANKER_MODEL
+    bundle_config = read_config(source / "config.pbtxt")
+    if MAX_SEQUENCE_LENGTH not in bundle_config.parameters:
+        raise BundleError(f"{source}/config.pbtxt lacks parameter '{MAX_SEQUENCE_LENGTH}'")
+    extra = {
+        k: v for k, v in bundle_config.parameters.items()
+        if k not in (MAX_SEQUENCE_LENGTH, "intra_op_thread_count")
+    }
+    config = TritonModelConfig(
+        max_sequence_length=int(bundle_config.parameters[MAX_SEQUENCE_LENGTH]),
+        max_batch_size=bundle_config.max_batch_size,
+        max_queue_delay_us=settings.max_queue_delay_us,
+        instances=settings.instances,
+        threads=settings.threads,
+        extra_parameters=extra,
+    )
+    repo = Path(out_dir) / "models"
+    write_repository(repo, source / VERSION / MODEL_FILE, config, profile="local")
+    return repo
+
+
+def server_env(dist: Path) -> dict[str, str]:
+    """The environment of ``tritonserver`` and its Python stubs (see module docstring)."""
+    env = os.environ.copy()
+    libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
+    paths = [libdir, str(_pytriton_libs(dist))]
+    if env.get("LD_LIBRARY_PATH"):
+        paths.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(paths)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ":".join(p for p in sys.path if p and Path(p).is_dir())
+    env.setdefault("PYTHONNOUSERSITE", "1")
+    return env
+
+
+def server_command(
+    dist: Path, backends: Path, repository: Path, settings: RankerSettings
+) -> list[str]:
+    """The ``tritonserver`` command line for the local server."""
+    return [
+        str(dist / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        f"--cache-directory={dist / 'caches'}",
+        f"--http-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-address={settings.host}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-address={settings.host}",
+        f"--metrics-port={settings.metrics_port}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--allow-cpu-metrics=true",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--exit-timeout-secs={settings.exit_timeout_s}",
+        "--disable-auto-complete-config",
+        f"--log-verbose={settings.log_verbose}",
+        # A unique shared-memory prefix, so two servers on one host (tests) never collide.
+        f"--backend-config=python,shm-region-prefix-name=ranker{os.getpid()}_{settings.http_port}",
+        "--backend-config=python,shm-default-byte-size=4194304",
+        "--backend-config=python,shm-growth-byte-size=1048576",
+    ]
+
+
+class TritonServer:
+    """The local Triton process serving ``bert-ranker``; a context manager.
+
+    Example:
+        >>> with TritonServer(RankerSettings(bundle=Path("artifacts/demo/ranker"))) as server:
+        ...     server.wait_ready()
+    """
+
+    def __init__(self, settings: RankerSettings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.workdir: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint (the form tritonclient takes)."""
+        return f"{self.settings.host}:{self.settings.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint."""
+        return f"{self.settings.host}:{self.settings.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Full URL of Triton's Prometheus metrics."""
+        return f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
+
+    def start(self) -> None:
+        """Verify the bundle, lay out the Triton home and repository, and start the process."""
+        bundle = Path(self.settings.bundle)
+        if self.settings.verify_bundle:
+            load_component(bundle, COMPONENT)
+        if self.settings.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="shopserve-triton-")
+            self.workdir = Path(self._tmp.name)
+        else:
+            self.workdir = Path(self.settings.workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        dist = triton_dist()
+        backends = prepare_backends(self.workdir)
+        repository = local_repository(bundle, self.workdir, self.settings)
+        command = server_command(dist, backends, repository, self.settings)
+        log.info("starting tritonserver: %s", " ".join(command))
+        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
+            command, env=server_env(dist), cwd=self.workdir, start_new_session=True
+        )
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Poll ``/v2/health/ready`` until it answers 200.
+
+        Raises:
+            RuntimeError: the process exited, or it was not ready within the timeout.
+        """
+        deadline = time.monotonic() + (timeout_s or self.settings.startup_timeout_s)
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"tritonserver exited (code {code}) before it was ready")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"tritonserver not ready after {timeout_s or self.settings.startup_timeout_s}s")
+
+    def terminate(self) -> None:
+        """Ask Triton to shut down (SIGTERM) without waiting: safe inside a signal handler."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the server (Triton drains in-flight requests), SIGKILL if it hangs."""
+        code = None
+        timeout_s = timeout_s if timeout_s is not None else self.settings.exit_timeout_s + 10.0
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", timeout_s)
+                self.process.kill()
+                code = self.process.wait()
+        elif self.process is not None:
+            code = self.process.returncode
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        return code
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
