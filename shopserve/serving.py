@@ -34,7 +34,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse,
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter, Gauge
 
-from shopserve.errors import InvalidInput, ShopserveError
+from shopserve.errors import InvalidInput, ModelNotReady, ShopserveError
 from shopserve.protocol import (
     CONTRACTS,
     ModelContract,
@@ -156,6 +156,14 @@ class ContractModel(Model):
             raise
         REQUESTS_BY_CODE.labels(self.name, "200").inc()
         return result
+
+    def v2_request(self, payload: Any, loaded: bool) -> InferRequest:
+        """The payload as a v2 request, or the typed error: not loaded (503), not v2 (400)."""
+        if not loaded:
+            raise ModelNotReady(f"model '{self.name}' is not loaded")
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("expected a v2 inference request")
+        return payload
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """v2 metadata of the inputs."""

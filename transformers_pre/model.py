@@ -30,7 +30,7 @@ from shopserve.artifacts import (
     RANKER_TOKENIZER_DIR,
     load_component,
 )
-from shopserve.errors import BundleError, InvalidInput, ModelNotReady
+from shopserve.errors import BundleError, InvalidInput
 from shopserve.protocol import (
     ANONYMOUS_USER,
     CATEGORY,
@@ -129,10 +129,7 @@ class SearchModel(ContractModel):
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
         """Answer one v2 request: a ranked list per query row."""
-        if self.engine is None:
-            raise ModelNotReady(f"model '{self.name}' is not loaded")
-        if not isinstance(payload, InferRequest):
-            raise InvalidInput("expected a v2 inference request")
+        payload = self.v2_request(payload, self.engine is not None)
         start = time.perf_counter()
         request_id = (headers or {}).get("x-request-id") or payload.id or None
         requests, normalise_ms = self._decode(payload, request_id)

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from predictors.recall.index import IndexConfig
 from predictors.recall.recommender import Recommender
-from shopserve.errors import BundleError, InvalidInput, ModelNotReady
+from shopserve.errors import BundleError, InvalidInput
 from shopserve.protocol import (
     EXCLUDE_SEEN,
     ITEM_ID,
@@ -91,10 +91,7 @@ class RecallModel(ContractModel):
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
         """Answer one v2 request: top-k items per user (or per item)."""
-        if self.recommender is None:
-            raise ModelNotReady(f"model '{self.name}' is not loaded")
-        if not isinstance(payload, InferRequest):
-            raise InvalidInput("expected a v2 inference request")
+        payload = self.v2_request(payload, self.recommender is not None)
         inputs = decode_inputs(payload, self.contract)
         params = request_parameters(payload)
         top_k = parameter(params, TOP_K, int, self.settings.top_k, 1, self.settings.max_top_k)
