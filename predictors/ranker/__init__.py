@@ -11,8 +11,9 @@ starts without loading torch):
 * ``train``: seeded fine-tuning and distillation.
 * ``evaluate``: NDCG@10 / MRR reranking against BM25 and the zero-shot bi-encoder.
 * ``optimise``: ONNX export, BERT fusion, int8 quantisation, ONNX Runtime scoring, quality guard.
-* ``triton_repo``: ``config.pbtxt`` for the cluster (onnxruntime, GPU/CPU) and local (Python
-  backend) profiles; ``triton_python_model.py`` is the local backend's ``model.py``.
+* ``triton_repo``: the bundle's model repository (onnxruntime; ``config.pbtxt`` for the GPU with
+  the fp32 graph, ``configs/cpu.pbtxt`` for ``--model-config-name=cpu`` with the int8 graph) and the
+  local (Python backend) one; ``triton_python_model.py`` is the local backend's ``model.py``.
 * ``server``: ``RankerSettings`` and ``TritonServer`` (the local ``tritonserver`` process).
 
 Never import kserve here: this process may use ``tritonclient.grpc`` (DESIGN.md).

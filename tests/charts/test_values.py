@@ -97,6 +97,7 @@ def test_environment_files_only_use_known_keys(env: str) -> None:
     (["podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
     (["search.logLevel=TRACE"], "search.logLevel"),
     (["recall.index=annoy"], "recall.index"),
+    (["ranker.modelConfigName=c p u"], "ranker.modelConfigName"),
 ])
 def test_schema_rejects(sets: list[str], message: str, template_error: Any) -> None:
     assert message in template_error("dev", "Knative", *sets)
@@ -116,6 +117,7 @@ def test_staging_and_prod_without_a_gpu_ranker_fail(env: str, template_error: An
     ("Standard", ["recall.canary.enabled=true"], "recall.canary.storageUri"),
     ("Knative", ["recall.autoscaling.minReplicas=5", "recall.autoscaling.maxReplicas=2"],
      "recall.autoscaling.minReplicas (5) exceeds maxReplicas (2)"),
+    ("Knative", ["ranker.modelConfigName="], "set ranker.modelConfigName=cpu"),
 ])
 def test_inconsistent_values_fail(mode: str, sets: list[str], message: str, template_error: Any) -> None:
     assert message in template_error("dev", mode, *sets)

@@ -96,6 +96,17 @@ def test_bundle_is_complete_and_verified(bundle: Path) -> None:
     manifest = load_component(bundle, "ranker")
     assert f"{RANKER_MODEL}/1/model.onnx" in manifest.files
     assert f"{RANKER_MODEL}/config.pbtxt" in manifest.files
+    # One repository, two configurations: GPU (default) serves fp32, CPU (configs/cpu.pbtxt) the
+    # guard's variant; both files of the same model are in the manifest.
+    profiles = manifest.params["profiles"]
+    assert profiles["gpu"]["model"] == f"{RANKER_MODEL}/1/model-fp32.onnx"
+    assert profiles["cpu"]["config"] == f"{RANKER_MODEL}/configs/cpu.pbtxt"
+    assert profiles["cpu"]["model_config_name"] == "cpu"
+    for profile in profiles.values():
+        assert {profile["config"], profile["model"]} <= set(manifest.files)
+    assert profiles["gpu"]["precision"] == "fp32"
+    assert profiles["cpu"]["precision"] == (
+        "fp32" if manifest.params["variant"].endswith("fp32") else "int8")
     assert any(f.startswith(f"{TOKENIZER_DIR}/") for f in manifest.files)
     names = [row["name"] for row in manifest.metrics["evaluation"]]
     assert names[:3] == ["bm25", "zero-shot", "torch-fp32"]

@@ -12,11 +12,18 @@ from transformers import BertConfig, BertForSequenceClassification
 from predictors.ranker.modeling import TorchScorer, prune_layers, spread_layers
 from predictors.ranker.optimise import OrtScorer, export_onnx, fuse_bert, quantize_int8
 from predictors.ranker.triton_repo import (
+    CPU_CONFIG_NAME,
+    GPU_MODEL_FILE,
     MAX_SEQUENCE_LENGTH,
+    MODEL_FILE,
     TritonModelConfig,
+    bundle_profiles,
     config_pbtxt,
+    model_path,
     onnx_io,
     read_config,
+    selected_config,
+    write_bundle_repository,
     write_repository,
 )
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, RANKER, RANKER_MODEL, TOKEN_TYPE_IDS
@@ -75,12 +82,9 @@ def test_onnx_graph_io_is_the_contract(onnx_paths, name) -> None:
     assert io["outputs"][0][2] == (-1, 1)
 
 
-@pytest.mark.parametrize("profile", ["cluster", "cpu", "local"])
-def test_config_pbtxt_equals_onnx_graph_and_contract(onnx_paths, tmp_path, profile) -> None:
-    model_dir = write_repository(tmp_path, onnx_paths["int8"],
-                                 TritonModelConfig(max_sequence_length=48), profile=profile)
-    config = read_config(model_dir / "config.pbtxt")
-    io = onnx_io(model_dir / "1" / "model.onnx")
+def _assert_config_matches_graph(config_file: Path, onnx_file: Path, model_dir: Path) -> None:
+    config = read_config(config_file)
+    io = onnx_io(onnx_file)
     assert config.name == RANKER_MODEL == model_dir.name
     assert config.max_batch_size > 0
     # Triton's dims leave out the batch dim when max_batch_size > 0.
@@ -89,6 +93,82 @@ def test_config_pbtxt_equals_onnx_graph_and_contract(onnx_paths, tmp_path, profi
     out = [(t.name, t.datatype, (-1, *t.dims)) for t in config.outputs]
     assert out == io["outputs"] == [(t.name, t.datatype, t.shape) for t in RANKER.outputs]
     assert config.parameters[MAX_SEQUENCE_LENGTH] == "48"
+
+
+@pytest.mark.parametrize("profile", ["cluster", "cpu", "local"])
+def test_config_pbtxt_equals_onnx_graph_and_contract(onnx_paths, tmp_path, profile) -> None:
+    model_dir = write_repository(tmp_path, onnx_paths["int8"],
+                                 TritonModelConfig(max_sequence_length=48), profile=profile)
+    _assert_config_matches_graph(model_dir / "config.pbtxt", model_dir / "1" / "model.onnx",
+                                 model_dir)
+
+
+def _op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture
+def bundle_repo(onnx_paths, tmp_path) -> Path:
+    """The bundle's repository: int8 graph for the CPU config, fp32 graph for the GPU config."""
+    return write_bundle_repository(tmp_path, onnx_paths["int8"], onnx_paths["fused"],
+                                   TritonModelConfig(max_sequence_length=48, tensorrt_fp16=True))
+
+
+@pytest.mark.parametrize(("model_config_name", "kind", "model_file"), [
+    ("", "KIND_GPU", GPU_MODEL_FILE), (CPU_CONFIG_NAME, "KIND_CPU", MODEL_FILE)])
+def test_bundle_configs_each_equal_their_onnx_graph_and_contract(
+    bundle_repo, model_config_name, kind, model_file
+) -> None:
+    config_file = selected_config(bundle_repo, model_config_name)
+    config = read_config(config_file)
+    assert config.instance_kind == kind and config.platform == "onnxruntime_onnx"
+    assert config.default_model_filename == model_file
+    onnx_file = model_path(bundle_repo, config)
+    assert onnx_file == bundle_repo / "1" / model_file and onnx_file.is_file()
+    _assert_config_matches_graph(config_file, onnx_file, bundle_repo)
+
+
+def test_bundle_serves_fp32_on_the_gpu_and_int8_on_the_cpu(bundle_repo, onnx_paths) -> None:
+    assert selected_config(bundle_repo) == bundle_repo / "config.pbtxt"
+    assert selected_config(bundle_repo, "cpu") == bundle_repo / "configs" / "cpu.pbtxt"
+    gpu, cpu = bundle_repo / "1" / GPU_MODEL_FILE, bundle_repo / "1" / MODEL_FILE
+    assert gpu.read_bytes() == onnx_paths["fused"].read_bytes()
+    assert cpu.read_bytes() == onnx_paths["int8"].read_bytes()
+    # ONNX Runtime's CUDA / TensorRT providers have no kernels for these integer ops.
+    integer_ops = {"MatMulInteger", "DynamicQuantizeLinear", "QAttention", "DynamicQuantizeMatMul"}
+    assert not integer_ops & _op_types(gpu)
+    assert integer_ops & _op_types(cpu)
+    gpu_text = (bundle_repo / "config.pbtxt").read_text()
+    cpu_text = (bundle_repo / "configs" / "cpu.pbtxt").read_text()
+    assert 'name : "tensorrt"' in gpu_text and "tensorrt" not in cpu_text
+    # One model, two configs: everything but the device, the file and the accelerator is equal.
+    assert read_config(bundle_repo / "config.pbtxt").inputs == read_config(
+        bundle_repo / "configs" / "cpu.pbtxt").inputs
+    profiles = bundle_profiles()
+    assert profiles["gpu"]["model"] == f"{RANKER_MODEL}/1/{GPU_MODEL_FILE}"
+    assert profiles["cpu"]["config"] == f"{RANKER_MODEL}/configs/cpu.pbtxt"
+    for profile in profiles.values():
+        assert (bundle_repo.parent / profile["config"]).is_file()
+        assert (bundle_repo.parent / profile["model"]).is_file()
+
+
+def test_a_missing_custom_config_falls_back_to_config_pbtxt(tmp_path) -> None:
+    """Triton's rule: ``--model-config-name=x`` without ``configs/x.pbtxt`` loads config.pbtxt."""
+    model_dir = tmp_path / RANKER_MODEL
+    (model_dir / "configs").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(config_pbtxt("cluster", TritonModelConfig()))
+    assert selected_config(model_dir, "cpu") == model_dir / "config.pbtxt"
+    assert model_path(model_dir, read_config(model_dir / "config.pbtxt")) == (
+        model_dir / "1" / MODEL_FILE)
+
+
+def test_default_model_filename_is_not_for_the_python_backend() -> None:
+    with pytest.raises(ValueError):
+        config_pbtxt("local", TritonModelConfig(), model_filename="model.onnx")
+    text = config_pbtxt("cpu", TritonModelConfig(), model_filename="model.onnx")
+    assert 'default_model_filename: "model.onnx"' in text
 
 
 def test_profiles_differ_only_where_they_should(tmp_path) -> None:

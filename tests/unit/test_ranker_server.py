@@ -16,7 +16,13 @@ from predictors.ranker.server import (
     server_env,
     triton_dist,
 )
-from predictors.ranker.triton_repo import TritonModelConfig, read_config, write_repository
+from predictors.ranker.triton_repo import (
+    TritonModelConfig,
+    read_config,
+    write_bundle_repository,
+    write_repository,
+)
+from shopserve.errors import BundleError
 from shopserve.protocol import RANKER_MODEL
 
 
@@ -71,9 +77,11 @@ def test_backend_directory_holds_the_stub_of_this_python(tmp_path: Path) -> None
 def test_local_repository_keeps_the_bundles_limits(tmp_path: Path) -> None:
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not parsed here")
+    fp32 = tmp_path / "model-fp32.onnx"
+    fp32.write_bytes(b"the GPU graph")
     bundle = tmp_path / "bundle"
-    write_repository(bundle, onnx, TritonModelConfig(max_sequence_length=40, max_batch_size=128,
-                                                     extra_parameters={"vocab_size": "30522"}))
+    write_bundle_repository(bundle, onnx, fp32, TritonModelConfig(
+        max_sequence_length=40, max_batch_size=128, extra_parameters={"vocab_size": "30522"}))
     settings = RankerSettings(threads=3, instances=2)
     repo = local_repository(bundle, tmp_path / "work", settings)
     config = read_config(repo / RANKER_MODEL / "config.pbtxt")
@@ -83,3 +91,31 @@ def test_local_repository_keeps_the_bundles_limits(tmp_path: Path) -> None:
                                  "intra_op_thread_count": "3"}  # fmt: skip
     assert (repo / RANKER_MODEL / "1" / "model.py").is_file()
     assert (repo / RANKER_MODEL / "1" / "model.onnx").read_bytes() == b"not parsed here"
+
+
+def test_local_repository_serves_the_file_the_cpu_config_names(tmp_path: Path) -> None:
+    cpu, gpu = tmp_path / "cpu.onnx", tmp_path / "gpu.onnx"
+    cpu.write_bytes(b"cpu graph")
+    gpu.write_bytes(b"gpu graph")
+    bundle = tmp_path / "bundle"
+    model_dir = write_bundle_repository(bundle, cpu, gpu, TritonModelConfig())
+    # The CPU config, not a hard-coded name, says which file the CPU serves.
+    cpu_config = model_dir / "configs" / "cpu.pbtxt"
+    cpu_config.write_text(cpu_config.read_text().replace('"model.onnx"', '"other.onnx"'))
+    (model_dir / "1" / "model.onnx").rename(model_dir / "1" / "other.onnx")
+    repo = local_repository(bundle, tmp_path / "work", RankerSettings())
+    assert (repo / RANKER_MODEL / "1" / "model.onnx").read_bytes() == b"cpu graph"
+    (model_dir / "1" / "other.onnx").unlink()
+    with pytest.raises(BundleError, match="other.onnx"):
+        local_repository(bundle, tmp_path / "work2", RankerSettings())
+
+
+def test_local_repository_reads_a_bundle_without_a_cpu_config(tmp_path: Path) -> None:
+    """A bundle of one ``config.pbtxt`` (before the CPU config existed) still serves locally."""
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"one graph")
+    bundle = tmp_path / "bundle"
+    write_repository(bundle, onnx, TritonModelConfig(max_sequence_length=24))
+    repo = local_repository(bundle, tmp_path / "work", RankerSettings())
+    assert read_config(repo / RANKER_MODEL / "config.pbtxt").parameters["max_sequence_length"] == "24"
+    assert (repo / RANKER_MODEL / "1" / "model.onnx").read_bytes() == b"one graph"

@@ -263,6 +263,9 @@ Checks the schema cannot express; `helm template` and `helm install` stop with t
 {{- if and (has .Values.environment (list "staging" "prod")) (lt (int .Values.ranker.gpu.count) 1) -}}
 {{- fail (printf "environment %s needs a GPU ranker: set ranker.gpu.count >= 1 (CPU Triton is for dev only)" .Values.environment) -}}
 {{- end -}}
+{{- if and (lt (int .Values.ranker.gpu.count) 1) (not .Values.ranker.modelConfigName) -}}
+{{- fail "ranker.gpu.count is 0: Triton on CPU cannot load the bundle's default config.pbtxt (KIND_GPU); set ranker.modelConfigName=cpu" -}}
+{{- end -}}
 {{- if and .Values.search.canary.enabled (eq .Values.deploymentMode "Standard") -}}
 {{- fail "search.canary: KServe's Standard-mode canary (spec.canary) covers predictors only; roll a transformer canary in Knative mode" -}}
 {{- end -}}
@@ -316,6 +319,12 @@ model:
   runtime: {{ . }}
   {{- end }}
   storageUri: {{ $storageUri | quote }}
+  {{- with .Values.ranker.modelConfigName }}
+  {{- /* KServe appends the predictor's args to the runtime's `tritonserver` args (also a
+  cluster-wide runtime's): Triton then loads bert-ranker/configs/<name>.pbtxt (the CPU one). */}}
+  args:
+    - --model-config-name={{ . }}
+  {{- end }}
   resources:
     {{- include "shopserve.rankerResources" . | nindent 4 }}
   securityContext:
