@@ -197,7 +197,13 @@ def _sample_search_request(bundle: Path, url: str) -> None:
 def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
     import asyncio
 
-    from pipeline.evaluate_stack import VARIANTS, format_table, judge, send_queries
+    from pipeline.evaluate_stack import (
+        EVALUATION_BUDGETS,
+        VARIANTS,
+        format_table,
+        judge,
+        send_queries,
+    )
     from pipeline.stack import Stack
     from shopserve.data.generator import Dataset, split_queries
 
@@ -219,11 +225,13 @@ def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
         for variant in sorted(VARIANTS, key=lambda v: v.ranker_down):
             if variant.ranker_down and "ranker" in backends.processes:
                 backends.stop(names=["ranker"])
-            search = stack_components(bundle, ports, variant.search_env)[-1]
+            # Quality, not load: one request at a time, and budgets no answer should meet.
+            search = stack_components(bundle, ports, {**EVALUATION_BUDGETS, **variant.search_env})[-1]
             with Stack([search], log_dir) as front:
                 front.start()
                 sent = np.full(users.shape, -1) if variant.anonymous else users
-                answers = asyncio.run(send_queries(search.url, texts, sent.tolist(), top_n=50))
+                answers = asyncio.run(send_queries(search.url, texts, sent.tolist(), top_n=50,
+                                                   concurrency=1))
             results.append((variant.name, judge(dataset, test_ids, users, answers)))
             print(f"  {variant.name}: done", file=sys.stderr)
     order = {v.name: i for i, v in enumerate(VARIANTS)}

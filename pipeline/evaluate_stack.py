@@ -51,6 +51,9 @@ class Variant:
     ranker_down: bool = False
 
 
+#: Upstream budgets during evaluation: generous, so that only the "ranker down" row degrades.
+EVALUATION_BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "5000", "SEARCH_RECALL_TIMEOUT_MS": "5000"}
+
 VARIANTS: tuple[Variant, ...] = (
     Variant("BM25 alone", {"SEARCH_RANKER_ENABLED": "false", "SEARCH_WEIGHT_POPULARITY": "0"},
             anonymous=True),
