@@ -141,9 +141,9 @@ class SearchSettings(ServerSettings):
     """Score the shortlist with the ranker; off blends BM25 and MF only (not a degradation)."""
     weight_relevance: float = 1.0
     """Blend weight of the ranker's relevance (or BM25 when the ranker is down)."""
-    weight_personal: float = 0.3
+    weight_personal: float = 0.1
     """Blend weight of the MF personalisation score."""
-    weight_popularity: float = 0.1
+    weight_popularity: float = 0.05
     """Blend weight of the popularity prior."""
     default_top_n: int = Field(default=10, ge=1)
     """Results returned when the request names no ``top_n``."""

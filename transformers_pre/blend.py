@@ -23,8 +23,8 @@ class Weights:
     """Blend weights (from settings)."""
 
     relevance: float = 1.0
-    personal: float = 0.3
-    popularity: float = 0.1
+    personal: float = 0.1
+    popularity: float = 0.05
 
 
 @dataclass
