@@ -60,12 +60,12 @@ def format_table(rows: list[tuple[str, float, float, float, float]]) -> str:
     """Aligned text (and Markdown) table."""
     header = ("model", "Recall@20", "NDCG@10", "HitRate@10", "train s")
     lines = [
-        "| " + " | ".join(f"{h:<34}" if i == 0 else f"{h:>10}" for i, h in enumerate(header))
+        "| " + " | ".join(f"{h:<38}" if i == 0 else f"{h:>10}" for i, h in enumerate(header))
         + " |",
-        "|" + "|".join("-" * 36 if i == 0 else "-" * 12 for i in range(len(header))) + "|",
+        "|" + "|".join("-" * 40 if i == 0 else "-" * 12 for i in range(len(header))) + "|",
     ]
     for name, rec, ndcg, hit, secs in rows:
-        lines.append(f"| {name:<34} | {rec:>10.4f} | {ndcg:>10.4f} | {hit:>10.4f} | {secs:>10.2f} |")
+        lines.append(f"| {name:<38} | {rec:>10.4f} | {ndcg:>10.4f} | {hit:>10.4f} | {secs:>10.2f} |")
     return "\n".join(lines)
 
 

@@ -163,14 +163,17 @@ def main(argv: list[str] | None = None) -> None:
         search_url = components[-1].url
         # The same candidate batches: each query with the titles of the items search returned.
         first = httpx.Client(timeout=30)
-        batches = []
+        batches, kept = [], []
         for body, text in zip(bodies, texts, strict=True):
             out = {o["name"]: o for o in first.post(
                 f"{search_url}/v2/models/{SEARCH_MODEL}/infer", json=body).json()["outputs"]}
             titles = [t for t, i in zip(out[TITLES]["data"], out[ITEM_IDS]["data"], strict=True)
                       if i >= 0]
-            batches.append(encode_pairs(tokenizer, [text] * len(titles), titles, max_length))
+            if titles:  # a query with no candidate has no ranker call to compare
+                batches.append(encode_pairs(tokenizer, [text] * len(titles), titles, max_length))
+                kept.append(body)
         first.close()
+        bodies = kept
         pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
         header = ("| clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | overhead p50 | "
                   "overhead p99 | search req/s | Triton direct req/s | through / direct |")
