@@ -12,6 +12,7 @@ Subcommands (``shopserve <command> --help`` for each):
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -46,6 +47,11 @@ if TYPE_CHECKING:
     from pipeline.stack import Component
 
 DEFAULT_BUNDLE = Path("artifacts/demo")
+
+#: Modules that add their own subcommands: each has ``register(sub)``, which takes the
+#: ``add_subparsers()`` object and adds its parsers (with ``set_defaults(func=...)``).
+#: Keep a command's logic in its module; this file only assembles the parser.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = bundles_sub.add_parser("verify", help="check every checksum of a bundle")
     check.add_argument("bundle", type=Path)
     check.set_defaults(func=_cmd_bundles_verify)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
