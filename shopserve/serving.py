@@ -34,6 +34,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse,
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter, Gauge
 
+from shopserve import metric_names
 from shopserve.errors import InvalidInput, ModelNotReady, ShopserveError
 from shopserve.protocol import (
     CONTRACTS,
@@ -47,13 +48,15 @@ from shopserve.protocol import (
 log = logging.getLogger(__name__)
 
 REQUESTS_BY_CODE = Counter(
-    "shopserve_requests_total",
+    metric_names.REQUESTS_TOTAL,
     "Inference requests answered, by model and HTTP-equivalent status code (REST and gRPC).",
     ["model", "code"],
 )
 MODEL_INFO = Gauge(
-    "shopserve_model_info", "Loaded model version (value 1).",
-    ["component", "model", "version", "index"],
+    metric_names.MODEL_INFO,
+    "What a server loaded (value 1): bundle version and serving variant (the search's lexical "
+    "index, recall's top-k index, the ranker's packaged variant).",
+    ["component", "model", "version", "variant"],
 )
 
 

@@ -137,10 +137,15 @@ class SearchSettings(ServerSettings):
     """MF candidates per request."""
     rank_candidates: int = Field(default=50, ge=1)
     """Candidates sent to the ranker (the best by first-stage score); the rest keep that score."""
+    query_rewrite: bool = True
+    """Correct spelling and map mined synonyms to catalog terms before BM25 (exact terms untouched)."""
     ranker_enabled: bool = True
     """Score the shortlist with the ranker; off blends BM25 and MF only (not a degradation)."""
     weight_relevance: float = 1.0
     """Blend weight of the ranker's relevance (or BM25 when the ranker is down)."""
+    weight_lexical: float = 1.0
+    """Blend weight of the scaled BM25 score beside the ranker's relevance (not added when the
+    ranker is unavailable: BM25 then is the relevance)."""
     weight_personal: float = 0.1
     """Blend weight of the MF personalisation score."""
     weight_popularity: float = 0.05
@@ -153,6 +158,18 @@ class SearchSettings(ServerSettings):
     """Longest query accepted (after normalisation), in characters."""
     max_batch: int = Field(default=32, ge=1)
     """Largest number of queries in one request."""
+    drift_window: int = Field(default=2000, ge=10)
+    """Drift monitoring: observations kept per signal in the live window (a row adds one query
+    length and user, each query term, and the ranker score of each returned result)."""
+    drift_min_samples: int = Field(default=200, ge=1)
+    """Drift monitoring: observations a signal needs before its PSI is exported (fewer give a
+    noisy PSI, about ``(bins - 1) / samples`` without any drift)."""
+    fault_delay_ms: float = Field(default=0.0, ge=0)
+    """Fault injection, for canary rehearsals and chaos tests: added to every request's latency.
+    0 (the default) injects nothing; a non-zero value is logged at start-up."""
+    fault_error_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Fault injection, for canary rehearsals and chaos tests: share of requests answered with a
+    500 ``InferenceFailed`` that says it was injected (counted in ``shopserve_requests_total``)."""
 
 
 def load_search(argv: Sequence[str] | None = None, **overrides: Any) -> SearchSettings:

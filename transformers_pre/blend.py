@@ -8,7 +8,10 @@ Scores are brought to comparable [0, 1] scales before they are mixed:
   user has none: anonymous, unknown, or recall down);
 * popularity: the catalog prior, already scaled to [0, 1].
 
-``final = w_relevance * relevance + w_personal * personal + w_popularity * popularity``.
+``final = w_relevance * relevance + w_lexical * lexical + w_personal * personal
++ w_popularity * popularity``, where ``lexical`` is the scaled BM25 score. It keeps the evidence of
+the (rewritten) query's exact terms beside the ranker's judgement of the raw query; when the
+ranker is unavailable BM25 already is the relevance and ``w_lexical`` is not added again.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class Weights:
     relevance: float = 1.0
     personal: float = 0.1
     popularity: float = 0.05
+    lexical: float = 1.0
 
 
 @dataclass
@@ -107,9 +111,13 @@ def blend(
     c: Candidates, popularity: np.ndarray, w: Weights, relevance: np.ndarray | None
 ) -> np.ndarray:
     """Final score; ``relevance`` is the ranker's sigmoid relevance, or None to use BM25."""
-    rel = scale_max(c.lexical) if relevance is None else relevance
-    return (w.relevance * rel + w.personal * scale_min_max(c.personal)
-            + w.popularity * popularity).astype(np.float32)
+    lexical = scale_max(c.lexical)
+    if relevance is None:
+        rel = w.relevance * lexical
+    else:
+        rel = w.relevance * relevance + w.lexical * lexical
+    return (rel + w.personal * scale_min_max(c.personal) + w.popularity * popularity
+            ).astype(np.float32)
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:

@@ -6,6 +6,7 @@ pure, so one instance is shared by every request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,15 @@ import scipy.sparse as sp
 from shopserve.artifacts import CATALOG_COMPONENT, Manifest, load_component
 from shopserve.data.generator import Dataset
 from shopserve.data.interactions import IdMap, to_csr
+from transformers_pre.rewrite import QueryRewriter, load_synonyms, query_tokens
+
+
+def document_frequencies(corpus: bm25s.tokenization.Tokenized) -> dict[str, int]:
+    """Items using each token of an indexed corpus."""
+    counts = np.zeros(len(corpus.vocab), dtype=np.int64)
+    for ids in corpus.ids:
+        counts[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+    return {token: int(counts[i]) for token, i in corpus.vocab.items()}
 
 
 @dataclass
@@ -32,7 +42,9 @@ class Catalog:
         users: User id <-> row of ``purchases``.
         purchases: users x items CSR of purchases (for ``exclude_purchased``).
         bm25: BM25 (Lucene variant) over title + attributes.
+        rewriter: Spelling correction and mined synonyms applied to query tokens before BM25.
         manifest: The component's manifest.
+        has_synonyms: Whether the component carried a mined synonym table (older bundles do not).
     """
 
     items: IdMap
@@ -44,13 +56,17 @@ class Catalog:
     users: IdMap
     purchases: sp.csr_matrix
     bm25: bm25s.BM25
+    rewriter: QueryRewriter
     manifest: Manifest | None = None
+    has_synonyms: bool = False
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, manifest: Manifest | None = None) -> Catalog:
-        """Index a generated dataset."""
+    def from_dataset(cls, dataset: Dataset, manifest: Manifest | None = None,
+                     synonyms: Mapping[str, str] | None = None) -> Catalog:
+        """Index a generated dataset; ``synonyms`` is the mined table (see ``rewrite``)."""
         items = dataset.items
         corpus = bm25s.tokenize(list(dataset.item_text()), stopwords="en", show_progress=False)
+        document_frequency = document_frequencies(corpus)
         bm25 = bm25s.BM25(method="lucene")
         bm25.index(corpus, show_progress=False)
         popularity = items.popularity.astype(np.float32)
@@ -61,14 +77,16 @@ class Catalog:
             items=dataset.item_map, titles=items.title, categories=items.category,
             prices=items.price.astype(np.float32), popularity=popularity,
             popular_order=np.argsort(-popularity, kind="stable"), users=users,
-            purchases=to_csr(purchases, users, dataset.item_map), bm25=bm25, manifest=manifest,
+            purchases=to_csr(purchases, users, dataset.item_map), bm25=bm25,
+            rewriter=QueryRewriter(document_frequency, synonyms or {}), manifest=manifest,
+            has_synonyms=synonyms is not None,
         )
 
     @classmethod
     def load(cls, folder: Path) -> Catalog:
         """Verify and load the ``catalog`` component of a bundle."""
         manifest = load_component(folder, CATALOG_COMPONENT)
-        return cls.from_dataset(Dataset.load(folder), manifest)
+        return cls.from_dataset(Dataset.load(folder), manifest, load_synonyms(folder))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,9 +125,15 @@ class Catalog:
             mask[exclude_rows] = False
         return mask
 
-    def lexical(self, query: str, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 top-``k`` rows with a positive score, best first, within ``mask``."""
-        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+    def lexical(self, query: str, k: int, mask: np.ndarray | None, rewrite: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top-``k`` rows with a positive score, best first, within ``mask``.
+
+        ``rewrite`` corrects spelling and maps mined synonyms to catalog terms first.
+        """
+        tokens = query_tokens(query)
+        if rewrite:
+            tokens = self.rewriter.rewrite(tokens)
         if not tokens:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         scores = self.bm25.get_scores(tokens).astype(np.float32, copy=False)

@@ -25,7 +25,7 @@ import numpy as np
 
 from shopserve.errors import ShopserveError, UpstreamTimeout
 from shopserve.protocol import ANONYMOUS_USER, EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, TOP_K, USER_ID
-from shopserve.text import encode_pairs
+from shopserve.text import PairEncoder
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
 
@@ -83,6 +83,9 @@ class SearchResult:
         degraded: Stages that failed and were worked around.
         failures: Exception per degraded stage (for metrics and logs).
         stage_ms: Milliseconds spent per stage.
+        relevance: The ranker's relevance of the ranked head of ``rows`` (for drift monitoring);
+            None when nothing was ranked (ranker off or degraded, recommendations).
+        ranker_pairs: (query, title) pairs sent to the ranker (0 when it was not called).
     """
 
     rows: np.ndarray
@@ -90,6 +93,8 @@ class SearchResult:
     degraded: list[str] = field(default_factory=list)
     failures: dict[str, ShopserveError] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    relevance: np.ndarray | None = None
+    ranker_pairs: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class EngineConfig:
     lexical_candidates: int = 100
     recall_candidates: int = 100
     rank_candidates: int = 50
+    query_rewrite: bool = True
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
     max_length: int = 64
@@ -131,6 +137,8 @@ class SearchEngine:
                  ranker: InferClient, config: EngineConfig) -> None:
         self.catalog = catalog
         self.tokenizer = tokenizer
+        # Titles tokenised once: a request tokenises only its query (shopserve.text.PairEncoder).
+        self.pairs = PairEncoder(tokenizer, catalog.titles, config.max_length)
         self.recall = recall
         self.ranker = ranker
         self.config = config
@@ -153,7 +161,7 @@ class SearchEngine:
 
         with _Timer(timings, "lexical"):
             lex_rows, lex_scores = self.catalog.lexical(
-                req.query, self.config.lexical_candidates, mask)
+                req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
         mf_rows, mf_scores = await self._await_recall(recall_task, result)
         with _Timer(timings, "filter"):
             if mask is not None and mf_rows.size:
@@ -171,6 +179,8 @@ class SearchEngine:
             scores = blend.blend(ranked, popularity[shortlist], self.config.weights, relevance)
             order = blend.top_n(scores, req.top_n)
             rows, final = ranked.rows[order], scores[order]
+            if relevance is not None:
+                result.relevance = relevance[order]
             if rows.size < req.top_n and len(candidates) > shortlist.size:
                 # The unranked tail follows the ranked head, by first-stage score.
                 rest = np.setdiff1d(np.arange(len(candidates)), shortlist, assume_unique=True)
@@ -236,9 +246,8 @@ class SearchEngine:
         if not self.config.ranker_enabled:
             return None
         with _Timer(result.stage_ms, "tokenise"):
-            titles = self.catalog.titles[rows].tolist()
-            batch = encode_pairs(self.tokenizer, [req.query] * len(titles), titles,
-                                 self.config.max_length)
+            batch = self.pairs.encode(req.query, rows)
+        result.ranker_pairs = int(rows.size)
         try:
             outputs = await self._timed(result.stage_ms, "rank",
                                         self.ranker.infer(batch, None, req.request_id))

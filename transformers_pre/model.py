@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Counter, Histogram
 from transformers import AutoTokenizer
 
+from shopserve import metric_names
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
     MAX_SEQUENCE_LENGTH,
@@ -30,7 +32,7 @@ from shopserve.artifacts import (
     RANKER_TOKENIZER_DIR,
     load_component,
 )
-from shopserve.errors import BundleError, InvalidInput
+from shopserve.errors import BundleError, InferenceFailed, InvalidInput
 from shopserve.protocol import (
     ANONYMOUS_USER,
     CATEGORY,
@@ -61,22 +63,35 @@ from transformers_pre.engine import (
     SearchResult,
     is_timeout,
 )
+from transformers_pre.monitoring import DRIFT, load_window
 from transformers_pre.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 STAGE_SECONDS = Histogram(
-    "shopserve_search_stage_seconds", "Time per request stage of the search transformer.",
+    metric_names.SEARCH_STAGE_SECONDS, "Time per request stage of the search transformer.",
     ["stage"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5),
 )
 REQUEST_SECONDS = Histogram(
-    "shopserve_search_request_seconds", "End-to-end time of a search request.", ["mode"],
+    metric_names.SEARCH_REQUEST_SECONDS, "End-to-end time of a search request.", ["mode"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5),
 )
-REQUESTS = Counter("shopserve_search_rows_total", "Request rows answered, by mode.", ["mode"])
+REQUESTS = Counter(metric_names.SEARCH_ROWS_TOTAL, "Request rows answered, by mode.", ["mode"])
+BATCH_SIZE = Histogram(
+    metric_names.SEARCH_BATCH_SIZE, "Rows (queries) per search request.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+RANKER_BATCH_SIZE = Histogram(
+    metric_names.SEARCH_RANKER_BATCH_SIZE, "(query, title) pairs per ranker call.",
+    buckets=(1, 5, 10, 20, 50, 100, 200, 500),
+)
+FAULTS_INJECTED = Counter(
+    "shopserve_search_faults_injected_total",
+    "Faults injected on purpose (settings fault_delay_ms, fault_error_ratio), by kind.", ["kind"],
+)
 DEGRADED_TOTAL = Counter(
-    "shopserve_search_degraded_total",
+    metric_names.SEARCH_DEGRADED_TOTAL,
     "Request rows answered without a failing dependency, by stage and reason.",
     ["stage", "reason"],
 )
@@ -100,13 +115,16 @@ class SearchModel(ContractModel):
             tokenizer = AutoTokenizer.from_pretrained(
                 bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR, local_files_only=True)
             max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
+            DRIFT.window = load_window(bundle, s.drift_window, s.drift_min_samples)
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
         config = EngineConfig(
             lexical_candidates=s.lexical_candidates, recall_candidates=s.recall_candidates,
             rank_candidates=s.rank_candidates, ranker_enabled=s.ranker_enabled,
+            query_rewrite=s.query_rewrite,
             max_length=max_length,
-            weights=Weights(s.weight_relevance, s.weight_personal, s.weight_popularity),
+            weights=Weights(s.weight_relevance, s.weight_personal, s.weight_popularity,
+                            s.weight_lexical),
         )
         self.engine = SearchEngine(
             catalog, tokenizer,
@@ -119,8 +137,20 @@ class SearchModel(ContractModel):
         self.categories = frozenset(np.unique(catalog.categories).tolist())
         version = catalog.manifest.version if catalog.manifest else "unknown"
         MODEL_INFO.labels("search", self.name, version, "bm25").set(1)
-        log.info("search ready: %d items, ranker %s (max_length %d), recall %s",
-                 len(catalog), s.ranker_host, max_length, s.recall_host)
+        # Triton labels its metrics with the repository's version folder (always 1): the bundle
+        # version of the ranker is reported here, from the manifest the tokenizer came with.
+        MODEL_INFO.labels("ranker", s.ranker_model, ranker.version,
+                          str(ranker.params.get("variant", "unknown"))).set(1)
+        if s.fault_delay_ms or s.fault_error_ratio:
+            # Loud on purpose: fault injection belongs to rehearsals and chaos tests only.
+            log.warning("FAULT INJECTION ON: +%.0f ms per request, %.0f%% of requests fail",
+                        s.fault_delay_ms, 100 * s.fault_error_ratio)
+        if s.query_rewrite and not catalog.has_synonyms:
+            log.warning("the catalog component has no mined synonyms (a bundle older than query "
+                        "rewriting): spelling correction only")
+        log.info("search ready: %d items, ranker %s (max_length %d), recall %s, %d query synonyms",
+                 len(catalog), s.ranker_host, max_length, s.recall_host,
+                 len(catalog.rewriter.synonyms))
         self.ready = True
         return self.ready
 
@@ -133,12 +163,25 @@ class SearchModel(ContractModel):
         start = time.perf_counter()
         request_id = (headers or {}).get("x-request-id") or payload.id or None
         requests, normalise_ms = self._decode(payload, request_id)
+        await self._inject_faults()
         results = await asyncio.gather(
             *(self.engine.search(r, {"normalise": normalise_ms}) for r in requests))
         mode = "search" if any(r.query for r in requests) else "recommend"
         self._observe(requests, results)
+        self._record_drift(requests, results)
         REQUEST_SECONDS.labels(mode).observe(time.perf_counter() - start)
         return self._encode(payload, requests, results)
+
+    async def _inject_faults(self) -> None:
+        """Apply the fault-injection settings (canary rehearsals, chaos tests) to a valid request."""
+        s = self.settings
+        if s.fault_delay_ms:
+            FAULTS_INJECTED.labels("delay").inc()
+            await asyncio.sleep(s.fault_delay_ms / 1000.0)
+        if s.fault_error_ratio and random.random() < s.fault_error_ratio:
+            FAULTS_INJECTED.labels("error").inc()
+            raise InferenceFailed(f"injected failure (fault_error_ratio={s.fault_error_ratio}): "
+                                  "fault injection for a rehearsal or chaos test")
 
     # ------------------------------------------------------------------------------- decoding
 
@@ -217,10 +260,22 @@ class SearchModel(ContractModel):
             {DEGRADED: ",".join(degraded), STAGE_MS: json.dumps(stage_ms)},
         )
 
+    def _record_drift(self, requests: list[SearchRequest], results: list[SearchResult]) -> None:
+        window = DRIFT.window
+        if window is None or self.engine is None:
+            return
+        users = np.fromiter((r.user_id for r in requests), np.int64, len(requests))
+        known = (self.engine.catalog.users.index(users) >= 0).tolist()
+        for req, result, is_known in zip(requests, results, known, strict=True):
+            window.record(req.query, is_known, result.relevance)
+
     @staticmethod
     def _observe(requests: list[SearchRequest], results: list[SearchResult]) -> None:
+        BATCH_SIZE.observe(len(requests))
         for req, result in zip(requests, results, strict=True):
             REQUESTS.labels("search" if req.query else "recommend").inc()
+            if result.ranker_pairs:
+                RANKER_BATCH_SIZE.observe(result.ranker_pairs)
             for stage, ms in result.stage_ms.items():
                 STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
             for stage, exc in result.failures.items():

@@ -1,8 +1,11 @@
 """``python -m predictors.ranker``: serve a bundle's ``bert-ranker`` on the local Triton server.
 
 Settings come from ``RANKER_*`` environment variables (see :class:`RankerSettings`); the only
-flags are the KServe-style port overrides, so the same command line works under a controller.
-SIGINT and SIGTERM stop Triton cleanly (it drains in-flight requests); the exit code is Triton's.
+flags are the KServe-style port overrides, so the same command line works under a controller, and
+``--runtime torchserve`` (``RANKER_RUNTIME``), which serves the same bundle on TorchServe instead
+(the optional ``torchserve`` extra; v2 REST infer only, see the README).
+SIGINT and SIGTERM stop the server cleanly (Triton drains in-flight requests); the exit code is
+the server's.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from predictors.ranker.server import RankerSettings, TritonServer
+
+if TYPE_CHECKING:
+    from predictors.ranker.torchserve import TorchServeServer
 
 log = logging.getLogger("predictors.ranker")
 
@@ -27,6 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--http_port", "--http-port", type=int)
     parser.add_argument("--grpc_port", "--grpc-port", type=int)
     parser.add_argument("--metrics_port", "--metrics-port", type=int)
+    parser.add_argument("--runtime", choices=["triton", "torchserve"])
     known, _unknown = parser.parse_known_args(argv)
     return {k: v for k, v in vars(known).items() if v is not None}
 
@@ -35,7 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start Triton, wait for readiness, then block until a signal or Triton's exit."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = RankerSettings(**parse_args(argv))  # type: ignore[arg-type]
-    server = TritonServer(settings)
+    server: TritonServer | TorchServeServer
+    if settings.runtime == "torchserve":
+        # Imported here: the default (Triton) path must not need the optional extra's module.
+        from predictors.ranker.torchserve import TorchServeServer
+
+        server = TorchServeServer(settings)
+    else:
+        server = TritonServer(settings)
+    name = settings.runtime
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -43,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # thread's wait on the same process.
         nonlocal stopping
         stopping = True
-        log.info("received %s; stopping tritonserver", signal.Signals(signum).name)
+        log.info("received %s; stopping %s", signal.Signals(signum).name, name)
         server.terminate()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -52,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         server.wait_ready()
         log.info(
-            "bert-ranker ready: http %s, grpc %s, metrics %s",
-            server.http_url, server.grpc_url, server.metrics_url,
+            "bert-ranker ready on %s: http %s, grpc %s, metrics %s",
+            name, server.http_url, server.grpc_url, server.metrics_url,
         )
         assert server.process is not None
         code = server.process.wait()
@@ -62,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("ranker failed: %s", exc)
         code = 1
     finally:
-        # Waits for Triton's drain (SIGKILL after exit_timeout_s + 10 s) and removes the workdir.
+        # Waits for the server's drain (SIGKILL after exit_timeout_s + 10 s) and removes the workdir.
         server.stop()
     return 0 if stopping else code
 

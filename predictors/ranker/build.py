@@ -48,7 +48,15 @@ from predictors.ranker.optimise import (
     quantize_int8,
     select_variant,
 )
-from predictors.ranker.pairs import CandidateList, candidate_lists, choose_max_length, flatten, pair_lengths
+from predictors.ranker.pairs import (
+    CandidateList,
+    Catalog,
+    Pairs,
+    candidate_lists,
+    choose_max_length,
+    flatten,
+    pair_lengths,
+)
 from predictors.ranker.train import TrainConfig, fine_tune
 from predictors.ranker.triton_repo import (
     TOKENIZER_DIR,
@@ -187,7 +195,8 @@ class BuildResult:
     Attributes:
         rows: Evaluation rows (baselines, torch fp32, each variant).
         variants: The optimised ONNX variants (paths inside the work dir).
-        teacher: The fine-tuned 6-layer torch model.
+        teacher: The fine-tuned 6-layer torch model (None when the result was reloaded from disk
+            for packaging, which needs only the variants).
         student: The distilled pruned torch model (None when not built).
         tokenizer: The tokenizer.
         max_length: Max sequence length chosen from the data.
@@ -197,7 +206,7 @@ class BuildResult:
 
     rows: list[Row]
     variants: list[Variant]
-    teacher: PreTrainedModel
+    teacher: PreTrainedModel | None
     student: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     max_length: int
@@ -250,27 +259,51 @@ def _split(dataset: Dataset, config: RankerBuildConfig) -> tuple[np.ndarray, np.
     return train_ids, eval_ids
 
 
-def train_and_optimise(
-    dataset: Dataset,
-    config: RankerBuildConfig,
-    workdir: Path,
-    *,
-    on_row: Callable[[Row], None] | None = None,
-) -> BuildResult:
-    """Fine-tune, optimise and evaluate every variant; package nothing.
+@dataclass
+class RankerData:
+    """The ranker's training and evaluation data, derived deterministically from a data set.
 
-    Args:
-        dataset: Catalog, queries and graded judgements.
-        config: Build configuration.
-        workdir: Where the ONNX variants are written.
-        on_row: Called with each evaluation row as soon as it exists (progress reporting).
+    Attributes:
+        catalog: Ids, titles and attributes of the catalog.
+        train_lists: Candidate lists of the training queries.
+        eval_lists: Candidate lists of the held-out queries.
+        pairs: The training lists flattened into (query, title, grade) pairs.
+        tokenizer: The tokenizer.
+        max_length: Max sequence length chosen from the training pairs.
+        data: Counts for the manifest.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    emit = on_row or (lambda row: None)
 
+    catalog: Catalog
+    train_lists: list[CandidateList]
+    eval_lists: list[CandidateList]
+    pairs: Pairs
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    data: dict[str, Any]
+
+
+@dataclass
+class TrainedTeacher:
+    """The fine-tuned 6-layer cross-encoder and the rows measured so far.
+
+    Attributes:
+        model: The fine-tuned torch model.
+        rows: ``bm25``, ``zero-shot`` and ``torch-fp32`` evaluation rows.
+    """
+
+    model: PreTrainedModel
+    rows: list[Row]
+
+
+def prepare_data(dataset: Dataset, config: RankerBuildConfig) -> RankerData:
+    """Split the queries, sample candidate lists and choose the max sequence length.
+
+    Deterministic for a data set and config (the seeds come from ``config``), so the train and
+    optimise steps of the pipeline can each call it and see the same lists.
+
+    Raises:
+        ValueError: no query with a relevant item on one side of the split.
+    """
     catalog = catalog_of(dataset)
     grader = grader_of(dataset)
     train_ids, eval_ids = _split(dataset, config)
@@ -297,13 +330,33 @@ def train_and_optimise(
         "max_sequence_length": max_length,
     }
     log.info("ranker data: %s", data)
+    return RankerData(catalog, train_lists, eval_lists, pairs, tokenizer, max_length, data)
 
+
+def train_teacher(
+    prepared: RankerData,
+    config: RankerBuildConfig,
+    *,
+    on_row: Callable[[Row], None] | None = None,
+) -> TrainedTeacher:
+    """Evaluate the baselines, fine-tune the 6-layer cross-encoder and evaluate it (torch fp32).
+
+    Args:
+        prepared: From :func:`prepare_data`.
+        config: Build configuration.
+        on_row: Called with each evaluation row as soon as it exists (progress reporting).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    emit = on_row or (lambda row: None)
+    eval_lists, tokenizer = prepared.eval_lists, prepared.tokenizer
     rows: list[Row] = []
 
     def add(row: Row) -> None:
         rows.append(row)
         emit(row)
 
+    catalog = prepared.catalog
     add(Row("bm25", rerank(eval_lists, Bm25Scorer(catalog.item_ids, catalog.titles))))
     bi_encoder = load_bi_encoder()
     add(Row("zero-shot", rerank(eval_lists, bi_encoder_scorer(bi_encoder, tokenizer))))
@@ -312,9 +365,42 @@ def train_and_optimise(
     teacher = load_cross_encoder(seed=config.seed)
     train_cfg = replace(config.train, threads=config.threads,
                         progress=config.train.progress and config.progress)  # fmt: skip
-    fine_tune(teacher, tokenizer, pairs, max_length, train_cfg, description="fine-tune 6 layers")
-    add(timed_rerank("torch-fp32", eval_lists, tokenizer, TorchScorer(teacher), max_length,
+    fine_tune(teacher, tokenizer, prepared.pairs, prepared.max_length, train_cfg,
+              description="fine-tune 6 layers")  # fmt: skip
+    add(timed_rerank("torch-fp32", eval_lists, tokenizer, TorchScorer(teacher), prepared.max_length,
                      layers=num_layers(teacher)))  # fmt: skip
+    return TrainedTeacher(teacher, rows)
+
+
+def optimise_variants(
+    prepared: RankerData,
+    trained: TrainedTeacher,
+    config: RankerBuildConfig,
+    workdir: Path,
+    *,
+    on_row: Callable[[Row], None] | None = None,
+) -> BuildResult:
+    """Export, fuse, quantise and prune the fine-tuned teacher into ONNX variants and evaluate each.
+
+    Args:
+        prepared: From :func:`prepare_data` (the same data the teacher was trained on).
+        trained: From :func:`train_teacher` (possibly reloaded from disk by the pipeline).
+        config: Build configuration (``variants``, ``keep_layers``, ``distill``).
+        workdir: Where the ONNX variants are written.
+        on_row: Called with each new evaluation row.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    emit = on_row or (lambda row: None)
+    teacher, tokenizer, max_length = trained.model, prepared.tokenizer, prepared.max_length
+    eval_lists, pairs = prepared.eval_lists, prepared.pairs
+    rows: list[Row] = list(trained.rows)
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        emit(row)
 
     hidden = teacher.config.hidden_size
     heads = teacher.config.num_attention_heads
@@ -357,7 +443,33 @@ def train_and_optimise(
             onnx_variant("pruned-fp32", student, student_fp32, quantise=False)
         if "pruned-int8" in config.variants:
             onnx_variant("pruned-int8", student, student_fp32, quantise=True)
-    return BuildResult(rows, variants, teacher, student, tokenizer, max_length, eval_lists, data)
+    return BuildResult(rows, variants, teacher, student, tokenizer, max_length, eval_lists,
+                       dict(prepared.data))  # fmt: skip
+
+
+def train_and_optimise(
+    dataset: Dataset,
+    config: RankerBuildConfig,
+    workdir: Path,
+    *,
+    on_row: Callable[[Row], None] | None = None,
+) -> BuildResult:
+    """Fine-tune, optimise and evaluate every variant; package nothing.
+
+    The pipeline runs the three parts (:func:`prepare_data`, :func:`train_teacher`,
+    :func:`optimise_variants`) as separate steps; this is all of them in one call.
+
+    Args:
+        dataset: Catalog, queries and graded judgements.
+        config: Build configuration.
+        workdir: Where the ONNX variants are written.
+        on_row: Called with each evaluation row as soon as it exists (progress reporting).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    prepared = prepare_data(dataset, config)
+    trained = train_teacher(prepared, config, on_row=on_row)
+    return optimise_variants(prepared, trained, config, workdir, on_row=on_row)
 
 
 def package(
@@ -368,6 +480,7 @@ def package(
     data: dict[str, Any] | None = None,
     version: str | None = None,
     parent: str | None = None,
+    torchserve: bool = False,
 ) -> Manifest:
     """Pick the fastest variant that passes the quality guard and write the ranker component.
 
@@ -375,6 +488,11 @@ def package(
     configurations (see :func:`~predictors.ranker.triton_repo.write_bundle_repository`): its own
     graph for the CPU (``configs/cpu.pbtxt``, ``model.onnx``, int8 when quantised) and the fp32
     graph of the same model for the GPU (``config.pbtxt``, ``model-fp32.onnx``).
+
+    With ``torchserve`` (needs the optional ``torchserve`` extra) it also writes the TorchServe
+    model store of the CPU graph, ``torchserve/model-store/bert-ranker.mar`` and
+    ``torchserve/config/config.properties`` (see :mod:`predictors.ranker.torchserve`), covered by
+    the manifest's checksums like every other file.
 
     Raises:
         ValueError: no variant passes the guard, or the chosen one has no fp32 graph (nothing is
@@ -397,6 +515,13 @@ def package(
     profiles["gpu"]["precision"] = "fp32"
     profiles["cpu"]["precision"] = "int8" if chosen.quantised else "fp32"
     result.tokenizer.save_pretrained(str(out_dir / TOKENIZER_DIR))
+    if torchserve:
+        # Imported here: torch-model-archiver is the optional extra's, not the default install's.
+        from predictors.ranker.torchserve import TORCHSERVE_DIR, TorchServeModelConfig, write_model_store
+
+        write_model_store(out_dir, out_dir / TORCHSERVE_DIR, TorchServeModelConfig(threads=config.threads))
+        profiles["torchserve"] = {"store": TORCHSERVE_DIR, "model": profiles["cpu"]["model"],
+                                  "precision": profiles["cpu"]["precision"]}  # fmt: skip
     evaluation = [r.as_dict(reference) for r in result.rows]
     for entry in evaluation:
         if entry.get("layers") is not None and entry["name"] != "torch-fp32":
@@ -432,6 +557,7 @@ def build_ranker(
     *,
     version: str | None = None,
     parent: str | None = None,
+    torchserve: bool = False,
 ) -> Manifest:
     """Train, optimise, evaluate and package the ranker into ``out_dir`` (``<bundle>/ranker``).
 
@@ -439,7 +565,7 @@ def build_ranker(
     ``--model-config-name=cpu``), ``bert-ranker/1/model.onnx`` (the fastest variant within the
     NDCG guard, for the CPU), ``bert-ranker/1/model-fp32.onnx`` (the same model in fp32, for the
     GPU), ``tokenizer/`` and ``manifest.json`` (evaluation table in ``metrics``, the profiles in
-    ``params``).
+    ``params``); with ``torchserve``, the TorchServe model store in ``torchserve/`` too.
 
     Raises:
         ValueError: no variant passes the quality guard.
@@ -448,7 +574,7 @@ def build_ranker(
     with tempfile.TemporaryDirectory(prefix="shopserve-ranker-") as tmp:
         result = train_and_optimise(dataset, config, Path(tmp))
         return package(result, out_dir, config, data=dataset.summary(), version=version,
-                       parent=parent)  # fmt: skip
+                       parent=parent, torchserve=torchserve)  # fmt: skip
 
 
 def evaluation_table(rows: Sequence[dict[str, Any]]) -> str:

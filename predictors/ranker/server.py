@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,9 @@ class RankerSettings(BaseSettings):
     bundle: Path = Path("artifacts/demo/ranker")
     """The ranker component folder of a bundle (holds ``manifest.json`` and ``bert-ranker/``)."""
 
+    runtime: Literal["triton", "torchserve"] = "triton"
+    """Server of ``bert-ranker``: Triton (default) or TorchServe (the optional ``torchserve`` extra)."""
+
     host: str = "127.0.0.1"
     """Address every Triton endpoint binds to (loopback locally)."""
 
@@ -75,14 +79,28 @@ class RankerSettings(BaseSettings):
     metrics_port: int = Field(8002, ge=0, le=65535)
     """Triton's Prometheus metrics port (``/metrics``)."""
 
+    management_port: int = Field(8003, ge=0, le=65535)
+    """TorchServe only: its management API port (REST)."""
+
+    grpc_management_port: int = Field(8004, ge=0, le=65535)
+    """TorchServe only: its gRPC management port (TorchServe always opens one)."""
+
+    batch_size: int = Field(8, ge=1)
+    """TorchServe only: most requests its batcher puts in one batch (``batchSize``)."""
+
+    java_heap_mb: int = Field(512, ge=64)
+    """TorchServe only: heap limit of its Java frontend (``-Xmx``)."""
+
     threads: int = Field(2, ge=1)
     """ONNX Runtime intra-op threads of the model instance (the cores the ranker may use)."""
 
     instances: int = Field(1, ge=1)
-    """Model instances (each is a Python stub process with its own ONNX Runtime session)."""
+    """Model instances (each is a Python stub process, or a TorchServe worker, with its own ONNX
+    Runtime session)."""
 
     max_queue_delay_us: int = Field(2000, ge=0)
-    """How long Triton's dynamic batcher may hold a request to fill a batch."""
+    """How long the batcher may hold a request to fill a batch (TorchServe: ``maxBatchDelay``,
+    rounded up to whole milliseconds)."""
 
     workdir: Path | None = None
     """Where the Triton home and local model repository are laid out; a temp dir when unset."""

@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from predictors.recall.index import IndexConfig
 from predictors.recall.recommender import Recommender
+from shopserve import metric_names
 from shopserve.errors import BundleError, InvalidInput
 from shopserve.protocol import (
     EXCLUDE_SEEN,
@@ -32,19 +33,19 @@ from shopserve.settings import RecallSettings
 log = logging.getLogger(__name__)
 
 REQUESTS = Counter(
-    "shopserve_recall_requests_total", "Recall requests answered, by mode.", ["mode"]
+    metric_names.RECALL_REQUESTS_TOTAL, "Recall requests answered, by mode.", ["mode"]
 )
 FALLBACKS = Counter(
-    "shopserve_recall_popularity_fallback_total",
+    metric_names.RECALL_POPULARITY_FALLBACK_TOTAL,
     "Rows answered with the popularity list because the user or item is unknown.",
     ["mode"],
 )
 SEARCH_SECONDS = Histogram(
-    "shopserve_recall_search_seconds", "Top-k search time per request.", ["index"],
+    metric_names.RECALL_SEARCH_SECONDS, "Top-k search time per request.", ["index"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
 BATCH_SIZE = Histogram(
-    "shopserve_recall_batch_size", "Users or items per request.",
+    metric_names.RECALL_BATCH_SIZE, "Users or items per request.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 

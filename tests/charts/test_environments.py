@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.manifests import RENDERS, Render
+from pipeline.manifests import NAMESPACE, RENDERS, Render
+from shopserve import metric_names
+from shopserve.drift import SIGNALS
 from shopserve.protocol import RANKER_MODEL, RECALL_MODEL, SEARCH_MODEL
 from tests.charts.conftest import Obj, by_kind, one
 
@@ -31,6 +33,11 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def renders(env: str | None = None) -> list[Render]:
     return [r for r in RENDERS if env is None or r.env == env]
+
+
+def camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.capitalize() for p in rest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,8 +325,15 @@ def test_alerts_and_dashboard(target: Render, rendered: dict[Render, list[Obj]])
         assert not rules and not by_kind(objects, "PodMonitor")
         return
     alerts = {r["alert"]: r for g in rules[0]["spec"]["groups"] for r in g["rules"]}
+    drift_alerts = {f"ShopserveDrift{camel(signal)[0].upper()}{camel(signal)[1:]}" for signal in SIGNALS}
     assert set(alerts) == {"ShopserveSearchErrorRatioHigh", "ShopserveSearchLatencyP99High",
-                           "ShopserveSearchDegradedRatioHigh", "ShopserveRankerGpuSaturated"}
+                           "ShopserveSearchDegradedRatioHigh", "ShopserveRankerGpuSaturated",
+                           *drift_alerts}
+    # One drift alert per signal of shopserve.drift, on the transformer's PSI gauge.
+    for signal in SIGNALS:
+        rule = alerts[f"ShopserveDrift{camel(signal)[0].upper()}{camel(signal)[1:]}"]
+        assert f'{metric_names.DRIFT_PSI}{{namespace="{NAMESPACE}", signal="{signal}"}}' in rule["expr"]
+        assert rule["labels"]["signal"] == signal
     # The transformer's own status counter works in both modes.
     assert 'shopserve_requests_total{namespace=' in alerts["ShopserveSearchErrorRatioHigh"]["expr"]
     assert all(r["labels"]["environment"] == target.env for r in alerts.values())

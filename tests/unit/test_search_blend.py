@@ -65,5 +65,16 @@ def test_blend_weights_and_fallback_to_bm25():
     assert without.tolist() == pytest.approx([0.5 + 0.25, 1.0 + 0.5])
 
 
+def test_lexical_weight_adds_bm25_beside_the_ranker_only():
+    c = blend.Candidates(np.array([0, 1]), np.array([1.0, 2.0], np.float32),
+                         np.full(2, np.nan, np.float32))
+    w = blend.Weights(relevance=1.0, personal=0.0, popularity=0.0, lexical=0.5)
+    pop = np.zeros(2, np.float32)
+    ranked = blend.blend(c, pop, w, np.array([0.9, 0.1], np.float32))
+    assert ranked.tolist() == pytest.approx([0.9 + 0.25, 0.1 + 0.5])
+    # Ranker unavailable: BM25 is the relevance, not counted twice.
+    assert blend.blend(c, pop, w, None).tolist() == pytest.approx([0.5, 1.0])
+
+
 def test_top_n_is_stable():
     assert blend.top_n(np.array([1.0, 3.0, 3.0, 0.0]), 3).tolist() == [1, 2, 0]

@@ -114,7 +114,7 @@ env `<PREFIX><UPPER_SNAKE>` -> settings field `<snake_case>`. The settings the c
 tests/charts checks both directions against shopserve.settings.
 */}}
 {{- define "shopserve.search.settingsKeys" -}}
-workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries lexicalCandidates recallCandidates rankCandidates rankerEnabled weightRelevance weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch
+workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries lexicalCandidates recallCandidates rankCandidates queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
 workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads
@@ -260,10 +260,14 @@ tolerations:
 Checks the schema cannot express; `helm template` and `helm install` stop with the message.
 */}}
 {{- define "shopserve.validateValues" -}}
-{{- if and (has .Values.environment (list "staging" "prod")) (lt (int .Values.ranker.gpu.count) 1) -}}
+{{- $triton := eq .Values.ranker.server "triton" -}}
+{{- if and (not $triton) (gt (int .Values.ranker.gpu.count) 0) -}}
+{{- fail "ranker.server=torchserve runs the bundle's CPU graph on the CPU: set ranker.gpu.count=0" -}}
+{{- end -}}
+{{- if and $triton (has .Values.environment (list "staging" "prod")) (lt (int .Values.ranker.gpu.count) 1) -}}
 {{- fail (printf "environment %s needs a GPU ranker: set ranker.gpu.count >= 1 (CPU Triton is for dev only)" .Values.environment) -}}
 {{- end -}}
-{{- if and (lt (int .Values.ranker.gpu.count) 1) (not .Values.ranker.modelConfigName) -}}
+{{- if and $triton (lt (int .Values.ranker.gpu.count) 1) (not .Values.ranker.modelConfigName) -}}
 {{- fail "ranker.gpu.count is 0: Triton on CPU cannot load the bundle's default config.pbtxt (KIND_GPU); set ranker.modelConfigName=cpu" -}}
 {{- end -}}
 {{- if and .Values.search.canary.enabled (eq .Values.deploymentMode "Standard") -}}
@@ -294,6 +298,7 @@ Standard-mode canary. Usage: include "shopserve.rankerPod" (list $ storageUri is
 {{- $root := index . 0 -}}
 {{- $storageUri := index . 1 -}}
 {{- $isCanary := index . 2 -}}
+{{- $torchserve := eq $root.Values.ranker.server "torchserve" -}}
 {{- with $root -}}
 {{ include "shopserve.podCommon" . }}
 securityContext:
@@ -304,7 +309,7 @@ labels:
   app.kubernetes.io/instance: {{ .Release.Name }}
   app.kubernetes.io/component: ranker
 annotations:
-  {{- include "shopserve.podAnnotations" (list . .Values.ranker.runtime.containerPorts.metrics) | trim | nindent 2 }}
+  {{- include "shopserve.podAnnotations" (list . (ternary 8082 .Values.ranker.runtime.containerPorts.metrics $torchserve)) | trim | nindent 2 }}
 {{- include "shopserve.scheduling" .Values.ranker }}
 model:
   {{- if $isCanary }}
@@ -312,6 +317,24 @@ model:
   predictor's model must not carry one (KServe's webhook rejects it). */}}
   name: kserve-container
   {{- end }}
+  {{- if $torchserve }}
+  {{- /* KServe's kserve-torchserve runtime (auto-selected by the pytorch format) starts
+  `torchserve --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties`
+  behind its v2 wrapper on port 8080 and sets TS_SERVICE_ENVELOPE=kservev2 for protocol v2. The
+  storageUri is the bundle's TorchServe model store; logs go to the writable /tmp (the root
+  filesystem is read-only). */}}
+  modelFormat:
+    name: pytorch
+  protocolVersion: v2
+  storageUri: {{ printf "%s/torchserve" (trimSuffix "/" $storageUri) | quote }}
+  env:
+    - name: LOG_LOCATION
+      value: /tmp/torchserve-logs
+    - name: METRICS_LOCATION
+      value: /tmp/torchserve-logs
+    - name: TEMP
+      value: /tmp
+  {{- else }}
   modelFormat:
     name: triton
   protocolVersion: grpc-v2
@@ -319,7 +342,8 @@ model:
   runtime: {{ . }}
   {{- end }}
   storageUri: {{ $storageUri | quote }}
-  {{- with .Values.ranker.modelConfigName }}
+  {{- end }}
+  {{- with and (not $torchserve) .Values.ranker.modelConfigName }}
   {{- /* KServe appends the predictor's args to the runtime's `tritonserver` args (also a
   cluster-wide runtime's): Triton then loads bert-ranker/configs/<name>.pbtxt (the CPU one). */}}
   args:

@@ -1,0 +1,149 @@
+"""The traffic mix of a load test, drawn from a bundle's generated query log.
+
+Each call is a v2 ``search`` request for one shopper:
+
+* a search (``query`` set) with probability ``1 - recommend_share``, the query drawn from the
+  generated log by its traffic share (the generator draws those shares from a Zipf law, so a few
+  head queries dominate, as in a real shop), or a recommendation (empty query);
+* an anonymous visitor (``user_id`` -1) with probability ``anonymous_share``, else a known shopper
+  drawn in proportion to their activity;
+* with probability ``filter_share``, a filter: the query's own category (so answers stay
+  non-empty), a price ceiling at that category's upper quartile, or both.
+
+Names, tensor names and parameters come from :mod:`shopserve.protocol`. No locust here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopserve.artifacts import CATALOG_COMPONENT
+from shopserve.data.generator import Dataset
+from shopserve.protocol import ANONYMOUS_USER, CATEGORY, MAX_PRICE, QUERY, SEARCH_MODEL, TOP_N, USER_ID
+
+#: The v2 inference path of the search model.
+INFER_PATH = f"/v2/models/{SEARCH_MODEL}/infer"
+SEARCH_KIND = "search"
+RECOMMEND_KIND = "recommend"
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """Shares of the traffic mix.
+
+    Attributes:
+        recommend_share: Share of requests with an empty query (recommendations).
+        anonymous_share: Share of requests from anonymous visitors.
+        filter_share: Share of requests with a category and/or price filter.
+        top_n: Results asked for.
+    """
+
+    recommend_share: float = 0.2
+    anonymous_share: float = 0.3
+    filter_share: float = 0.15
+    top_n: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("recommend_share", "anonymous_share", "filter_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.top_n < 1:
+            raise ValueError("top_n must be >= 1")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of the mix.
+
+    Attributes:
+        kind: ``search`` or ``recommend`` (the locust request name).
+        body: The v2 JSON request body.
+        user_id: The shopper, -1 for anonymous.
+        filtered: Whether a filter parameter is set.
+    """
+
+    kind: str
+    body: dict[str, Any]
+    user_id: int
+    filtered: bool
+
+
+class TrafficMix:
+    """Samples :class:`Call` s from a generated dataset's queries, users and prices.
+
+    Args:
+        queries: Query texts.
+        query_shares: Traffic share of each query (need not sum to 1).
+        query_categories: The category each query targets.
+        users: Known shopper ids.
+        user_weights: Relative activity of each shopper.
+        price_ceilings: Upper-quartile price per category.
+        config: Shares of the mix.
+    """
+
+    def __init__(self, queries: list[str], query_shares: list[float], query_categories: list[str],
+                 users: list[int], user_weights: list[float], price_ceilings: dict[str, float],
+                 config: MixConfig | None = None) -> None:
+        if not queries or len(queries) != len(query_shares) or len(queries) != len(query_categories):
+            raise ValueError("queries, their shares and categories must be non-empty and equally long")
+        self.config = config or MixConfig()
+        self.queries = queries
+        self.query_categories = query_categories
+        self._query_cum = list(accumulate(query_shares))
+        self.users = users or [ANONYMOUS_USER]
+        self._user_cum = list(accumulate(user_weights or [1.0]))
+        self.price_ceilings = price_ceilings
+        self.categories = sorted(price_ceilings)
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, config: MixConfig | None = None) -> TrafficMix:
+        """The mix of a generated dataset (a bundle's ``catalog`` component)."""
+        q = dataset.queries
+        log = dataset.events.log
+        user_ids, counts = np.unique(log.user_ids, return_counts=True)
+        ceilings = {
+            str(c): float(np.percentile(dataset.items.price[dataset.items.category == c], 75))
+            for c in np.unique(dataset.items.category)
+        }
+        return cls(q.text.tolist(), q.frequency.astype(float).tolist(), q.category.tolist(),
+                   user_ids.tolist(), counts.astype(float).tolist(), ceilings, config)
+
+    @classmethod
+    def from_bundle(cls, bundle: Path | str, config: MixConfig | None = None) -> TrafficMix:
+        """The mix of a bundle's ``catalog`` component (its generated query log)."""
+        return cls.from_dataset(Dataset.load(Path(bundle) / CATALOG_COMPONENT), config)
+
+    def sample(self, rng: random.Random) -> Call:
+        """One request of the mix."""
+        c = self.config
+        recommend = rng.random() < c.recommend_share
+        if recommend:
+            query, category = "", self.categories[rng.randrange(len(self.categories))]
+        else:
+            row = rng.choices(range(len(self.queries)), cum_weights=self._query_cum)[0]
+            query, category = self.queries[row], self.query_categories[row]
+        anonymous = rng.random() < c.anonymous_share
+        user = (ANONYMOUS_USER if anonymous
+                else self.users[rng.choices(range(len(self.users)), cum_weights=self._user_cum)[0]])
+        parameters: dict[str, Any] = {TOP_N: c.top_n}
+        filtered = rng.random() < c.filter_share
+        if filtered:
+            which = rng.randrange(3)
+            if which in (0, 2):
+                parameters[CATEGORY] = category
+            if which in (1, 2):
+                parameters[MAX_PRICE] = round(self.price_ceilings[category], 2)
+        body = {
+            "inputs": [
+                {"name": QUERY, "shape": [1], "datatype": "BYTES", "data": [query]},
+                {"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [user]},
+            ],
+            "parameters": parameters,
+        }
+        return Call(RECOMMEND_KIND if recommend else SEARCH_KIND, body, user, filtered)

@@ -1,0 +1,460 @@
+"""TorchServe as the second runtime of ``bert-ranker``: model archive, ``config.properties``, process.
+
+TorchServe is an optional extra (``pip install '.[torchserve]'``): it is in limited maintenance
+upstream (no planned fixes or security patches), so nothing in the default install, stack or chart
+values needs it. This module imports neither ``ts`` nor ``model_archiver`` at module level.
+
+The model store (:func:`write_model_store`) has the layout KServe's ``kserve-torchserve`` runtime
+reads from a ``storageUri`` (``--model-store=/mnt/models/model-store``,
+``--ts-config=/mnt/models/config/config.properties``)::
+
+    <out>/model-store/bert-ranker.mar   torch-model-archiver output: model.onnx, serving.json,
+                                        torchserve_handler.py
+    <out>/config/config.properties      service_envelope=kservev2, batchSize / maxBatchDelay in
+                                        model_snapshot
+
+The archive serves the same ONNX graph Triton's CPU configuration serves (``configs/cpu.pbtxt`` ->
+``model.onnx``, the variant the quality guard chose) with ONNX Runtime, so both runtimes give the
+same scores for the same inputs: no TorchScript export (a second graph of the same model would make
+score equality a matter of tolerance between two compilers, and the int8 variant has no TorchScript
+form). ``serving.json`` (tensor names and datatypes, max sequence length, vocabulary size) is derived
+from that ``config.pbtxt``, which stays the one source of truth.
+
+Locally (:class:`TorchServeServer`) the Java frontend is started directly, not through the
+``torchserve`` launcher: the launcher keeps one pid file per machine (``$TMPDIR/.model_server.pid``)
+and refuses to start a second server, which tests and the benchmark need beside other servers.
+Logs and metrics files go to the work dir (``LOG_LOCATION``, ``METRICS_LOCATION``), never the cwd.
+
+What TorchServe's REST API does not speak of the v2 contract (see the README): ``/v2/health/*``
+(TorchServe has ``/ping``), ``/v2/models/{m}`` and ``/v2/models/{m}/ready`` (metadata: TorchServe's
+management API describes the model instead), the binary tensor extension (JSON tensors only), and
+v2 gRPC (TorchServe's gRPC is its own ``inference.proto``). ``POST /v2/models/bert-ranker/infer``
+with JSON tensors works with ``tritonclient.http`` (``binary_data=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from predictors.ranker.server import RankerSettings
+from predictors.ranker.triton_repo import (
+    CPU_CONFIG_NAME,
+    MAX_SEQUENCE_LENGTH,
+    model_path,
+    read_config,
+    selected_config,
+)
+from shopserve.artifacts import RANKER_COMPONENT, load_component
+from shopserve.errors import BundleError
+from shopserve.protocol import RANKER_MODEL
+
+log = logging.getLogger(__name__)
+
+TORCHSERVE_DIR = "torchserve"
+"""Folder of the ranker component holding the TorchServe model store (the chart's storageUri)."""
+MODEL_STORE_DIR = "model-store"
+CONFIG_DIR = "config"
+CONFIG_PROPERTIES = "config.properties"
+ARCHIVE = f"{RANKER_MODEL}.mar"
+ARCHIVE_VERSION = "1"
+HANDLER = Path(__file__).with_name("torchserve_handler.py")
+SERVING_FILE = "serving.json"
+"""Must equal ``torchserve_handler.SERVING_FILE`` (the handler cannot import this package)."""
+EXTRA_HINT = "install the optional extra: pip install '.[torchserve]'"
+
+# KServe's kserve-torchserve runtime: its wrapper serves v2 on 8080/8081 and forwards to TorchServe
+# on the inference address it reads from this file (the upstream example ports).
+CLUSTER_PORTS = {"inference": 8085, "management": 8085, "metrics": 8082, "grpc_inference": 7070,
+                 "grpc_management": 7071}  # fmt: skip
+CLUSTER_MODEL_STORE = "/mnt/models/model-store"
+
+Profile = Literal["cluster", "local"]
+
+
+@dataclass(frozen=True)
+class TorchServeModelConfig:
+    """Serving parameters of ``bert-ranker`` in TorchServe.
+
+    Attributes:
+        batch_size: ``batchSize``: most requests (of ~50 pairs each) TorchServe batches together.
+        max_batch_delay_ms: ``maxBatchDelay``: how long TorchServe waits to fill a batch.
+        workers: ``minWorkers`` = ``maxWorkers``: Python worker processes, each with a session.
+        threads: ONNX Runtime intra-op threads per worker.
+        response_timeout_s: ``responseTimeout``: a worker silent for longer is restarted.
+    """
+
+    batch_size: int = 8
+    max_batch_delay_ms: int = 2
+    workers: int = 1
+    threads: int = 2
+    response_timeout_s: int = 30
+
+
+def serving_spec(ranker_dir: Path, threads: int) -> tuple[dict[str, Any], Path]:
+    """The handler's ``serving.json`` and the ONNX file to archive, from the bundle's CPU config.
+
+    Raises:
+        BundleError: the configuration lacks the max sequence length or names a missing file.
+    """
+    source = Path(ranker_dir) / RANKER_MODEL
+    config_file = selected_config(source, CPU_CONFIG_NAME)
+    config = read_config(config_file)
+    if MAX_SEQUENCE_LENGTH not in config.parameters:
+        raise BundleError(f"{config_file} lacks parameter '{MAX_SEQUENCE_LENGTH}'")
+    onnx_file = model_path(source, config)
+    if not onnx_file.is_file():
+        raise BundleError(f"{config_file} names {onnx_file.name}, which is not in {onnx_file.parent}")
+    spec = {
+        "model_name": config.name,
+        "model_version": ARCHIVE_VERSION,
+        "model_file": onnx_file.name,
+        "inputs": [{"name": t.name, "datatype": t.datatype} for t in config.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype} for t in config.outputs],
+        MAX_SEQUENCE_LENGTH: int(config.parameters[MAX_SEQUENCE_LENGTH]),
+        "vocab_size": int(config.parameters.get("vocab_size", "0")),
+        "threads": threads,
+    }
+    return spec, onnx_file
+
+
+def write_archive(ranker_dir: Path, export_dir: Path, threads: int = 2) -> Path:
+    """Write ``<export_dir>/bert-ranker.mar`` with ``torch-model-archiver`` from a ranker bundle.
+
+    Raises:
+        RuntimeError: ``torch-model-archiver`` is not installed.
+    """
+    try:
+        from model_archiver.model_archiver_config import ModelArchiverConfig
+        from model_archiver.model_packaging import generate_model_archive
+    except ImportError as exc:
+        raise RuntimeError(f"torch-model-archiver is not installed: {EXTRA_HINT}") from exc
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    spec, onnx_file = serving_spec(ranker_dir, threads)
+    with tempfile.TemporaryDirectory(prefix="shopserve-mar-") as tmp:
+        spec_file = Path(tmp) / SERVING_FILE
+        spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        generate_model_archive(ModelArchiverConfig(
+            model_name=RANKER_MODEL, handler=str(HANDLER), version=ARCHIVE_VERSION,
+            serialized_file=str(onnx_file), extra_files=str(spec_file),
+            export_path=str(export_dir), archive_format="default", force=True,
+        ))  # fmt: skip
+    return export_dir / ARCHIVE
+
+
+def model_snapshot(config: TorchServeModelConfig) -> dict[str, Any]:
+    """The ``model_snapshot`` that registers ``bert-ranker`` at startup with batching on."""
+    entry = {"defaultVersion": True, "marName": ARCHIVE, "minWorkers": config.workers,
+             "maxWorkers": config.workers, "batchSize": config.batch_size,
+             "maxBatchDelay": config.max_batch_delay_ms,
+             "responseTimeout": config.response_timeout_s}  # fmt: skip
+    return {"name": "startup.cfg", "modelCount": 1, "models": {RANKER_MODEL: {ARCHIVE_VERSION: entry}}}
+
+
+def config_properties(
+    config: TorchServeModelConfig,
+    *,
+    profile: Profile = "cluster",
+    host: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
+    model_store: str = CLUSTER_MODEL_STORE,
+    java_heap_mb: int | None = None,
+) -> str:
+    """The text of TorchServe's ``config.properties``.
+
+    ``cluster`` is what the bundle carries for KServe's ``kserve-torchserve`` runtime: addresses
+    on all interfaces at the ports its wrapper expects, ``enable_envvars_config`` (KServe sets
+    ``TS_SERVICE_ENVELOPE``), token authorisation left on (TorchServe's default). ``local`` binds
+    every endpoint to ``host`` at ``ports`` and turns token authorisation off: a loopback server
+    for tests and benchmarks, never a shared one.
+
+    Args:
+        config: Serving parameters.
+        profile: ``cluster`` or ``local``.
+        host: Bind address of the local profile.
+        ports: ``inference``, ``management``, ``metrics``, ``grpc_inference``, ``grpc_management``
+            (local profile; the cluster one uses :data:`CLUSTER_PORTS`).
+        model_store: Folder of ``bert-ranker.mar``.
+        java_heap_mb: Heap limit of the Java frontend (``vmargs``); None keeps Java's default.
+    """
+    if profile not in ("cluster", "local"):
+        raise ValueError(f"unknown profile {profile!r}")
+    if profile == "cluster":
+        bind, ports = "0.0.0.0", CLUSTER_PORTS  # noqa: S104 - inside the pod; KServe fronts it
+    else:
+        if not ports:
+            raise ValueError("the local profile needs its ports")
+        bind = host
+    lines = [
+        f"# bert-ranker on TorchServe ({profile} profile), written by predictors.ranker.torchserve",
+        f"inference_address=http://{bind}:{ports['inference']}",
+        f"management_address=http://{bind}:{ports['management']}",
+        f"metrics_address=http://{bind}:{ports['metrics']}",
+        f"grpc_inference_address={bind}",
+        f"grpc_inference_port={ports['grpc_inference']}",
+        f"grpc_management_address={bind}",
+        f"grpc_management_port={ports['grpc_management']}",
+        "enable_metrics_api=true",
+        "metrics_mode=prometheus",
+        # The KServe v2 request envelope, as KServe's own TorchServe runtime sets it; the handler
+        # batches it correctly itself (see torchserve_handler).
+        "service_envelope=kservev2",
+        f"model_store={model_store}",
+        "model_snapshot=" + json.dumps(model_snapshot(config), separators=(",", ":")),
+        "default_workers_per_model=" + str(config.workers),
+        # Everything the worker needs (numpy, onnxruntime) is in the image / venv already.
+        "install_py_dep_per_model=false",
+        "number_of_netty_threads=4",
+        "job_queue_size=100",
+    ]
+    if java_heap_mb:
+        lines.append(f"vmargs=-Xmx{java_heap_mb}m -XX:+ExitOnOutOfMemoryError")
+    if profile == "cluster":
+        lines.append("enable_envvars_config=true")
+    else:
+        lines.append("disable_token_authorization=true")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_store(
+    ranker_dir: Path,
+    out_dir: Path,
+    config: TorchServeModelConfig | None = None,
+    **properties: Any,
+) -> Path:
+    """Write ``<out_dir>/model-store/bert-ranker.mar`` and ``<out_dir>/config/config.properties``.
+
+    Args:
+        ranker_dir: The ranker component folder (holds ``bert-ranker/``).
+        out_dir: Where the store goes (``<ranker>/torchserve`` in a bundle).
+        config: Serving parameters.
+        **properties: Passed to :func:`config_properties` (profile, host, ports, java_heap_mb);
+            ``model_store`` defaults to KServe's path in the cluster profile and to the written
+            folder in the local one.
+
+    Returns:
+        The path of ``config.properties``.
+    """
+    config = config or TorchServeModelConfig()
+    out_dir = Path(out_dir)
+    store = out_dir / MODEL_STORE_DIR
+    write_archive(ranker_dir, store, threads=config.threads)
+    if properties.get("profile", "cluster") == "local":
+        properties.setdefault("model_store", str(store))
+    conf = out_dir / CONFIG_DIR / CONFIG_PROPERTIES
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(config_properties(config, **properties))
+    return conf
+
+
+# --------------------------------------------------------------------------------------------------
+# The local server.
+# --------------------------------------------------------------------------------------------------
+
+
+def ts_home() -> Path:
+    """The installed TorchServe (``model_server_home``: the folder holding ``ts/``).
+
+    Raises:
+        RuntimeError: TorchServe is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("ts")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"TorchServe is not installed: {EXTRA_HINT}")
+    home = Path(next(iter(spec.submodule_search_locations))).parent
+    if not (home / "ts" / "frontend" / "model-server.jar").is_file():
+        raise RuntimeError(f"no TorchServe frontend under {home}/ts/frontend")
+    return home
+
+
+def java_binary() -> str:
+    """``$JAVA_HOME/bin/java`` or ``java`` on PATH (TorchServe 0.12 needs Java 17)."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java:
+        raise RuntimeError("TorchServe needs Java 17: no java on PATH and JAVA_HOME unset")
+    return java
+
+
+class TorchServeServer:
+    """A local TorchServe serving ``bert-ranker`` from a bundle on loopback; a context manager.
+
+    Ports: ``http_port`` is TorchServe's inference API (``/ping``,
+    ``/v2/models/bert-ranker/infer``), ``management_port`` its management API, ``metrics_port``
+    its metrics, ``grpc_port`` / ``grpc_management_port`` its own (non-v2) gRPC services.
+
+    Example:
+        >>> with TorchServeServer(RankerSettings(runtime="torchserve")) as server:
+        ...     server.wait_ready()
+    """
+
+    def __init__(self, settings: RankerSettings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.workdir: Path | None = None
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the inference API (the form tritonclient takes)."""
+        return f"{self.settings.host}:{self.settings.http_port}"
+
+    @property
+    def management_url(self) -> str:
+        """Base URL of the management API."""
+        return f"http://{self.settings.host}:{self.settings.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Full URL of the Prometheus metrics."""
+        return f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of TorchServe's own gRPC inference service (not v2)."""
+        return f"{self.settings.host}:{self.settings.grpc_port}"
+
+    def model_config(self) -> TorchServeModelConfig:
+        """Serving parameters from the settings."""
+        s = self.settings
+        return TorchServeModelConfig(
+            batch_size=s.batch_size, max_batch_delay_ms=max(1, math.ceil(s.max_queue_delay_us / 1000)),
+            workers=s.instances, threads=s.threads,
+        )
+
+    def start(self) -> None:
+        """Verify the bundle, write the model store and config, and start the Java frontend."""
+        s = self.settings
+        bundle = Path(s.bundle)
+        if s.verify_bundle:
+            load_component(bundle, RANKER_COMPONENT)
+        if s.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="shopserve-torchserve-")
+            self.workdir = Path(self._tmp.name)
+        else:
+            self.workdir = Path(s.workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        home = ts_home()
+        ports = {"inference": s.http_port, "management": s.management_port, "metrics": s.metrics_port,
+                 "grpc_inference": s.grpc_port, "grpc_management": s.grpc_management_port}  # fmt: skip
+        # The heap limit goes on the java command line below: ``vmargs`` is read only by the
+        # ``torchserve`` launcher, which is not used here.
+        conf = write_model_store(bundle, self.workdir, self.model_config(), profile="local",
+                                 host=s.host, ports=ports)  # fmt: skip
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        command = [
+            java_binary(), f"-Dmodel_server_home={home}", f"-Djava.io.tmpdir={self.workdir / 'tmp'}",
+            f"-Xmx{s.java_heap_mb}m", "-cp", f".:{home / 'ts' / 'frontend'}/*",
+            "org.pytorch.serve.ModelServer", "--python", sys.executable,
+            "-f", str(conf), "-s", str(self.workdir / MODEL_STORE_DIR), "-ncs",
+        ]  # fmt: skip
+        env = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
+               "METRICS_LOCATION": str(self.workdir / "logs"), "TEMP": str(self.workdir / "tmp")}  # fmt: skip
+        log.info("starting torchserve: %s", " ".join(command))
+        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
+            command, env=env, cwd=self.workdir, start_new_session=True,
+            stdout=subprocess.DEVNULL if s.log_verbose == 0 else None, stderr=None,
+        )
+
+    def _get(self, url: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def is_ready(self) -> bool:
+        """``/ping`` is healthy and ``bert-ranker`` has a READY worker (management API)."""
+        try:
+            code, _ = self._get(f"http://{self.http_url}/ping")
+            if code != 200:
+                return False
+            code, body = self._get(f"{self.management_url}/models/{RANKER_MODEL}")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        if code != 200:
+            return False
+        described = json.loads(body)
+        return any(w.get("status") == "READY" for m in described for w in m.get("workers", []))
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Poll until :meth:`is_ready`.
+
+        Raises:
+            RuntimeError: the process exited, or it was not ready within the timeout.
+        """
+        limit = timeout_s or self.settings.startup_timeout_s
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"torchserve exited (code {code}) before it was ready{self._log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"torchserve not ready after {limit}s{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if self.workdir is None:
+            return ""
+        logs = self.workdir / "logs" / "ts_log.log"
+        return "" if not logs.is_file() else "\n" + logs.read_text(errors="replace")[-3000:]
+
+    def terminate(self) -> None:
+        """Ask TorchServe to shut down (SIGTERM) without waiting: safe inside a signal handler."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the frontend, SIGKILL it if it hangs, then its process group (the workers)."""
+        code = None
+        timeout_s = timeout_s if timeout_s is not None else self.settings.exit_timeout_s + 10.0
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("torchserve ignored SIGTERM for %.0fs; killing it", timeout_s)
+                self.process.kill()
+                code = self.process.wait()
+        elif self.process is not None:
+            code = self.process.returncode
+        if self.process is not None:
+            # Workers are children of the frontend in its own session: none may outlive it.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        return code
+
+    def __enter__(self) -> TorchServeServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,80 @@
+"""`ranker.server`: the search InferenceService's ranker on Triton (default) or on TorchServe.
+
+TorchServe renders KServe's `kserve-torchserve` predictor (model format `pytorch`, protocol v2, the
+bundle's TorchServe model store as storageUri) and every other part of the ranker pod unchanged:
+resources, hardening, scheduling, canaries. Each rendering is validated against the strict KServe
+CRD schemas, like the environment renders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shopserve.protocol import SEARCH_MODEL
+from tests.charts.conftest import Obj, by_kind, one
+
+TS = "ranker.server=torchserve"
+
+
+def _valid(objects: list[Obj], kserve_validators: dict[tuple[str, str], Any]) -> None:
+    for obj in objects:
+        validator = kserve_validators.get((obj["apiVersion"], obj["kind"]))
+        if validator is not None:
+            errors = [e.message for e in validator.iter_errors(obj)]
+            assert not errors, (obj["kind"], obj["metadata"]["name"], errors[:3])
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_torchserve_predictor(mode: str, render: Any, kserve_validators: dict[tuple[str, str], Any]) -> None:
+    objects = render("dev", mode, TS)
+    _valid(objects, kserve_validators)
+    predictor = one(objects, "InferenceService", SEARCH_MODEL)["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["modelFormat"] == {"name": "pytorch"}
+    assert model["protocolVersion"] == "v2"
+    assert model["storageUri"] == "s3://shopserve-models/bundles/20261120.090000/ranker/torchserve"
+    # KServe picks its kserve-torchserve runtime by the format; Triton's flags are not passed on.
+    assert "runtime" not in model and "args" not in model
+    assert {e["name"]: e["value"] for e in model["env"]}["LOG_LOCATION"].startswith("/tmp/")
+    assert model["securityContext"]["readOnlyRootFilesystem"] is True
+    assert model["resources"]["limits"]["memory"]
+    assert predictor["annotations"]["prometheus.io/port"] == "8082"
+    # No Triton ServingRuntime is rendered for a TorchServe ranker.
+    assert not by_kind(objects, "ServingRuntime")
+
+
+def test_triton_stays_the_default(render: Any) -> None:
+    objects = render("dev", "Knative")
+    model = one(objects, "InferenceService", SEARCH_MODEL)["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "triton"} and model["protocolVersion"] == "grpc-v2"
+    assert model["args"] == ["--model-config-name=cpu"]
+    assert by_kind(objects, "ServingRuntime")
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_torchserve_canary_serves_the_candidate_store(
+    mode: str, render: Any, kserve_validators: dict[tuple[str, str], Any]
+) -> None:
+    objects = render("staging", mode, TS, "ranker.gpu.count=0")
+    _valid(objects, kserve_validators)
+    spec = one(objects, "InferenceService", SEARCH_MODEL)["spec"]
+    candidate = "s3://shopserve-models/bundles/20261122.090000/ranker/torchserve"
+    if mode == "Knative":
+        assert spec["predictor"]["canaryTrafficPercent"] == 10
+        assert spec["predictor"]["model"]["storageUri"] == candidate
+    else:
+        [canary] = spec["canary"]
+        assert canary["trafficPercent"] == 10
+        assert canary["predictor"]["model"]["storageUri"] == candidate
+        assert canary["predictor"]["model"]["modelFormat"] == {"name": "pytorch"}
+        assert spec["predictor"]["model"]["storageUri"].endswith("20261120.090000/ranker/torchserve")
+
+
+def test_torchserve_with_a_gpu_fails(template_error: Any) -> None:
+    assert "set ranker.gpu.count=0" in template_error("staging", "Knative", TS)
+
+
+def test_schema_rejects_an_unknown_server(template_error: Any) -> None:
+    assert "ranker.server" in template_error("dev", "Knative", "ranker.server=tfserving")

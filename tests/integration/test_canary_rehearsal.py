@@ -1,0 +1,203 @@
+"""``shopserve loadtest`` and the canary gate's local rehearsal, on the real servers, with real locust.
+
+One tiny bundle; one recall and one ranker shared by three transformers: stable, a canary made
+slow on purpose (``SEARCH_FAULT_DELAY_MS``) and one that fails a share of requests on purpose
+(``SEARCH_FAULT_ERROR_RATIO``). The gate runs as the ``shopserve`` command in a child process,
+as an operator would run it; the good-canary case lets ``gate --local`` start its own stacks.
+Runs are a few seconds per step: enough requests to judge, short enough for a small machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shopserve.protocol import SEARCH_MODEL
+from tests.bundles import build_tiny_bundle
+from tests.servers import ROOT, Server, free_port, start_server
+
+pytestmark = pytest.mark.integration
+
+#: Generous upstream budgets: the test machine is small and shared, and a degraded answer is not
+#: what these tests are about.
+BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000"}
+#: An SLO a healthy tiny stack meets on a busy 2-core machine, and a slow canary does not.
+SLO = "p95_ms=1000,p99_ms=1500,max_failure_ratio=0,max_degraded_ratio=0.05"
+#: Short steps; tolerances wide enough for the noise of a few seconds at small shares.
+GATE_FLAGS = ["--steps", "20,50,100", "--step-seconds", "4", "--users", "4", "--slo", SLO,
+              "--min-requests", "5", "--latency-ratio", "1.0", "--latency-slack-ms", "150",
+              "--ratio-slack", "0.05", "--max-holds", "2"]
+SLOW_MS = 1500
+
+
+@dataclass
+class Rehearsal:
+    bundle: Path
+    logs: Path
+    stable: Server
+    slow: Server
+    failing: Server
+
+
+def _search(bundle: Path, logs: Path, name: str, recall: Server, ranker: Server,
+            extra: dict[str, str]) -> Server:
+    http, grpc = free_port(), free_port()
+    return start_server(
+        "transformers_pre",
+        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
+         "SEARCH_RANKER_HOST": ranker.grpc_address, "SEARCH_HTTP_PORT": str(http),
+         "SEARCH_GRPC_PORT": str(grpc), **BUDGETS, **extra},
+        logs / f"{name}.log", http_port=http, grpc_port=grpc,
+    )
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    bundle = tmp_path_factory.mktemp("bundle")
+    logs = tmp_path_factory.mktemp("logs")
+    build_tiny_bundle(bundle)
+    servers: list[Server] = []
+    try:
+        http, grpc = free_port(), free_port()
+        recall = start_server("predictors.recall", {
+            "RECALL_BUNDLE_DIR": str(bundle / "recall"), "RECALL_HTTP_PORT": str(http),
+            "RECALL_GRPC_PORT": str(grpc)}, logs / "recall.log", http_port=http, grpc_port=grpc)
+        servers.append(recall)
+        http, grpc = free_port(), free_port()
+        ranker = start_server("predictors.ranker", {
+            "RANKER_BUNDLE": str(bundle / "ranker"), "RANKER_HTTP_PORT": str(http),
+            "RANKER_GRPC_PORT": str(grpc), "RANKER_METRICS_PORT": str(free_port())},
+            logs / "ranker.log", http_port=http, grpc_port=grpc, timeout=180)
+        servers.append(ranker)
+        stable = _search(bundle, logs, "stable", recall, ranker, {})
+        servers.append(stable)
+        slow = _search(bundle, logs, "slow", recall, ranker, {"SEARCH_FAULT_DELAY_MS": str(SLOW_MS)})
+        servers.append(slow)
+        failing = _search(bundle, logs, "failing", recall, ranker,
+                          {"SEARCH_FAULT_ERROR_RATIO": "0.5"})
+        servers.append(failing)
+        yield Rehearsal(bundle, logs, stable, slow, failing)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def shopserve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The ``shopserve`` command, in a child process (it starts locust, which monkey-patches)."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    print(f"$ shopserve {' '.join(args)}  ({time.monotonic() - start:.0f}s, exit {done.returncode})")
+    print(done.stdout[-6000:], done.stderr[-3000:])
+    return done
+
+
+# ------------------------------------------------------------------------------------ loadtest
+
+
+def test_loadtest_writes_reports_and_meets_a_reachable_slo(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    done = shopserve("loadtest", "--host", rehearsal.stable.http_url, "--bundle", str(rehearsal.bundle),
+                     "-u", "3", "-t", "4", "--slo", SLO, "--out", str(tmp_path), "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SLO met" in done.stdout
+    with open(tmp_path / "load_stats.csv", newline="") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    # URLs grouped by kind: searches and recommendations (empty query) both in the mix.
+    assert {"search", "recommend", "Aggregated"} <= set(rows)
+    assert int(rows["Aggregated"]["Request Count"]) > 0
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+    assert all(row["Type"] in ("POST", "") for row in rows.values())
+    assert (tmp_path / "load.html").read_text().lstrip().lower().startswith("<!doctype html")
+    summary = json.loads((tmp_path / "load-summary.json").read_text())
+    assert summary["total"]["requests"] == int(rows["Aggregated"]["Request Count"])
+    assert summary["violations"] == []
+    # Every request reached the v2 endpoint of the search model with a request id.
+    metrics = _metric(rehearsal.stable, "shopserve_requests_total", f'model="{SEARCH_MODEL}",code="200"')
+    assert metrics >= summary["total"]["requests"]
+
+
+def test_loadtest_exits_non_zero_on_a_missed_slo(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    done = shopserve("loadtest", "--host", rehearsal.stable.http_url, "--bundle", str(rehearsal.bundle),
+                     "-u", "2", "-t", "3", "--slo", SLO, "--p95-ms", "0.01", "--out", str(tmp_path),
+                     "--quiet")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SLO MISSED" in done.stdout and "p95_ms" in done.stdout
+    summary = json.loads((tmp_path / "load-summary.json").read_text())
+    assert [v["metric"] for v in summary["violations"]] == ["p95_ms"]
+    assert (tmp_path / "load_stats.csv").is_file() and (tmp_path / "load.html").is_file()
+
+
+def test_loadtest_counts_injected_failures(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    done = shopserve("loadtest", "--host", rehearsal.failing.http_url, "--bundle",
+                     str(rehearsal.bundle), "-u", "2", "-t", "3", "--slo", SLO, "--out", str(tmp_path),
+                     "--quiet")
+    assert done.returncode == 1
+    summary = json.loads((tmp_path / "load-summary.json").read_text())
+    assert 0.2 < summary["total"]["failure_ratio"] < 0.8
+    assert summary["violations"][0]["metric"] == "failure_ratio"
+    with open(tmp_path / "load_failures.csv", newline="") as handle:
+        errors = " ".join(row["Error"] for row in csv.DictReader(handle))
+    assert "injected failure" in errors  # the 500 says it was injected, never silently
+
+
+def _metric(server: Server, name: str, labels: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f"{name}{{") and labels in line)
+
+
+# ------------------------------------------------------------------------------------ the gate
+
+
+def test_good_canary_is_promoted_through_every_step(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    # gate --local starts stable and canary itself; the canary differs by a blend weight.
+    done = shopserve("gate", "--local", "--stable-bundle", str(rehearsal.bundle),
+                     "--candidate-bundle", str(rehearsal.bundle), *GATE_FLAGS,
+                     *[f"--search-env={k}={v}" for k, v in BUDGETS.items()],
+                     "--canary-env", "SEARCH_WEIGHT_POPULARITY=0.06", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "quality guard: PROMOTE [ranker ndcg@10]" in done.stdout
+    assert "PROMOTED after 3 steps (20%, 50%, 100%)" in done.stdout
+    assert "local: canary promoted" in done.stdout
+    for step in ("step 1/3", "step 2/3", "step 3/3"):
+        assert step in done.stdout
+    assert len(list(tmp_path.glob("step-*/load_stats.csv"))) >= 3
+
+
+@pytest.mark.parametrize(("canary", "metric"), [("slow", "p9"), ("failing", "failure_ratio")])
+def test_bad_canary_is_rolled_back_naming_the_metric(rehearsal: Rehearsal, tmp_path: Path,
+                                                     canary: str, metric: str) -> None:
+    bad: Server = getattr(rehearsal, canary)
+    done = shopserve("gate", "--local", "--stable-bundle", str(rehearsal.bundle),
+                     "--candidate-bundle", str(rehearsal.bundle), *GATE_FLAGS,
+                     "--stable-url", rehearsal.stable.http_url, "--canary-url", bad.http_url,
+                     "--out", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ROLLED BACK at 20% because of " + metric in done.stdout
+    assert "local: canary rolled back" in done.stdout
+    assert "step 2/3" not in done.stdout
+
+
+def test_quality_drop_rolls_back_before_any_traffic(rehearsal: Rehearsal, tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate"
+    for component in ("ranker", "recall"):
+        (candidate / component).mkdir(parents=True)
+        manifest = json.loads((rehearsal.bundle / component / "manifest.json").read_text())
+        if component == "ranker":
+            manifest["metrics"]["ndcg@10"] -= 0.05
+        (candidate / component / "manifest.json").write_text(json.dumps(manifest))
+    done = shopserve("gate", "--local", "--stable-bundle", str(rehearsal.bundle),
+                     "--candidate-bundle", str(candidate), *GATE_FLAGS, "--out", str(tmp_path / "r"))
+    assert done.returncode == 1
+    assert "ROLLED BACK at 0% because of ranker ndcg@10" in done.stdout
+    assert "step 1/3" not in done.stdout
