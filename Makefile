@@ -12,7 +12,7 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint clean bench-recall bench-ranker bench-stack bench-load bench-runtimes evaluate-stack
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint clean bench-recall bench-ranker bench-stack bench-load bench-runtimes evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -79,6 +79,14 @@ bench-stack: $(STAMP) demo-bundle
 # Quality of the whole pipeline through the running stack (BM25, BM25+MF, full, degraded).
 evaluate-stack: $(STAMP) demo-bundle
 	$(PY) -m pipeline.cli evaluate stack --bundle $(DEMO_BUNDLE) --out bench/results/stack_quality.md
+
+# The lifecycle on the demo (or tiny) configuration: data -> train -> optimise -> evaluate -> package
+# into artifacts/bundles/<version>/, unchanged steps skipped, resumed after a failure.
+pipeline: $(STAMP)
+	$(PY) -m pipeline.cli pipeline run --config configs/pipeline-demo.yaml
+
+pipeline-tiny: $(STAMP)
+	$(PY) -m pipeline.cli pipeline run --config configs/pipeline-tiny.yaml
 
 # Ranker variants (torch, ONNX fp32/int8, pruned int8) and the local Triton; bench/results/ranker.md.
 bench-ranker: $(STAMP)

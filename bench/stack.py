@@ -8,6 +8,8 @@ clients:
    into upstream calls (recall, rank), the transformer's own stages (normalise, lexical, filter,
    tokenise, blend) and the rest (KServe's HTTP handling, encoding, waiting for the event loop);
    the transformer's overhead is end-to-end minus its upstream calls;
+   Requests go over v2 gRPC (the client library of the Triton-direct row, so both sides pay the
+   same client cost) and over v2 REST (httpx);
 2. scores the very same candidate batches (the query with the titles of the 50 items the search
    returned) on Triton directly over v2 gRPC, tokenised in this process beforehand.
 
@@ -105,6 +107,39 @@ async def search_load(url: str, bodies: list[dict], concurrency: int) -> tuple[l
     return samples, len(bodies) / seconds
 
 
+async def search_load_grpc(address: str, bodies: list[dict], concurrency: int
+                           ) -> tuple[list[Sample], float]:
+    """As :func:`search_load`, over v2 gRPC with the client the Triton-direct row uses."""
+    queue: asyncio.Queue[dict] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    samples: list[Sample] = []
+    client = triton_aio.InferenceServerClient(address)
+
+    async def worker() -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            inputs = {i["name"]: i for i in body["inputs"]}
+            query = triton_aio.InferInput(QUERY, [1], "BYTES")
+            query.set_data_from_numpy(np.array([inputs[QUERY]["data"][0].encode()], dtype=object))
+            user = triton_aio.InferInput(USER_ID, [1], "INT64")
+            user.set_data_from_numpy(np.array(inputs[USER_ID]["data"], dtype=np.int64))
+            start = time.perf_counter()
+            result = await client.infer(SEARCH_MODEL, [query, user], parameters=body["parameters"])
+            total = (time.perf_counter() - start) * 1000
+            params = result.get_response().parameters
+            stages = json.loads(params[STAGE_MS].string_param)
+            samples.append(Sample(total, sum(stages.get(s, 0.0) for s in UPSTREAM),
+                                  sum(stages.get(s, 0.0) for s in OWN),
+                                  bool(params[DEGRADED].string_param)))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    await client.close()
+    return samples, len(bodies) / seconds
+
+
 async def triton_load(address: str, batches: list[dict[str, np.ndarray]], concurrency: int
                       ) -> tuple[list[float], float]:
     """Score every batch once on Triton over gRPC with ``concurrency`` clients."""
@@ -181,15 +216,19 @@ def main(argv: list[str] | None = None) -> None:
         first.close()
         bodies = kept
         pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
-        header = ("| clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | overhead p50 | "
+        header = ("| protocol | clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | overhead p50 | "
                   "overhead p99 | degraded | search req/s | Triton direct req/s | through / direct |")
         lines += [f"{len(bodies)} held-out queries per run, {pairs:.0f} (query, title) pairs per "
                   f"ranker call, median of {args.repeats} runs; times in ms", "", header,
                   "|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|"]
-        for concurrency in (1, 8):
+        for protocol, concurrency in (("grpc", 1), ("grpc", 8), ("rest", 1), ("rest", 8)):
             runs = []
             for _ in range(args.repeats):
-                samples, search_rps = asyncio.run(search_load(search_url, bodies, concurrency))
+                if protocol == "grpc":
+                    samples, search_rps = asyncio.run(search_load_grpc(
+                        f"127.0.0.1:{ports.search_grpc}", bodies, concurrency))
+                else:
+                    samples, search_rps = asyncio.run(search_load(search_url, bodies, concurrency))
                 _, triton_rps = asyncio.run(
                     triton_load(f"127.0.0.1:{ports.ranker_grpc}", batches, concurrency))
                 totals = [s.total for s in samples]
@@ -201,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                              sum(s.degraded for s in samples) / len(samples)))
             med = [statistics.median(r[i] for r in runs) for i in range(9)]
             lines.append(
-                f"| {concurrency:>7} | {med[0]:7.1f} | {med[1]:7.1f} | {med[2]:12.1f} | "
+                f"| {protocol:>8} | {concurrency:>7} | {med[0]:7.1f} | {med[1]:7.1f} | {med[2]:12.1f} | "
                 f"{med[3]:14.1f} | {med[4]:12.1f} | {med[5]:12.1f} | {med[8]:8.0%} | "
                 f"{med[6]:12.1f} | {med[7]:19.1f} | {med[6] / med[7]:15.0%} |")
     lines += ["", "goals: overhead p50 <= 2 ms; through / direct >= 90% (kserve issue 2770: 42%)"]

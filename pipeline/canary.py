@@ -110,12 +110,14 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
                   extra=extra)
     print(f"locust against {args.host}: {args.shape} shape, {args.users} users; SLO {slo.describe()}")
     result = run_locust(run, echo=not args.quiet)
-    print(f"reports: {run.csv_prefix}_stats.csv, {run.html_path}, {run.summary_path}")
     if result.summary is None:
         print(f"locust wrote no summary (exit {result.returncode})", file=sys.stderr)
         if args.quiet:
             print(result.output[-3000:], file=sys.stderr)
         return result.returncode or 2
+    if args.quiet:  # otherwise locust's own output already ended with these lines
+        print("\n".join(line for line in result.output.splitlines() if line.startswith("shopserve: ")))
+    print(f"reports: {run.csv_prefix}_stats.csv, {run.html_path}, {run.summary_path}")
     return result.returncode
 
 

@@ -178,9 +178,11 @@ def record_reference(
             recall_candidates=settings.recall_candidates,
             rank_candidates=settings.rank_candidates,
             ranker_enabled=True,
+            query_rewrite=settings.query_rewrite,
             max_length=int(ranker_manifest.params[MAX_SEQUENCE_LENGTH]),
+            # As transformers_pre.model builds it: the reference must see what serving returns.
             weights=Weights(settings.weight_relevance, settings.weight_personal,
-                            settings.weight_popularity),
+                            settings.weight_popularity, settings.weight_lexical),
         ),
     )
 

@@ -66,8 +66,10 @@ class Scrape:
     def select(self, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
         """Samples named ``name`` whose labels include ``match``."""
         out = []
+        # The parser names every counter sample ``*_total``; Triton's counters lack the suffix.
+        names = {name, f"{name}_total"}
         for (sample, labels), value in (self.samples or {}).items():
-            if sample != name:
+            if sample not in names:
                 continue
             as_dict = dict(labels)
             if all(as_dict.get(k) == v for k, v in match.items()):

@@ -378,7 +378,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = pipeline.add_subparsers(dest="action", required=True)
     run = actions.add_parser(
         "run", help="run every step in order, skipping unchanged ones, resuming after a failure",
-        description=__doc__.split("\n\n")[1] if __doc__ else None)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_flags(run)
     run.set_defaults(force=False)
     run.add_argument("--steps", default="",

@@ -62,7 +62,7 @@ EVALUATION_FILE = "evaluation.json"
 #: verify`` check it); files it leaves outside any component are still checksummed in
 #: ``bundle.json``. Hook for monitoring: drift reference distributions are recorded here.
 #: The configuration's ``package.extras`` list adds more names for one run.
-PACKAGE_EXTRAS: tuple[str, ...] = ()
+PACKAGE_EXTRAS: tuple[str, ...] = ("pipeline.steps:record_drift_reference",)
 
 
 @dataclass
@@ -325,6 +325,13 @@ def _save_synonyms(ctx: StepContext, catalog: Path) -> dict[str, int]:
     synonyms = synonyms_from_dataset(dataset, train_ids)
     save_synonyms(catalog, synonyms)
     return {"synonyms": len(synonyms), "synonyms_mined_from_queries": len(train_ids)}
+
+
+def record_drift_reference(ctx: PackageContext) -> None:
+    """Package extra: the ``drift`` component the transformer's drift monitor compares with."""
+    from pipeline.drift_reference import record_reference
+
+    record_reference(ctx.bundle, ctx.dataset(), version=ctx.version)
 
 
 def step_package(ctx: StepContext) -> StepOutcome:

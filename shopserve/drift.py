@@ -34,6 +34,7 @@ import json
 import math
 import re
 import threading
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,8 +147,8 @@ class SignalReference:
             KeyError: a categorical value with no bin and no :data:`OTHER` bin.
         """
         if self.numeric:
-            return np.searchsorted(np.asarray(self.edges), np.asarray(list(values), np.float64),
-                                   side="right").tolist()
+            # bisect over a handful of edges beats a numpy call for the few values of one request.
+            return [bisect_right(self.edges, float(v)) for v in values]
         other = self._index.get(OTHER)
         out = []
         for value in values:
@@ -364,7 +365,8 @@ class DriftWindow:
             for index in bins:
                 ring.add(index)
 
-    def record(self, query: str, known_user: bool, ranker_scores: Sequence[float] | None) -> None:
+    def record(self, query: str, known_user: bool,
+               ranker_scores: Sequence[float] | np.ndarray | None) -> None:
         """Add one request row: its normalised query (empty when recommending), whether its user is
         known, and the ranker scores of its returned results (None when it was not ranked)."""
         self.observe(UNKNOWN_USER, (KNOWN if known_user else UNKNOWN,))
@@ -373,7 +375,9 @@ class DriftWindow:
             self.observe(QUERY_LENGTH, (len(terms),))
             self.observe(QUERY_TERMS, terms)
         if ranker_scores is not None and len(ranker_scores):
-            self.observe(RANKER_SCORE, ranker_scores)
+            # Plain floats: iterating a numpy array yields slow numpy scalars.
+            values = ranker_scores.tolist() if isinstance(ranker_scores, np.ndarray) else ranker_scores
+            self.observe(RANKER_SCORE, values)
 
     def samples(self) -> dict[str, int]:
         """Observations in the window per signal."""

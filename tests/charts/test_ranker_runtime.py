@@ -33,7 +33,8 @@ def test_torchserve_predictor(mode: str, render: Any, kserve_validators: dict[tu
     predictor = one(objects, "InferenceService", SEARCH_MODEL)["spec"]["predictor"]
     model = predictor["model"]
     assert model["modelFormat"] == {"name": "pytorch"}
-    assert model["protocolVersion"] == "v2"
+    # The transformer calls the ranker over v2 gRPC: KServe's TorchServe wrapper serves it for grpc-v2.
+    assert model["protocolVersion"] == "grpc-v2"
     assert model["storageUri"] == "s3://shopserve-models/bundles/20261120.090000/ranker/torchserve"
     # KServe picks its kserve-torchserve runtime by the format; Triton's flags are not passed on.
     assert "runtime" not in model and "args" not in model

@@ -201,3 +201,61 @@ def test_quality_drop_rolls_back_before_any_traffic(rehearsal: Rehearsal, tmp_pa
     assert done.returncode == 1
     assert "ROLLED BACK at 0% because of ranker ndcg@10" in done.stdout
     assert "step 1/3" not in done.stdout
+
+
+# ------------------------------------------------------------------------- the gate, cluster mode
+# The far side of the Kubernetes API cannot run here: tests/fake_kube.py answers GET and PATCH of
+# InferenceServices as the API server does. locust measures the real servers above, standing in
+# for KServe's prev- (stable) and latest- (canary) tag routes.
+
+
+def _kubeconfig(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "gate", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "gate"}}],
+    }))
+    return path
+
+
+def test_cluster_gate_rolls_back_a_slow_canary_through_the_api(rehearsal: Rehearsal,
+                                                              tmp_path: Path) -> None:
+    from tests.fake_kube import FakeKubeAPI, knative_search
+
+    with FakeKubeAPI() as api:
+        api.put(knative_search(predictor_percent=10), resource_version=3)
+        done = shopserve("gate", "-i", "search", "-n", "shopserve", "--kubeconfig",
+                         str(_kubeconfig(tmp_path, api.url)), "--url", rehearsal.stable.http_url,
+                         "--canary-url", rehearsal.slow.http_url, "--stable-bundle",
+                         str(rehearsal.bundle), "--candidate-bundle", str(rehearsal.bundle),
+                         *GATE_FLAGS, "--out", str(tmp_path / "r"))
+        patches = [p.body["spec"] for p in api.patches()]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ROLLED BACK at 20% because of p9" in done.stdout
+    # The step, then the roll back (Knative: canaryTrafficPercent 0 pins the previous revision).
+    assert patches == [{"predictor": {"canaryTrafficPercent": 20}},
+                       {"predictor": {"canaryTrafficPercent": 0}}]
+
+
+def test_cluster_gate_dry_run_prints_every_patch_and_applies_none(rehearsal: Rehearsal,
+                                                                 tmp_path: Path) -> None:
+    from tests.fake_kube import FakeKubeAPI, knative_search
+
+    with FakeKubeAPI() as api:
+        api.put(knative_search(predictor_percent=10), resource_version=3)
+        done = shopserve("gate", "-i", "search", "-n", "shopserve", "--kubeconfig",
+                         str(_kubeconfig(tmp_path, api.url)), "--dry-run", "--url",
+                         rehearsal.stable.http_url, "--canary-url", rehearsal.stable.http_url,
+                         "--stable-bundle", str(rehearsal.bundle), "--candidate-bundle",
+                         str(rehearsal.bundle), *GATE_FLAGS, "--steps", "50,100",
+                         "--out", str(tmp_path / "r"))
+        assert api.patches() == []
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PROMOTED after 2 steps" in done.stdout
+    path = "PATCH /apis/serving.kserve.io/v1beta1/namespaces/shopserve/inferenceservices/search"
+    assert done.stdout.count(path) == 3  # 50%, 100%, promote
+    assert '"canaryTrafficPercent": 50' in done.stdout
+    assert '"canaryTrafficPercent": null' in done.stdout
+    assert "(dry run: not applied)" in done.stdout

@@ -105,7 +105,8 @@ def test_failed_step_is_recorded_and_the_next_run_resumes_there(
         raise RuntimeError("injected failure while writing the report")
 
     monkeypatch.setattr(report_module, "write_report", broken)
-    failed = run_pipeline(config, progress=False)
+    # Forced: unchanged, evaluate would be skipped and never reach the injected failure.
+    failed = run_pipeline(config, progress=False, force=["evaluate"])
     statuses = {r.step: r.status for r in failed.records}
     assert statuses == {"data": "skipped", "train-recall": "skipped", "train-ranker": "skipped",
                         "optimise-ranker": "skipped", "evaluate": "failed", "package": "not run"}

@@ -8,6 +8,8 @@ the raw stub), and stop and restart the dependencies to check degradation and re
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +21,18 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from pipeline.demo import save_catalog
+from pipeline.drift_reference import record_reference
 from predictors.ranker.build import RankerBuildConfig, build_ranker
 from predictors.recall.build import RecallBuildConfig, build_recall
 from predictors.recall.train import MFParams
+from shopserve import metric_names
 from shopserve.data.generator import Dataset, GeneratorConfig, generate
+from shopserve.drift import SIGNALS
 from shopserve.protocol import (
     DEGRADED,
     ITEM_IDS,
@@ -91,6 +97,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                  config=RecallBuildConfig(params=MFParams(factors=16, iterations=5),
                                           show_progress=False))
     build_ranker(dataset, bundle / "ranker", RankerBuildConfig.tiny(), version="test-1")
+    record_reference(bundle, dataset, samples=2000, score_queries=100)
     recall = _start_recall(bundle, logs, free_port(), free_port())
     ranker = _start_ranker(bundle, logs, free_port(), free_port())
     search_http, search_grpc = free_port(), free_port()
@@ -98,7 +105,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "transformers_pre",
         {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
          # Generous budgets: the test machine is small and shared.
-         "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000"},
+         "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000",
+         # A few requests suffice for the drift gauges to appear.
+         "SEARCH_DRIFT_MIN_SAMPLES": "3"},
         logs / "search.log",
         args=["--http_port", str(search_http), "--grpc_port", str(search_grpc),
               "--predictor_host", ranker.grpc_address, "--model_name", SEARCH_MODEL],
@@ -246,6 +255,35 @@ def test_metrics_have_stage_histograms(stack: Stack) -> None:
     text = httpx.get(f"{stack.search.http_url}/metrics").text
     for stage in ("normalise", "lexical", "recall", "filter", "tokenise", "rank", "blend"):
         assert f'shopserve_search_stage_seconds_bucket{{le="0.001",stage="{stage}"}}' in text
+
+
+def test_drift_psi_is_exported_per_signal(stack: Stack) -> None:
+    queries = stack.dataset.queries
+    for text, user in zip(queries.text[:4].tolist(), queries.user_id[:4].tolist(), strict=True):
+        _outputs(_search(stack, _body([text], [user], top_n=5)))
+    families = {f.name: f for f in text_string_to_metric_families(
+        httpx.get(f"{stack.search.http_url}/metrics").text)}
+    assert families[metric_names.DRIFT_REFERENCE_LOADED].samples[0].value == 1.0
+    psi = {s.labels["signal"]: s.value for s in families[metric_names.DRIFT_PSI].samples}
+    assert set(psi) == set(SIGNALS)
+    assert all(v >= 0 for v in psi.values())
+    info = {s.labels["component"]: s.labels for s in families[metric_names.MODEL_INFO].samples}
+    assert info["ranker"]["version"] == "test-1"  # reported by the transformer for Triton
+
+
+def test_monitor_once_names_stages_and_signals(stack: Stack) -> None:
+    _outputs(_search(stack, _body([_a_query(stack)], [_known_user(stack)], top_n=3)))
+    # A child process: the monitor is a CLI; --ranker points at a port nobody listens on.
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.monitor", "monitor", "--once",
+         "--host", stack.search.http_url, "--recall", stack.recall.http_url,
+         "--ranker", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for word in ("lexical", "rank", "blend", "request", *SIGNALS, "recall", "unreachable"):
+        assert word in out, out
+    assert "drift    unavailable" not in out
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -320,12 +320,13 @@ model:
   {{- if $torchserve }}
   {{- /* KServe's kserve-torchserve runtime (auto-selected by the pytorch format) starts
   `torchserve --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties`
-  behind its v2 wrapper on port 8080 and sets TS_SERVICE_ENVELOPE=kservev2 for protocol v2. The
-  storageUri is the bundle's TorchServe model store; logs go to the writable /tmp (the root
-  filesystem is read-only). */}}
+  behind its v2 wrapper on port 8080 and sets TS_SERVICE_ENVELOPE=kservev2 for the v2 protocols.
+  grpc-v2, as for Triton: the transformer calls its predictor over v2 gRPC, which the wrapper
+  translates to TorchServe's own gRPC (v2 REST stays served). The storageUri is the bundle's
+  TorchServe model store; logs go to the writable /tmp (the root filesystem is read-only). */}}
   modelFormat:
     name: pytorch
-  protocolVersion: v2
+  protocolVersion: grpc-v2
   storageUri: {{ printf "%s/torchserve" (trimSuffix "/" $storageUri) | quote }}
   env:
     - name: LOG_LOCATION
