@@ -15,8 +15,9 @@ How it is computed, so that the live window sees the same thing when nothing dri
 
 * the query signals and the known-user share come from ``samples`` rows drawn from the query log
   by each query's traffic share (the same law ``loadtest.traffic`` draws from);
-* the ranker scores are those of the results the transformer would return: the held-out queries
-  (the ranker's evaluation split, never trained on), drawn by traffic share, run through the
+* the ranker scores are those of the results the transformer would return: queries drawn from
+  the whole log by traffic share, as live traffic repeats them (training queries included: the
+  ranker scores those more confidently, and traffic sends them too), run through the
   transformer's own :class:`~transformers_pre.engine.SearchEngine` in process, with the ranker's
   CPU graph in ONNX Runtime and the recall model in place of their servers, at the default
   search settings.
@@ -50,7 +51,7 @@ from shopserve.artifacts import (
     load_component,
     write_manifest,
 )
-from shopserve.data.generator import Dataset, split_queries
+from shopserve.data.generator import Dataset
 from shopserve.drift import SCORE_BINS, TOP_TERMS, build_reference
 from shopserve.protocol import (
     ATTENTION_MASK,
@@ -66,7 +67,6 @@ from shopserve.protocol import (
 )
 from shopserve.settings import SearchSettings
 from shopserve.text import normalise_query
-from transformers_pre.blend import Weights
 from transformers_pre.catalog import Catalog
 from transformers_pre.engine import EngineConfig, SearchEngine, SearchRequest
 
@@ -160,11 +160,10 @@ def record_reference(
     texts = [normalise_query(str(t)) for t in queries.text[rows].tolist()]
     known = (catalog.users.index(queries.user_id[rows]) >= 0).tolist()
 
-    # Ranker scores: held-out queries through the transformer's engine.
-    build = ranker_manifest.params.get("build", {})
-    _, heldout = split_queries(dataset, build.get("eval_fraction", 0.2), build.get("seed", 0))
-    held_rows = queries.query_id.searchsorted(heldout)
-    drawn = Counter(held_rows[_draw(queries.frequency[held_rows], score_queries, rng)].tolist())
+    # Ranker scores: the query log as traffic draws it, through the transformer's engine. Live
+    # traffic repeats queries the ranker was trained on (it scores those more confidently), so
+    # the reference draws from the whole log, as traffic does, not from the held-out split.
+    drawn = Counter(_draw(queries.frequency, score_queries, rng).tolist())
     model_dir = bundle / RANKER_COMPONENT / RANKER_MODEL
     onnx_file = model_path(model_dir, read_config(selected_config(model_dir, CPU_CONFIG_NAME)))
     tokenizer = AutoTokenizer.from_pretrained(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR,
@@ -173,17 +172,9 @@ def record_reference(
         catalog, tokenizer,
         _LocalRecall(Recommender.load(bundle / RECALL_COMPONENT, IndexConfig(kind="exact"))),
         _LocalRanker(onnx_file, threads),
-        EngineConfig(
-            lexical_candidates=settings.lexical_candidates,
-            recall_candidates=settings.recall_candidates,
-            rank_candidates=settings.rank_candidates,
-            ranker_enabled=True,
-            query_rewrite=settings.query_rewrite,
-            max_length=int(ranker_manifest.params[MAX_SEQUENCE_LENGTH]),
-            # As transformers_pre.model builds it: the reference must see what serving returns.
-            weights=Weights(settings.weight_relevance, settings.weight_personal,
-                            settings.weight_popularity, settings.weight_lexical),
-        ),
+        # As the transformer builds it: the reference must see what serving returns.
+        EngineConfig.from_settings(settings, int(ranker_manifest.params[MAX_SEQUENCE_LENGTH]),
+                                   ranker_enabled=True),
     )
 
     async def scores() -> list[float]:
@@ -198,7 +189,7 @@ def record_reference(
 
     ranker_scores = asyncio.run(scores())
     if not ranker_scores:
-        raise ValueError("no held-out query returned ranked results; cannot record ranker scores")
+        raise ValueError("no query returned ranked results; cannot record ranker scores")
     source = {
         "catalog_version": catalog_manifest.version,
         "ranker_version": ranker_manifest.version,
@@ -207,7 +198,6 @@ def record_reference(
         "query_rows": samples,
         "score_queries": score_queries,
         "distinct_score_queries": len(drawn),
-        "heldout_queries": int(heldout.size),
         "top_n": settings.default_top_n,
         "seed": seed,
     }
@@ -219,7 +209,7 @@ def record_reference(
     manifest = write_manifest(
         folder, DRIFT_COMPONENT, version or catalog_manifest.version,
         data={k: source[k] for k in ("query_rows", "score_queries", "distinct_score_queries",
-                                     "heldout_queries")},
+                                     )},
         params={"score_bins": score_bins, "top_terms": top_terms, "seed": seed,
                 "signals": {name: len(s.labels) for name, s in reference.signals.items()}},
         metrics={"ranker_score_mean": float(np.mean(ranker_scores)),

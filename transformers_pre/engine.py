@@ -25,6 +25,7 @@ import numpy as np
 
 from shopserve.errors import ShopserveError, UpstreamTimeout
 from shopserve.protocol import ANONYMOUS_USER, EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, TOP_K, USER_ID
+from shopserve.settings import SearchSettings
 from shopserve.text import PairEncoder
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
@@ -108,6 +109,24 @@ class EngineConfig:
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
     max_length: int = 64
+
+    @classmethod
+    def from_settings(cls, s: SearchSettings, max_length: int, **overrides: Any) -> EngineConfig:
+        """The engine's configuration as deployed: from the transformer's settings.
+
+        Args:
+            s: Search settings.
+            max_length: The ranker's longest sequence (its manifest's ``max_sequence_length``).
+            **overrides: Fields to set otherwise (e.g. ``ranker_enabled=True``).
+        """
+        fields: dict[str, Any] = {
+            "lexical_candidates": s.lexical_candidates, "recall_candidates": s.recall_candidates,
+            "rank_candidates": s.rank_candidates, "ranker_enabled": s.ranker_enabled,
+            "query_rewrite": s.query_rewrite, "max_length": max_length,
+            "weights": blend.Weights(s.weight_relevance, s.weight_personal, s.weight_popularity,
+                                     s.weight_lexical),
+        }
+        return cls(**{**fields, **overrides})
 
 
 class _Timer:

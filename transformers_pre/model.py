@@ -53,7 +53,6 @@ from shopserve.protocol import (
 from shopserve.serving import MODEL_INFO, ContractModel, decode_inputs, encode_response, request_parameters
 from shopserve.settings import SearchSettings
 from shopserve.text import normalise_query
-from transformers_pre.blend import Weights
 from transformers_pre.catalog import Catalog
 from transformers_pre.engine import (
     STAGES,
@@ -118,14 +117,7 @@ class SearchModel(ContractModel):
             DRIFT.window = load_window(bundle, s.drift_window, s.drift_min_samples)
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
-        config = EngineConfig(
-            lexical_candidates=s.lexical_candidates, recall_candidates=s.recall_candidates,
-            rank_candidates=s.rank_candidates, ranker_enabled=s.ranker_enabled,
-            query_rewrite=s.query_rewrite,
-            max_length=max_length,
-            weights=Weights(s.weight_relevance, s.weight_personal, s.weight_popularity,
-                            s.weight_lexical),
-        )
+        config = EngineConfig.from_settings(s, max_length)
         self.engine = SearchEngine(
             catalog, tokenizer,
             Upstream("recall", s.recall_host, s.recall_model, s.recall_timeout_ms / 1000,

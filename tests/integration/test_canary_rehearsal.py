@@ -28,14 +28,17 @@ pytestmark = pytest.mark.integration
 
 #: Generous upstream budgets: the test machine is small and shared, and a degraded answer is not
 #: what these tests are about.
-BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000"}
-#: An SLO a healthy tiny stack meets on a busy 2-core machine, and a slow canary does not.
-SLO = "p95_ms=1000,p99_ms=1500,max_failure_ratio=0,max_degraded_ratio=0.05"
-#: Short steps; tolerances wide enough for the noise of a few seconds at small shares.
-GATE_FLAGS = ["--steps", "20,50,100", "--step-seconds", "4", "--users", "4", "--slo", SLO,
-              "--min-requests", "5", "--latency-ratio", "1.0", "--latency-slack-ms", "150",
+BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "10000", "SEARCH_RECALL_TIMEOUT_MS": "5000"}
+#: An SLO a healthy tiny stack meets even on a 2-core machine that other test runs keep busy
+#: (p95 went past a second there), and a canary slowed by SLOW_MS does not.
+SLO = "p95_ms=3000,p99_ms=5000,max_failure_ratio=0,max_degraded_ratio=0.05"
+SLOW_MS = 4000
+#: Short steps; tolerances wide enough for the noise of a few seconds at small shares on a busy
+#: machine (a handful of canary requests per step): the relative check only catches gross
+#: regressions here, the SLO catches the slow canary.
+GATE_FLAGS = ["--steps", "30,60,100", "--step-seconds", "5", "--users", "4", "--slo", SLO,
+              "--min-requests", "3", "--latency-ratio", "3.0", "--latency-slack-ms", "300",
               "--ratio-slack", "0.05", "--max-holds", "2"]
-SLOW_MS = 1500
 
 
 @dataclass
@@ -167,7 +170,7 @@ def test_good_canary_is_promoted_through_every_step(rehearsal: Rehearsal, tmp_pa
                      "--canary-env", "SEARCH_WEIGHT_POPULARITY=0.06", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "quality guard: PROMOTE [ranker ndcg@10]" in done.stdout
-    assert "PROMOTED after 3 steps (20%, 50%, 100%)" in done.stdout
+    assert "PROMOTED after 3 steps (30%, 60%, 100%)" in done.stdout
     assert "local: canary promoted" in done.stdout
     for step in ("step 1/3", "step 2/3", "step 3/3"):
         assert step in done.stdout
@@ -183,7 +186,7 @@ def test_bad_canary_is_rolled_back_naming_the_metric(rehearsal: Rehearsal, tmp_p
                      "--stable-url", rehearsal.stable.http_url, "--canary-url", bad.http_url,
                      "--out", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "ROLLED BACK at 20% because of " + metric in done.stdout
+    assert "ROLLED BACK at 30% because of " + metric in done.stdout
     assert "local: canary rolled back" in done.stdout
     assert "step 2/3" not in done.stdout
 
@@ -233,9 +236,9 @@ def test_cluster_gate_rolls_back_a_slow_canary_through_the_api(rehearsal: Rehear
                          *GATE_FLAGS, "--out", str(tmp_path / "r"))
         patches = [p.body["spec"] for p in api.patches()]
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "ROLLED BACK at 20% because of p9" in done.stdout
+    assert "ROLLED BACK at 30% because of p9" in done.stdout
     # The step, then the roll back (Knative: canaryTrafficPercent 0 pins the previous revision).
-    assert patches == [{"predictor": {"canaryTrafficPercent": 20}},
+    assert patches == [{"predictor": {"canaryTrafficPercent": 30}},
                        {"predictor": {"canaryTrafficPercent": 0}}]
 
 

@@ -64,7 +64,8 @@ def test_first_run_runs_every_step_and_packages_a_verified_bundle(first: RunResu
     assert all(not found for found in verify_bundle(bundle).values())
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     assert manifest["parent"] is None
-    assert set(manifest["components"]) == {"catalog", "recall", "ranker"}
+    # drift: the package extra of the monitoring (pipeline.steps.PACKAGE_EXTRAS).
+    assert set(manifest["components"]) == {"catalog", "recall", "ranker", "drift"}
     assert "report/report.md" in manifest["files"]
     assert manifest["metrics"]["ranker.variant"]
     table = first.table()

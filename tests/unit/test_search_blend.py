@@ -57,7 +57,7 @@ def test_sigmoid_is_stable_and_monotone():
 def test_blend_weights_and_fallback_to_bm25():
     c = blend.Candidates(np.array([0, 1]), np.array([1.0, 2.0], np.float32),
                          np.array([np.nan, 5.0], np.float32))
-    w = blend.Weights(relevance=1.0, personal=0.5, popularity=0.25)
+    w = blend.Weights(relevance=1.0, personal=0.5, popularity=0.25, lexical=0.0)
     pop = np.array([1.0, 0.0], np.float32)
     with_ranker = blend.blend(c, pop, w, np.array([0.9, 0.1], np.float32))
     assert with_ranker.tolist() == pytest.approx([0.9 + 0.25, 0.1 + 0.5])
