@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and write it to ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo"))
-    parser.add_argument("--rates", default="5,10,15,20,25,30,40,50,60,80",
+    parser.add_argument("--rates", default="2,5,10,15,20,25,30,40,50,60,80",
                         help="offered rates to try, req/s, increasing")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each rate's run")
     parser.add_argument("--warmup", type=float, default=10.0, help="unrecorded warm-up run, s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,9 @@ def run_locust(run: LoadRun, *, timeout_s: float | None = None, echo: bool = Fal
     limit = timeout_s or (run.run_time_s or 3600) + 120
     proc = subprocess.Popen(run.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    # Reading the output blocks, so the time limit is a watchdog that kills locust.
+    watchdog = threading.Timer(limit, proc.kill)
+    watchdog.start()
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -125,9 +129,8 @@ def run_locust(run: LoadRun, *, timeout_s: float | None = None, echo: bool = Fal
             lines.append(line)
             if echo:
                 print(line, end="", flush=True)
-        proc.wait(timeout=limit)
-    except subprocess.TimeoutExpired:
-        proc.kill()
         proc.wait()
+    finally:
+        watchdog.cancel()
     summary = read_summary(run.summary_path) if run.summary_path.is_file() else None
     return LoadResult(proc.returncode, summary, "".join(lines))

@@ -225,7 +225,8 @@ def local_stacks(stable_bundle: Path, candidate_bundle: Path, search_env: dict[s
 def _tolerance(args: argparse.Namespace) -> Tolerance:
     return Tolerance(latency_ratio=args.latency_ratio, latency_slack_ms=args.latency_slack_ms,
                      ratio_slack=args.ratio_slack, min_requests=args.min_requests,
-                     max_ndcg_drop=args.max_ndcg_drop, max_holds=args.max_holds)
+                     max_ndcg_drop=args.max_ndcg_drop, max_holds=args.max_holds,
+                     min_tail_samples=args.min_tail_samples)
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
@@ -326,8 +327,9 @@ def register(sub: Any) -> None:
     load.add_argument("--steps", type=int, default=5, help="step: number of steps")
     load.add_argument("--spike-users", type=int, default=16, help="spike: extra users")
     load.add_argument("--spike-seconds", type=float, default=10.0, help="spike: its length")
-    load.add_argument("--rate-per-user", type=float, default=0.0,
-                      help="requests/s per user (constant throughput); 0: back to back")
+    load.add_argument("--rate-per-user", type=float, default=2.0,
+                      help="requests/s each user offers (constant throughput), so the offered rate "
+                           "is users x this; 0: back to back (closed loop, as fast as answers come)")
     _add_slo_flags(load)
     load.add_argument("--out", type=Path, default=None, help="report folder")
     load.add_argument("--quiet", action="store_true", help="do not stream locust's output")
@@ -369,7 +371,9 @@ def register(sub: Any) -> None:
     how.add_argument("--steps", default="10,50,100", help="canary shares, e.g. 10,50,100")
     how.add_argument("--step-seconds", type=float, default=30.0, help="locust time per step")
     how.add_argument("--users", type=int, default=4, help="locust users")
-    how.add_argument("--rate-per-user", type=float, default=0.0)
+    how.add_argument("--rate-per-user", type=float, default=2.0,
+                     help="requests/s each user offers: the same offered load at every step "
+                          "(0: back to back, where fast degraded answers would raise the load)")
     _add_slo_flags(how)
     defaults = Tolerance()
     how.add_argument("--latency-ratio", type=float, default=defaults.latency_ratio)
@@ -378,6 +382,8 @@ def register(sub: Any) -> None:
     how.add_argument("--min-requests", type=int, default=defaults.min_requests)
     how.add_argument("--max-ndcg-drop", type=float, default=defaults.max_ndcg_drop)
     how.add_argument("--max-holds", type=int, default=defaults.max_holds)
+    how.add_argument("--min-tail-samples", type=int, default=defaults.min_tail_samples,
+                     help="requests above a percentile each side needs before it is compared")
     how.add_argument("--out", type=Path, default=None, help="report folder")
     how.add_argument("--verbose", action="store_true", help="stream locust's output")
     gate.set_defaults(func=_cmd_gate)

@@ -17,6 +17,9 @@ degraded ratio, p99, p95. For each metric:
   ``canary <= stable * (1 + latency_ratio) + latency_slack_ms`` for latency, and
   ``canary <= stable + ratio_slack`` for the two ratios. The multiplicative part absorbs the noise
   of short runs at small shares; the absolute slack keeps a 3 ms vs 2 ms p95 from failing a step.
+  A percentile is compared only when both sides have at least ``min_tail_samples`` requests above
+  it (p95: 100 requests for 5; p99: 500): the p99 of 40 requests is their maximum, and comparing
+  maxima rolled back identical canaries on a busy machine. The absolute SLO applies regardless.
 
 Then:
 
@@ -63,6 +66,8 @@ class Tolerance:
         min_requests: Fewest canary requests for a verdict at a step; fewer holds.
         max_ndcg_drop: Largest offline NDCG@10 drop (absolute) of the candidate bundle.
         max_holds: Holds in a row allowed at one step before rolling back.
+        min_tail_samples: Requests above a percentile each side needs before that percentile is
+            compared with stable (the SLO check needs none).
     """
 
     latency_ratio: float = 0.5
@@ -71,6 +76,7 @@ class Tolerance:
     min_requests: int = 20
     max_ndcg_drop: float = 0.01
     max_holds: int = 1
+    min_tail_samples: int = 5
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,15 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.0f} ms" if metric.endswith("_ms") else f"{value:.2%}"
 
 
+_QUANTILE = {"p95_ms": 0.95, "p99_ms": 0.99}
+
+
+def _comparable(metric: str, canary: LoadStats, stable: LoadStats, tol: Tolerance) -> bool:
+    """Whether both sides have enough requests above the percentile to compare it."""
+    q = _QUANTILE.get(metric)
+    return q is None or min(canary.requests, stable.requests) * (1 - q) >= tol.min_tail_samples - 1e-9
+
+
 def _relative_limit(metric: str, stable: float, tol: Tolerance) -> float:
     if metric.endswith("_ms"):
         return stable * (1 + tol.latency_ratio) + tol.latency_slack_ms
@@ -171,11 +186,17 @@ def decide(step: StepStats, slo: SLO, tol: Tolerance) -> Decision:
     rollbacks: list[Decision] = []
     holds: list[Decision] = []
     headroom: list[tuple[float, str, str]] = []
+    uncompared: list[str] = []
     for metric in STEP_METRICS:
         c = _value(canary, metric)
         limit = getattr(slo, _SLO_LIMIT[metric])
         s = _value(stable, metric) if stable is not None else None
-        rel = _relative_limit(metric, s, tol) if s is not None else None
+        rel = None
+        if stable is not None and s is not None:
+            if _comparable(metric, canary, stable, tol):
+                rel = _relative_limit(metric, s, tol)
+            else:
+                uncompared.append(metric)
         over = limit is not None and c > limit + 1e-12
         regressed = rel is not None and c > rel + 1e-12
         stable_note = f" (stable {_fmt(metric, s)})" if s is not None else ""
@@ -209,7 +230,9 @@ def decide(step: StepStats, slo: SLO, tol: Tolerance) -> Decision:
     if not headroom:
         return Decision(PROMOTE, "requests", f"{canary.requests} canary requests, no limits set")
     room, metric, line = min(headroom)
-    return Decision(PROMOTE, metric, f"{line}; every metric within SLO and tolerance")
+    note = (f" ({', '.join(uncompared)} not compared with stable: too few requests in the tail)"
+            if uncompared else "")
+    return Decision(PROMOTE, metric, f"{line}; every metric within SLO and tolerance{note}")
 
 
 # ------------------------------------------------------------------------------------ the loop

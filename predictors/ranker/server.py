@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -233,13 +233,15 @@ def server_command(
     ]
 
 
-class TritonServer:
-    """The local Triton process serving ``bert-ranker``; a context manager.
+class LocalServer:
+    """A model server process on loopback, started from the ranker bundle; a context manager.
 
-    Example:
-        >>> with TritonServer(RankerSettings(bundle=Path("artifacts/demo/ranker"))) as server:
-        ...     server.wait_ready()
+    Subclasses lay out their work folder and start the process (:meth:`start`), and say when
+    they are ready (:meth:`is_ready`); waiting, stopping and cleaning up are shared.
     """
+
+    #: Process name in messages.
+    name = "server"
 
     def __init__(self, settings: RankerSettings) -> None:
         self.settings = settings
@@ -259,57 +261,64 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        """Full URL of Triton's Prometheus metrics."""
+        """Full URL of the server's Prometheus metrics."""
         return f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
 
-    def start(self) -> None:
-        """Verify the bundle, lay out the Triton home and repository, and start the process."""
-        bundle = Path(self.settings.bundle)
-        if self.settings.verify_bundle:
-            load_component(bundle, COMPONENT)
+    def _prepare_workdir(self) -> Path:
+        """The settings' work folder, or a temporary one removed on :meth:`stop`."""
         if self.settings.workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="shopserve-triton-")
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"shopserve-{self.name}-")
             self.workdir = Path(self._tmp.name)
         else:
             self.workdir = Path(self.settings.workdir)
             self.workdir.mkdir(parents=True, exist_ok=True)
-        dist = triton_dist()
-        backends = prepare_backends(self.workdir)
-        repository = local_repository(bundle, self.workdir, self.settings)
-        command = server_command(dist, backends, repository, self.settings)
-        log.info("starting tritonserver: %s", " ".join(command))
-        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
-            command, env=server_env(dist), cwd=self.workdir, start_new_session=True
-        )
+        return self.workdir
+
+    def start(self) -> None:
+        """Verify the bundle, lay out the work folder and start the process."""
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        """Whether the server answers as ready now."""
+        raise NotImplementedError
+
+    def _log_tail(self) -> str:
+        """The end of the server's own log, appended to start-up errors."""
+        return ""
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Poll ``/v2/health/ready`` until it answers 200.
+        """Poll :meth:`is_ready` until it holds.
 
         Raises:
             RuntimeError: the process exited, or it was not ready within the timeout.
         """
-        deadline = time.monotonic() + (timeout_s or self.settings.startup_timeout_s)
-        url = f"http://{self.http_url}/v2/health/ready"
+        limit = timeout_s or self.settings.startup_timeout_s
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise RuntimeError(f"tritonserver exited (code {code}) before it was ready")
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+                raise RuntimeError(f"{self.name} exited (code {code}) before it was ready"
+                                   f"{self._log_tail()}")
+            if self.is_ready():
+                return
             time.sleep(0.2)
-        raise RuntimeError(f"tritonserver not ready after {timeout_s or self.settings.startup_timeout_s}s")
+        raise RuntimeError(f"{self.name} not ready after {limit}s{self._log_tail()}")
+
+    def _get(self, url: str) -> tuple[int, bytes]:
+        """Status and body of a loopback GET (HTTP errors are answers, not exceptions)."""
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
     def terminate(self) -> None:
-        """Ask Triton to shut down (SIGTERM) without waiting: safe inside a signal handler."""
+        """Ask the server to shut down (SIGTERM) without waiting: safe inside a signal handler."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM the server (Triton drains in-flight requests), SIGKILL if it hangs."""
+        """SIGTERM the server (it drains in-flight requests), SIGKILL if it hangs."""
         code = None
         timeout_s = timeout_s if timeout_s is not None else self.settings.exit_timeout_s + 10.0
         if self.process is not None and self.process.poll() is None:
@@ -317,17 +326,24 @@ class TritonServer:
             try:
                 code = self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", timeout_s)
+                log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout_s)
                 self.process.kill()
                 code = self.process.wait()
         elif self.process is not None:
             code = self.process.returncode
+        if self.process is not None:
+            # Children (Triton's Python stubs, TorchServe's workers) run in the server's own
+            # session: none may outlive it.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
         return code
 
-    def __enter__(self) -> TritonServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -338,3 +354,36 @@ class TritonServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class TritonServer(LocalServer):
+    """The local Triton process serving ``bert-ranker``; a context manager.
+
+    Example:
+        >>> with TritonServer(RankerSettings(bundle=Path("artifacts/demo/ranker"))) as server:
+        ...     server.wait_ready()
+    """
+
+    name = "tritonserver"
+
+    def start(self) -> None:
+        """Verify the bundle, lay out the Triton home and repository, and start the process."""
+        bundle = Path(self.settings.bundle)
+        if self.settings.verify_bundle:
+            load_component(bundle, COMPONENT)
+        workdir = self._prepare_workdir()
+        dist = triton_dist()
+        backends = prepare_backends(workdir)
+        repository = local_repository(bundle, workdir, self.settings)
+        command = server_command(dist, backends, repository, self.settings)
+        log.info("starting tritonserver: %s", " ".join(command))
+        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
+            command, env=server_env(dist), cwd=workdir, start_new_session=True
+        )
+
+    def is_ready(self) -> bool:
+        """``/v2/health/ready`` answers 200."""
+        try:
+            return self._get(f"http://{self.http_url}/v2/health/ready")[0] == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False

@@ -39,19 +39,16 @@ import logging
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
-from predictors.ranker.server import RankerSettings
+from predictors.ranker.server import LocalServer
 from predictors.ranker.triton_repo import (
     CPU_CONFIG_NAME,
     MAX_SEQUENCE_LENGTH,
@@ -293,7 +290,7 @@ def java_binary() -> str:
     return java
 
 
-class TorchServeServer:
+class TorchServeServer(LocalServer):
     """A local TorchServe serving ``bert-ranker`` from a bundle on loopback; a context manager.
 
     Ports: ``http_port`` is TorchServe's inference API (``/ping``,
@@ -305,26 +302,12 @@ class TorchServeServer:
         ...     server.wait_ready()
     """
 
-    def __init__(self, settings: RankerSettings) -> None:
-        self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self.workdir: Path | None = None
-
-    @property
-    def http_url(self) -> str:
-        """``host:port`` of the inference API (the form tritonclient takes)."""
-        return f"{self.settings.host}:{self.settings.http_port}"
+    name = "torchserve"
 
     @property
     def management_url(self) -> str:
         """Base URL of the management API."""
         return f"http://{self.settings.host}:{self.settings.management_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """Full URL of the Prometheus metrics."""
-        return f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
 
     @property
     def grpc_url(self) -> str:
@@ -345,40 +328,28 @@ class TorchServeServer:
         bundle = Path(s.bundle)
         if s.verify_bundle:
             load_component(bundle, RANKER_COMPONENT)
-        if s.workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="shopserve-torchserve-")
-            self.workdir = Path(self._tmp.name)
-        else:
-            self.workdir = Path(s.workdir)
-            self.workdir.mkdir(parents=True, exist_ok=True)
+        workdir = self._prepare_workdir()
         home = ts_home()
         ports = {"inference": s.http_port, "management": s.management_port, "metrics": s.metrics_port,
                  "grpc_inference": s.grpc_port, "grpc_management": s.grpc_management_port}  # fmt: skip
         # The heap limit goes on the java command line below: ``vmargs`` is read only by the
         # ``torchserve`` launcher, which is not used here.
-        conf = write_model_store(bundle, self.workdir, self.model_config(), profile="local",
+        conf = write_model_store(bundle, workdir, self.model_config(), profile="local",
                                  host=s.host, ports=ports)  # fmt: skip
-        (self.workdir / "tmp").mkdir(exist_ok=True)
+        (workdir / "tmp").mkdir(exist_ok=True)
         command = [
-            java_binary(), f"-Dmodel_server_home={home}", f"-Djava.io.tmpdir={self.workdir / 'tmp'}",
+            java_binary(), f"-Dmodel_server_home={home}", f"-Djava.io.tmpdir={workdir / 'tmp'}",
             f"-Xmx{s.java_heap_mb}m", "-cp", f".:{home / 'ts' / 'frontend'}/*",
             "org.pytorch.serve.ModelServer", "--python", sys.executable,
-            "-f", str(conf), "-s", str(self.workdir / MODEL_STORE_DIR), "-ncs",
+            "-f", str(conf), "-s", str(workdir / MODEL_STORE_DIR), "-ncs",
         ]  # fmt: skip
-        env = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
-               "METRICS_LOCATION": str(self.workdir / "logs"), "TEMP": str(self.workdir / "tmp")}  # fmt: skip
+        env = {**os.environ, "LOG_LOCATION": str(workdir / "logs"),
+               "METRICS_LOCATION": str(workdir / "logs"), "TEMP": str(workdir / "tmp")}  # fmt: skip
         log.info("starting torchserve: %s", " ".join(command))
         self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
-            command, env=env, cwd=self.workdir, start_new_session=True,
+            command, env=env, cwd=workdir, start_new_session=True,
             stdout=subprocess.DEVNULL if s.log_verbose == 0 else None, stderr=None,
         )
-
-    def _get(self, url: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
 
     def is_ready(self) -> bool:
         """``/ping`` is healthy and ``bert-ranker`` has a READY worker (management API)."""
@@ -394,67 +365,8 @@ class TorchServeServer:
         described = json.loads(body)
         return any(w.get("status") == "READY" for m in described for w in m.get("workers", []))
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Poll until :meth:`is_ready`.
-
-        Raises:
-            RuntimeError: the process exited, or it was not ready within the timeout.
-        """
-        limit = timeout_s or self.settings.startup_timeout_s
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                raise RuntimeError(f"torchserve exited (code {code}) before it was ready{self._log_tail()}")
-            if self.is_ready():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"torchserve not ready after {limit}s{self._log_tail()}")
-
     def _log_tail(self) -> str:
         if self.workdir is None:
             return ""
         logs = self.workdir / "logs" / "ts_log.log"
         return "" if not logs.is_file() else "\n" + logs.read_text(errors="replace")[-3000:]
-
-    def terminate(self) -> None:
-        """Ask TorchServe to shut down (SIGTERM) without waiting: safe inside a signal handler."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM the frontend, SIGKILL it if it hangs, then its process group (the workers)."""
-        code = None
-        timeout_s = timeout_s if timeout_s is not None else self.settings.exit_timeout_s + 10.0
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("torchserve ignored SIGTERM for %.0fs; killing it", timeout_s)
-                self.process.kill()
-                code = self.process.wait()
-        elif self.process is not None:
-            code = self.process.returncode
-        if self.process is not None:
-            # Workers are children of the frontend in its own session: none may outlive it.
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-        return code
-
-    def __enter__(self) -> TorchServeServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -120,10 +120,12 @@ def test_loadtest_writes_reports_and_meets_a_reachable_slo(rehearsal: Rehearsal,
     assert all(row["Type"] in ("POST", "") for row in rows.values())
     assert (tmp_path / "load.html").read_text().lstrip().lower().startswith("<!doctype html")
     summary = json.loads((tmp_path / "load-summary.json").read_text())
-    assert summary["total"]["requests"] == int(rows["Aggregated"]["Request Count"])
+    # The CSV is final when the run time ends; the summary also counts the requests that were in
+    # flight then (at most one per user), which locust lets finish (--stop-timeout).
+    assert 0 <= summary["total"]["requests"] - int(rows["Aggregated"]["Request Count"]) <= 3
     assert summary["violations"] == []
-    # Every request reached the v2 endpoint of the search model with a request id.
-    metrics = _metric(rehearsal.stable, "shopserve_requests_total", f'model="{SEARCH_MODEL}",code="200"')
+    # Every request reached the search model's v2 endpoint and was answered 200 there.
+    metrics = _metric(rehearsal.stable, "shopserve_requests_total", f'code="200",model="{SEARCH_MODEL}"')
     assert metrics >= summary["total"]["requests"]
 
 
@@ -140,11 +142,12 @@ def test_loadtest_exits_non_zero_on_a_missed_slo(rehearsal: Rehearsal, tmp_path:
 
 def test_loadtest_counts_injected_failures(rehearsal: Rehearsal, tmp_path: Path) -> None:
     done = shopserve("loadtest", "--host", rehearsal.failing.http_url, "--bundle",
-                     str(rehearsal.bundle), "-u", "2", "-t", "3", "--slo", SLO, "--out", str(tmp_path),
-                     "--quiet")
+                     str(rehearsal.bundle), "-u", "2", "-t", "3", "--rate-per-user", "0", "--slo", SLO,
+                     "--out", str(tmp_path), "--quiet")
     assert done.returncode == 1
     summary = json.loads((tmp_path / "load-summary.json").read_text())
-    assert 0.2 < summary["total"]["failure_ratio"] < 0.8
+    assert summary["total"]["requests"] >= 20  # back to back: injected failures answer at once
+    assert 0.15 < summary["total"]["failure_ratio"] < 0.85
     assert summary["violations"][0]["metric"] == "failure_ratio"
     with open(tmp_path / "load_failures.csv", newline="") as handle:
         errors = " ".join(row["Error"] for row in csv.DictReader(handle))

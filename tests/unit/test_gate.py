@@ -32,7 +32,7 @@ from shopserve.protocol import ANONYMOUS_USER, CATEGORY, MAX_PRICE, QUERY, TOP_N
 # ------------------------------------------------------------------------------------ SLO
 
 
-def stats(requests: int = 200, failures: int = 0, degraded: int = 0, p95: float = 50,
+def stats(requests: int = 1000, failures: int = 0, degraded: int = 0, p95: float = 50,
           p99: float = 80) -> LoadStats:
     return LoadStats(requests, failures, degraded, p50_ms=p95 / 2, p95_ms=p95, p99_ms=p99)
 
@@ -67,9 +67,9 @@ SLO_ALL = SLO(p95_ms=100, p99_ms=150, max_failure_ratio=0.01, max_degraded_ratio
     (stats(p95=100, p99=150), []),                                   # at the limit passes
     (stats(p99=151), ["p99_ms"]),
     (stats(p95=120, p99=200), ["p99_ms", "p95_ms"]),
-    (stats(failures=2), []),                                          # 1% exactly
-    (stats(failures=3), ["failure_ratio"]),
-    (stats(failures=100, degraded=10), ["failure_ratio", "degraded_ratio"]),  # 10 of 100 answers
+    (stats(failures=10), []),                                         # 1% exactly
+    (stats(failures=11), ["failure_ratio"]),
+    (stats(failures=900, degraded=10), ["failure_ratio", "degraded_ratio"]),  # 10 of 100 answers
     (stats(requests=0), ["requests"]),                                # nothing sent never passes
 ])
 def test_check(measured: LoadStats, missed: list[str]) -> None:
@@ -150,8 +150,8 @@ DECISIONS = [
     ("p95 within 1.5x + 10 ms", stats(p95=70, p99=100), stats(p95=40, p99=90), PROMOTE, "p95_ms"),
     ("a failure against a zero SLO", stats(failures=1), stats(), ROLLBACK, "failure_ratio"),
     ("failures beat latency", stats(failures=20, p99=900), stats(), ROLLBACK, "failure_ratio"),
-    ("degraded over the SLO", stats(degraded=30), stats(degraded=1), ROLLBACK, "degraded_ratio"),
-    ("degraded regressed", stats(degraded=8), stats(degraded=0), ROLLBACK, "degraded_ratio"),
+    ("degraded over the SLO", stats(degraded=60), stats(degraded=1), ROLLBACK, "degraded_ratio"),
+    ("degraded regressed", stats(degraded=40), stats(degraded=0), ROLLBACK, "degraded_ratio"),
     ("both over the SLO, canary no worse", stats(p95=90, p99=300), stats(p95=85, p99=290), HOLD,
      "p99_ms"),
     ("both over the SLO, canary worse", stats(p95=90, p99=900), stats(p95=85, p99=290), ROLLBACK,
@@ -161,6 +161,13 @@ DECISIONS = [
     # 95 of 100 ms is less headroom than 140 of 150 ms; with a baseline, 95 > 10 x 1.5 + 10 would fail.
     ("too few stable requests: no baseline", stats(p95=95, p99=140), stats(requests=3, p95=10),
      PROMOTE, "p95_ms"),
+    # 200 requests: 10 above p95 (compared), 2 above p99 (not: the p99 of 200 is almost the max).
+    ("p99 tail too thin to compare", stats(requests=200, p95=40, p99=140),
+     stats(requests=200, p95=40, p99=60), PROMOTE, "p99_ms"),
+    ("p95 tail thick enough to compare", stats(requests=200, p95=95, p99=140),
+     stats(requests=200, p95=40, p99=140), ROLLBACK, "p95_ms"),
+    ("thin tails: the SLO still applies", stats(requests=40, p95=90, p99=300),
+     stats(requests=40, p95=40, p99=60), ROLLBACK, "p99_ms"),
 ]
 
 
@@ -171,6 +178,11 @@ def test_decide(case: str, canary: LoadStats, stable: LoadStats | None, action: 
     decision = decide(StepStats(10, canary, stable), SLO_GATE, TOL)
     assert (decision.action, decision.metric) == (action, metric), decision
     assert decision.reason
+
+
+def test_uncompared_percentiles_are_named() -> None:
+    d = decide(StepStats(10, stats(requests=200), stats(requests=200)), SLO_GATE, TOL)
+    assert d.action == PROMOTE and "(p99_ms not compared with stable" in d.reason
 
 
 def test_decide_reason_has_the_numbers() -> None:
