@@ -30,6 +30,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import threading
@@ -236,16 +237,20 @@ def started(server: Any, sampler: PeakRss, timeout_s: float) -> Iterator[float]:
 
 def measure(runtime: str, protocols: dict[str, Callable[[], tuple[Scorer, Callable[[], None]]]],
             requests: list[dict[str, np.ndarray]], per_client: int, peak: float | None,
-            ready_s: float) -> list[Row]:  # fmt: skip
-    """Rows of one runtime: every protocol at every client count."""
+            ready_s: float, repeats: int = 1) -> list[Row]:  # fmt: skip
+    """Rows of one runtime: every protocol at every client count, medians of ``repeats`` runs."""
     rows = []
     for protocol, make in protocols.items():
         for clients in CLIENTS:
-            ms, wall, errors = drive(make, requests, clients, per_client)
-            ok = len(ms) - errors
-            rows.append(Row(runtime, protocol, clients, float(np.percentile(ms, 50)),
-                            float(np.percentile(ms, 99)), ok * PAIRS_PER_REQUEST / wall, errors,
-                            peak, ready_s))  # fmt: skip
+            p50, p99, rate, errors = [], [], [], 0
+            for _ in range(repeats):
+                ms, wall, failed = drive(make, requests, clients, per_client)
+                p50.append(float(np.percentile(ms, 50)))
+                p99.append(float(np.percentile(ms, 99)))
+                rate.append((len(ms) - failed) * PAIRS_PER_REQUEST / wall)
+                errors += failed
+            rows.append(Row(runtime, protocol, clients, statistics.median(p50), statistics.median(p99),
+                            statistics.median(rate), errors, peak, ready_s))  # fmt: skip
             print(f"  {runtime} {protocol} x{clients}: p50 {rows[-1].p50_ms:.1f} ms, "
                   f"{rows[-1].pairs_per_s:.0f} pairs/s, {errors} errors", flush=True)  # fmt: skip
     return rows
@@ -309,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo/ranker"),
                         help="ranker component folder of a bundle")  # fmt: skip
     parser.add_argument("--requests", type=int, default=200, help="requests per client per row")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per row; the table reports medians (errors summed)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of every runtime")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few requests per row")
     parser.add_argument("--out", type=Path, default=None, help="markdown output (png beside it)")
@@ -320,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     notes: list[str] = []
 
+    repeats = 1 if args.quick else args.repeats
     print("onnxruntime in-process", flush=True)
     begin = time.perf_counter()
     onnx_file = model_path(bundle / RANKER_MODEL, read_config(selected_config(bundle / RANKER_MODEL,
@@ -328,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     session = OrtScorer(onnx_file, args.threads)
     load_s = time.perf_counter() - begin
     rows += measure("onnxruntime", {"in-process": lambda: (session, lambda: None)}, requests,
-                    per_client, None, load_s)  # fmt: skip
+                    per_client, None, load_s, repeats)  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp:
         work = Path(tmp)
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                     "grpc": lambda: grpc_scorer(grpc_url),
                     "http": lambda: http_scorer(http_url, binary=True),
                     "http-json": lambda: http_scorer(http_url, binary=False),
-                }, requests, per_client, None, ready_s)  # fmt: skip
+                }, requests, per_client, None, ready_s, repeats)  # fmt: skip
             peak = sampler.stop()
             for row in triton_rows:
                 row.peak_mib = peak
@@ -362,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
                 ts_url = torchserve.http_url
                 ts_rows = measure("torchserve", {
                     "v2 REST (JSON)": lambda: http_scorer(ts_url, binary=False),
-                }, requests, per_client, None, ready_s)  # fmt: skip
+                }, requests, per_client, None, ready_s, repeats)  # fmt: skip
             peak = sampler.stop()
             for row in ts_rows:
                 row.peak_mib = peak
@@ -380,8 +388,9 @@ def main(argv: list[str] | None = None) -> None:
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible; "
         f"every runtime {args.threads} ONNX Runtime threads, one model instance / worker",
         f"- bundle: `{bundle}`, graph `{onnx_file.relative_to(bundle)}` (the CPU configuration's)",
-        f"- {per_client} requests of {PAIRS_PER_REQUEST} pairs per client per row, after one warm-up "
-        "each; clients are threads of one Python process",
+        f"- {per_client} requests of {PAIRS_PER_REQUEST} pairs per client per run, after one warm-up "
+        f"each; medians of {repeats} runs per row (errors summed); clients are threads of one "
+        "Python process; peak RSS and start→ready from the one start of each server",
         "- TorchServe 0.12 is an optional extra in limited maintenance upstream (no planned fixes or "
         "security patches); it speaks v2 REST infer with JSON tensors only (see the README).",
         "",

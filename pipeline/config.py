@@ -10,7 +10,7 @@ One YAML file per configuration; ``configs/pipeline-tiny.yaml`` (tests, seconds)
     recall:   {params: {...MFParams fields} | null (tune), grid: {...}, holdout_fraction: 0.2}
     ranker:   {preset: demo, overrides: {...RankerBuildConfig fields; train/distill as dicts}}
     evaluate: {ks: [1, 3, 5, 10, 20, 50]}
-    package:  {}
+    package:  {torchserve: false, extras: ["module:function", ...]}
 
 Each step's content hash covers the sections it reads (see ``pipeline.run``), so editing the
 ranker section re-runs the ranker steps and what follows them, never the data or recall steps.

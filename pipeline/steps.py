@@ -368,8 +368,11 @@ def step_package(ctx: StepContext) -> StepOutcome:
                        metrics=old.metrics, parent=parent)
 
         config = ctx.config.ranker(progress=False)
+        # ``package.torchserve: true`` also writes the TorchServe model store (the optional
+        # ``torchserve`` extra) that the chart's ``ranker.server: torchserve`` serves.
         package(load_optimised(ctx), staging / RANKER_COMPONENT, config,
-                data=ctx.dataset().summary(), version=version, parent=parent)
+                data=ctx.dataset().summary(), version=version, parent=parent,
+                torchserve=bool(ctx.config.section("package").get("torchserve", False)))
 
         shutil.copytree(ctx.path(REPORT_DIR), staging / REPORT_DIR)
         for extra in _extras(ctx):
