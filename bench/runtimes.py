@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.ranker import triton_scorer
 from predictors.ranker.optimise import OrtScorer
 from predictors.ranker.server import RankerSettings, TritonServer
 from predictors.ranker.triton_repo import CPU_CONFIG_NAME, model_path, read_config, selected_config
@@ -184,23 +185,6 @@ def drive(make_scorer: Callable[[], tuple[Scorer, Callable[[], None]]], requests
     for thread in threads:
         thread.join()
     return latencies, time.perf_counter() - started, errors
-
-
-def grpc_scorer(url: str) -> tuple[Scorer, Callable[[], None]]:
-    """Triton over v2 gRPC."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(url)
-
-    def score(batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = []
-        for spec in RANKER.inputs:
-            tensor = grpcclient.InferInput(spec.name, list(batch[spec.name].shape), spec.datatype)
-            tensor.set_data_from_numpy(batch[spec.name])
-            inputs.append(tensor)
-        return client.infer(RANKER_MODEL, inputs).as_numpy(SCORE)
-
-    return score, client.close
 
 
 def http_scorer(url: str, binary: bool) -> tuple[Scorer, Callable[[], None]]:
@@ -347,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             with started(triton, sampler, 180) as ready_s:
                 grpc_url, http_url = triton.grpc_url, triton.http_url
                 triton_rows = measure("triton", {
-                    "grpc": lambda: grpc_scorer(grpc_url),
+                    "grpc": lambda: triton_scorer(grpc_url),
                     "http": lambda: http_scorer(http_url, binary=True),
                     "http-json": lambda: http_scorer(http_url, binary=False),
                 }, requests, per_client, None, ready_s, repeats)  # fmt: skip

@@ -295,7 +295,8 @@ class TorchServeServer(LocalServer):
 
     Ports: ``http_port`` is TorchServe's inference API (``/ping``,
     ``/v2/models/bert-ranker/infer``), ``management_port`` its management API, ``metrics_port``
-    its metrics, ``grpc_port`` / ``grpc_management_port`` its own (non-v2) gRPC services.
+    its metrics, ``grpc_port`` (``grpc_url``) / ``grpc_management_port`` its own (non-v2) gRPC
+    services.
 
     Example:
         >>> with TorchServeServer(RankerSettings(runtime="torchserve")) as server:
@@ -308,11 +309,6 @@ class TorchServeServer(LocalServer):
     def management_url(self) -> str:
         """Base URL of the management API."""
         return f"http://{self.settings.host}:{self.settings.management_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        """``host:port`` of TorchServe's own gRPC inference service (not v2)."""
-        return f"{self.settings.host}:{self.settings.grpc_port}"
 
     def model_config(self) -> TorchServeModelConfig:
         """Serving parameters from the settings."""
