@@ -47,7 +47,9 @@ import psutil
 from bench.ranker import triton_scorer
 from predictors.ranker.optimise import OrtScorer
 from predictors.ranker.server import RankerSettings, TritonServer
-from predictors.ranker.triton_repo import CPU_CONFIG_NAME, model_path, read_config, selected_config
+from predictors.ranker.triton_repo import (
+    cpu_graph,
+)
 from shopserve.data.generator import GeneratorConfig, generate
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
 from shopserve.text import encode_pairs
@@ -88,8 +90,7 @@ def make_requests(bundle: Path, n: int, seed: int = 0) -> list[dict[str, np.ndar
     from predictors.ranker.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(bundle / "tokenizer")
-    config = read_config(selected_config(bundle / RANKER_MODEL, CPU_CONFIG_NAME))
-    max_length = int(config.parameters["max_sequence_length"])
+    max_length = cpu_graph(bundle).max_length
     data = generate(GeneratorConfig.tiny())
     rng = np.random.default_rng(seed)
     titles = list(data.items.title)
@@ -314,8 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 1 if args.quick else args.repeats
     print("onnxruntime in-process", flush=True)
     begin = time.perf_counter()
-    onnx_file = model_path(bundle / RANKER_MODEL, read_config(selected_config(bundle / RANKER_MODEL,
-                                                                              CPU_CONFIG_NAME)))  # fmt: skip
+    onnx_file = cpu_graph(bundle).onnx_file
     # One session shared by the client threads (ONNX Runtime's run is thread-safe), as a server has.
     session = OrtScorer(onnx_file, args.threads)
     load_s = time.perf_counter() - begin

@@ -18,7 +18,7 @@ import numpy as np
 
 from shopserve.artifacts import CATALOG_COMPONENT, Manifest, write_manifest
 from shopserve.data.generator import Dataset
-from transformers_pre.rewrite import save_synonyms, synonyms_from_dataset
+from transformers_pre.rewrite import mine_into
 
 if TYPE_CHECKING:
     from pipeline.run import RunResult
@@ -33,11 +33,7 @@ def save_catalog(dataset: Dataset, folder: Path, version: str,
     """
     folder.mkdir(parents=True, exist_ok=True)
     dataset.save(folder)
-    params: dict[str, int] = {}
-    if train_query_ids is not None:
-        synonyms = synonyms_from_dataset(dataset, train_query_ids)
-        save_synonyms(folder, synonyms)
-        params = {"synonyms": len(synonyms), "synonyms_mined_from_queries": len(train_query_ids)}
+    params = mine_into(folder, dataset, train_query_ids) if train_query_ids is not None else {}
     return write_manifest(folder, CATALOG_COMPONENT, version, data=dataset.summary(),
                           params=params)
 

@@ -36,7 +36,7 @@ import numpy as np
 import onnxruntime as ort
 from transformers import AutoTokenizer
 
-from predictors.ranker.triton_repo import CPU_CONFIG_NAME, model_path, read_config, selected_config
+from predictors.ranker.triton_repo import cpu_graph
 from predictors.recall.index import IndexConfig
 from predictors.recall.recommender import Recommender
 from shopserve.artifacts import (
@@ -58,7 +58,6 @@ from shopserve.protocol import (
     EXCLUDE_SEEN,
     INPUT_IDS,
     ITEM_IDS,
-    RANKER_MODEL,
     SCORE,
     SCORES,
     TOKEN_TYPE_IDS,
@@ -164,8 +163,7 @@ def record_reference(
     # traffic repeats queries the ranker was trained on (it scores those more confidently), so
     # the reference draws from the whole log, as traffic does, not from the held-out split.
     drawn = Counter(_draw(queries.frequency, score_queries, rng).tolist())
-    model_dir = bundle / RANKER_COMPONENT / RANKER_MODEL
-    onnx_file = model_path(model_dir, read_config(selected_config(model_dir, CPU_CONFIG_NAME)))
+    onnx_file = cpu_graph(bundle / RANKER_COMPONENT).onnx_file
     tokenizer = AutoTokenizer.from_pretrained(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR,
                                               local_files_only=True)
     engine = SearchEngine(

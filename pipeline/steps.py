@@ -317,14 +317,12 @@ def _extras(ctx: StepContext) -> list[Callable[[PackageContext], None]]:
 def _save_synonyms(ctx: StepContext, catalog: Path) -> dict[str, int]:
     """Mine the transformer's query-rewrite synonyms from the ranker's *training* queries only."""
     from shopserve.data.generator import split_queries
-    from transformers_pre.rewrite import save_synonyms, synonyms_from_dataset
+    from transformers_pre.rewrite import mine_into
 
     dataset = ctx.dataset()
     ranker = ctx.config.ranker(progress=False)
     train_ids, _ = split_queries(dataset, ranker.eval_fraction, ranker.seed)
-    synonyms = synonyms_from_dataset(dataset, train_ids)
-    save_synonyms(catalog, synonyms)
-    return {"synonyms": len(synonyms), "synonyms_mined_from_queries": len(train_ids)}
+    return mine_into(catalog, dataset, train_ids)
 
 
 def record_drift_reference(ctx: PackageContext) -> None:

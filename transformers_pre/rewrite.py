@@ -137,6 +137,16 @@ def synonyms_from_dataset(
     return mine_synonyms(judged, vocabulary, config)
 
 
+def mine_into(folder: Path, dataset: Dataset, train_query_ids: np.ndarray) -> dict[str, int]:
+    """Mine the table from the training queries and save it in a component folder.
+
+    Call it before the folder's manifest is written; returns the manifest parameters to record.
+    """
+    synonyms = synonyms_from_dataset(dataset, train_query_ids)
+    save_synonyms(folder, synonyms)
+    return {"synonyms": len(synonyms), "synonyms_mined_from_queries": len(train_query_ids)}
+
+
 def save_synonyms(folder: Path, synonyms: Mapping[str, str]) -> Path:
     """Write the synonym table into a component folder (before its manifest is written)."""
     path = Path(folder) / REWRITES_FILE

@@ -39,17 +39,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from predictors.ranker.triton_repo import (
-    CPU_CONFIG_NAME,
     MAX_SEQUENCE_LENGTH,
     TritonModelConfig,
-    model_path,
-    read_config,
-    selected_config,
+    cpu_graph,
     write_repository,
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
-from shopserve.errors import BundleError
-from shopserve.protocol import RANKER_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +159,8 @@ def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> P
     stays the source of truth for the max sequence length and any extra parameters (vocabulary
     size); the batching and thread settings are the local ones.
     """
-    source = Path(bundle) / RANKER_MODEL
-    config_file = selected_config(source, CPU_CONFIG_NAME)
-    bundle_config = read_config(config_file)
-    if MAX_SEQUENCE_LENGTH not in bundle_config.parameters:
-        raise BundleError(f"{config_file} lacks parameter '{MAX_SEQUENCE_LENGTH}'")
-    onnx_file = model_path(source, bundle_config)
-    if not onnx_file.is_file():
-        raise BundleError(f"{config_file} names {onnx_file.name}, which is not in {onnx_file.parent}")
+    graph = cpu_graph(bundle)
+    bundle_config, onnx_file = graph.config, graph.onnx_file
     extra = {
         k: v for k, v in bundle_config.parameters.items()
         if k not in (MAX_SEQUENCE_LENGTH, "intra_op_thread_count")

@@ -50,14 +50,10 @@ from typing import Any, Literal
 
 from predictors.ranker.server import LocalServer
 from predictors.ranker.triton_repo import (
-    CPU_CONFIG_NAME,
     MAX_SEQUENCE_LENGTH,
-    model_path,
-    read_config,
-    selected_config,
+    cpu_graph,
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
-from shopserve.errors import BundleError
 from shopserve.protocol import RANKER_MODEL
 
 log = logging.getLogger(__name__)
@@ -108,14 +104,8 @@ def serving_spec(ranker_dir: Path, threads: int) -> tuple[dict[str, Any], Path]:
     Raises:
         BundleError: the configuration lacks the max sequence length or names a missing file.
     """
-    source = Path(ranker_dir) / RANKER_MODEL
-    config_file = selected_config(source, CPU_CONFIG_NAME)
-    config = read_config(config_file)
-    if MAX_SEQUENCE_LENGTH not in config.parameters:
-        raise BundleError(f"{config_file} lacks parameter '{MAX_SEQUENCE_LENGTH}'")
-    onnx_file = model_path(source, config)
-    if not onnx_file.is_file():
-        raise BundleError(f"{config_file} names {onnx_file.name}, which is not in {onnx_file.parent}")
+    graph = cpu_graph(ranker_dir)
+    config, onnx_file = graph.config, graph.onnx_file
     spec = {
         "model_name": config.name,
         "model_version": ARCHIVE_VERSION,

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shopserve.artifacts import MAX_SEQUENCE_LENGTH, RANKER_TOKENIZER_DIR
+from shopserve.errors import BundleError
 from shopserve.protocol import RANKER, RANKER_MODEL, TensorSpec
 
 Profile = Literal["cluster", "cpu", "local"]
@@ -259,6 +260,46 @@ def selected_config(model_dir: Path, model_config_name: str = "") -> Path:
 def model_path(model_dir: Path, config: PbtxtModel) -> Path:
     """The ONNX file an onnxruntime-backend configuration serves (``default_model_filename``)."""
     return Path(model_dir) / VERSION / (config.default_model_filename or MODEL_FILE)
+
+
+@dataclass(frozen=True)
+class CpuGraph:
+    """What a CPU server of the ranker serves: the CPU configuration and the ONNX graph it names.
+
+    Attributes:
+        config_file: ``configs/cpu.pbtxt`` (else ``config.pbtxt``), as Triton picks it.
+        config: That configuration, parsed: the source of truth for the max sequence length and
+            extra parameters (vocabulary size).
+        onnx_file: The graph it serves (``default_model_filename``).
+    """
+
+    config_file: Path
+    config: PbtxtModel
+    onnx_file: Path
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the graph takes (special tokens included)."""
+        return int(self.config.parameters[MAX_SEQUENCE_LENGTH])
+
+
+def cpu_graph(ranker_dir: Path) -> CpuGraph:
+    """The CPU configuration of a ranker component and its graph, checked.
+
+    ``tritonserver --model-config-name=cpu`` chooses the same file.
+
+    Raises:
+        BundleError: the configuration lacks the max sequence length or names a missing file.
+    """
+    source = Path(ranker_dir) / RANKER_MODEL
+    config_file = selected_config(source, CPU_CONFIG_NAME)
+    config = read_config(config_file)
+    if MAX_SEQUENCE_LENGTH not in config.parameters:
+        raise BundleError(f"{config_file} lacks parameter '{MAX_SEQUENCE_LENGTH}'")
+    onnx_file = model_path(source, config)
+    if not onnx_file.is_file():
+        raise BundleError(f"{config_file} names {onnx_file.name}, which is not in {onnx_file.parent}")
+    return CpuGraph(config_file, config, onnx_file)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from predictors.ranker.build import RankerBuildConfig, build_ranker
 from predictors.recall.build import RecallBuildConfig, build_recall
 from predictors.recall.train import MFParams
 from shopserve import metric_names
-from shopserve.data.generator import Dataset, GeneratorConfig, generate
+from shopserve.data.generator import Dataset, GeneratorConfig, generate, split_queries
 from shopserve.drift import SIGNALS
 from shopserve.protocol import (
     DEGRADED,
@@ -92,7 +92,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     bundle = tmp_path_factory.mktemp("bundle")
     logs = tmp_path_factory.mktemp("logs")
     dataset = generate(GeneratorConfig.tiny())
-    save_catalog(dataset, bundle / "catalog", "test-1")
+    # Synonyms mined from the ranker's training split, as the pipeline does.
+    train_queries, _ = split_queries(dataset, RankerBuildConfig.tiny().eval_fraction,
+                                     RankerBuildConfig.tiny().seed)
+    save_catalog(dataset, bundle / "catalog", "test-1", train_queries)
     build_recall(dataset.events.log, bundle / "recall", "test-1", items=dataset.item_map,
                  config=RecallBuildConfig(params=MFParams(factors=16, iterations=5),
                                           show_progress=False))
@@ -242,6 +245,17 @@ def test_exclude_purchased(stack: Stack) -> None:
     query = str(stack.dataset.items.category[rows[0]])
     out = _outputs(_search(stack, _body([query], [user], top_n=50, exclude_purchased=True)))
     assert not bought & set(out[ITEM_IDS]["data"])
+
+
+def test_misspelt_query_is_corrected_before_bm25(stack: Stack) -> None:
+    query = _a_query(stack)
+    word = max(query.split(), key=len)
+    typo = query.replace(word, word[0] + word[2] + word[1] + word[3:], 1)  # a transposition
+    assert typo != query
+    right = _outputs(_search(stack, _body([query], top_n=5)))[ITEM_IDS]["data"]
+    found = _outputs(_search(stack, _body([typo], top_n=50)))[ITEM_IDS]["data"]
+    # The catalog has no token spelt like the typo: without correction BM25 would miss it.
+    assert right[0] in found
 
 
 def test_request_id_is_echoed(stack: Stack) -> None:
