@@ -141,7 +141,8 @@ class PeakRss:
     def stop(self) -> float:
         """Stop and return the peak in MiB."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # never started when the server failed to build
+            self._thread.join()
         return self.peak / 2**20
 
 
@@ -322,45 +323,41 @@ def main(argv: list[str] | None = None) -> None:
     rows += measure("onnxruntime", {"in-process": lambda: (session, lambda: None)}, requests,
                     per_client, None, load_s, repeats)  # fmt: skip
 
+    def server_rows(runtime: str, make_server: Callable[[], Any],
+                    protocols: Callable[[Any], dict[str, Callable[[], tuple[Scorer, Callable[[], None]]]]],
+                    ) -> None:
+        """Start one server under the RSS sampler, measure its protocols, stamp its peak memory."""
+        print(runtime, flush=True)
+        sampler = PeakRss()
+        try:
+            server = make_server()
+            with started(server, sampler, 180) as ready_s:
+                server_rows = measure(runtime, protocols(server), requests, per_client, None,
+                                      ready_s, repeats)
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash
+            notes.append(f"{runtime} rows missing: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            peak = sampler.stop()
+        for row in server_rows:
+            row.peak_mib = peak
+        rows.extend(server_rows)
+
+    def torchserve_server(work: Path) -> Any:
+        from predictors.ranker.torchserve import TorchServeServer
+
+        return TorchServeServer(settings(bundle, work, args.threads, runtime="torchserve"))
+
     with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp:
         work = Path(tmp)
-        print("triton", flush=True)
-        sampler = PeakRss()
-        triton = TritonServer(settings(bundle, work / "triton", args.threads))
-        try:
-            with started(triton, sampler, 180) as ready_s:
-                grpc_url, http_url = triton.grpc_url, triton.http_url
-                triton_rows = measure("triton", {
-                    "grpc": lambda: triton_scorer(grpc_url),
-                    "http": lambda: http_scorer(http_url, binary=True),
-                    "http-json": lambda: http_scorer(http_url, binary=False),
-                }, requests, per_client, None, ready_s, repeats)  # fmt: skip
-            peak = sampler.stop()
-            for row in triton_rows:
-                row.peak_mib = peak
-            rows += triton_rows
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash
-            sampler.stop()
-            notes.append(f"triton rows missing: {type(exc).__name__}: {exc}")
-
-        print("torchserve", flush=True)
-        try:
-            from predictors.ranker.torchserve import TorchServeServer
-
-            sampler = PeakRss()
-            torchserve = TorchServeServer(settings(bundle, work / "torchserve", args.threads,
-                                                   runtime="torchserve"))  # fmt: skip
-            with started(torchserve, sampler, 180) as ready_s:
-                ts_url = torchserve.http_url
-                ts_rows = measure("torchserve", {
-                    "v2 REST (JSON)": lambda: http_scorer(ts_url, binary=False),
-                }, requests, per_client, None, ready_s, repeats)  # fmt: skip
-            peak = sampler.stop()
-            for row in ts_rows:
-                row.peak_mib = peak
-            rows += ts_rows
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash
-            notes.append(f"torchserve rows missing: {type(exc).__name__}: {exc}")
+        server_rows("triton", lambda: TritonServer(settings(bundle, work / "triton", args.threads)),
+                    lambda server: {
+                        "grpc": lambda: triton_scorer(server.grpc_url),
+                        "http": lambda: http_scorer(server.http_url, binary=True),
+                        "http-json": lambda: http_scorer(server.http_url, binary=False),
+                    })  # fmt: skip
+        server_rows("torchserve", lambda: torchserve_server(work / "torchserve"),
+                    lambda server: {"v2 REST (JSON)": lambda: http_scorer(server.http_url, binary=False)})
 
     text_table = table(rows)
     command = "python -m bench.runtimes " + shlex.join(sys.argv[1:] if argv is None else argv)
