@@ -1,23 +1,31 @@
 """Transformer overhead and ranking throughput through the transformer vs Triton directly.
 
-Starts the local stack on a bundle (``artifacts/demo`` by default), then, at 1 and 8 concurrent
-clients:
+Starts the local stack on a bundle (``artifacts/demo`` by default) in each CPU layout, then, at 1
+and 8 concurrent clients:
 
-1. sends search requests (held-out queries, their issuing users, ``top_n`` = the ranker shortlist)
-   to ``search`` over v2 REST and splits each request's time, from the response's ``stage_ms``,
-   into upstream calls (recall, rank), the transformer's own stages (normalise, lexical, filter,
-   tokenise, blend) and the rest (KServe's HTTP handling, encoding, waiting for the event loop);
-   the transformer's overhead is end-to-end minus its upstream calls;
-   Requests go over v2 gRPC (the client library of the Triton-direct row, so both sides pay the
-   same client cost) and over v2 REST (httpx);
-2. scores the very same candidate batches (the query with the titles of the 50 items the search
+1. sends search requests (held-out queries, their issuing users, a page of ``--top-n`` results
+   out of a ranked shortlist of 50) to ``search`` and splits each request's time, from the
+   response's ``stage_ms``, into upstream calls (recall, rank), the transformer's own stages
+   (normalise, lexical, filter, tokenise, blend) and the rest (KServe's gRPC or HTTP handling,
+   encoding, waiting for the event loop);
+   the transformer's overhead is end-to-end minus its upstream calls. Requests go over v2 gRPC
+   (the client library of the Triton-direct row, so both sides pay the same client cost) and over
+   v2 REST (httpx);
+2. measures the v2 floor: a bare health call to the transformer's server after the same idle time
+   a search waits for its upstream calls: what any v2 hop costs on this machine;
+3. scores the very same candidate batches (the query with the titles of the 50 items the search
    returned) on Triton directly over v2 gRPC, tokenised in this process beforehand.
 
 Requests per second through the transformer against Triton directly is the share of the ranker's
 throughput that survives the transformer (KServe users report 42%: kserve issue 2770). Each cell is
-the median of ``--repeats`` runs. The load generator shares the machine's 2 cores with the servers.
+the median of ``--repeats`` runs.
 
-Run: ``make bench-stack`` or ``python -m bench.stack [--bundle artifacts/demo] [--repeats 3]``.
+Layouts (:func:`layouts`): ``shared`` runs every process, the load generator included, on every
+CPU, so on a small machine the transformer's CPU is taken from the CPU ranker's; ``pinned`` gives
+the ranker CPUs of its own, as a cluster does (the ranker on a GPU node, search in its own pod).
+
+Run: ``make bench-stack`` or ``python -m bench.stack [--bundle artifacts/demo] [--repeats 3]
+[--layouts shared,pinned]``.
 """
 
 from __future__ import annotations
@@ -25,10 +33,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -169,12 +180,161 @@ async def triton_load(address: str, batches: list[dict[str, np.ndarray]], concur
     return latencies, len(batches) / seconds
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the processes run.
+
+    Attributes:
+        name: ``shared`` or ``pinned``.
+        ranker_cpus: CPUs of Triton (None: all).
+        other_cpus: CPUs of recall, search and the load generator (None: all).
+        ranker_threads: ONNX Runtime intra-op threads of the ranker (None: its default).
+    """
+
+    name: str
+    ranker_cpus: frozenset[int] | None = None
+    other_cpus: frozenset[int] | None = None
+    ranker_threads: int | None = None
+
+
+def layouts(names: list[str]) -> list[Layout]:
+    """``shared``: every process on every CPU, the ranker with its default threads (one machine).
+    ``pinned``: the ranker alone on the upper half of the CPUs with one thread each, recall,
+    search and the load generator on the lower half, as pods with their own CPUs would run."""
+    cpus = sorted(os.sched_getaffinity(0))
+    out = []
+    for name in names:
+        if name == "shared":
+            out.append(Layout("shared"))
+        elif name == "pinned":
+            if len(cpus) < 2:
+                print("pinned layout skipped: needs 2 CPUs", file=sys.stderr)
+                continue
+            half = len(cpus) // 2
+            out.append(Layout("pinned", frozenset(cpus[half:]), frozenset(cpus[:half]),
+                              len(cpus) - half))
+        else:
+            raise SystemExit(f"unknown layout {name!r}: shared or pinned")
+    return out
+
+
+async def round_trip_floor(protocol: str, url: str, address: str, idle_ms: float, n: int = 60
+                           ) -> float:
+    """p50 ms of a bare v2 health call to the transformer's server, each after ``idle_ms`` idle.
+
+    The floor every v2 call to a KServe server pays on this machine (client, loopback, the
+    server's gRPC or HTTP stack), measured after the same idle time a search spends waiting for
+    its upstream calls, since waking idle processes is part of what a hop costs.
+    """
+    latencies = []
+    if protocol == "grpc":
+        client = triton_aio.InferenceServerClient(address)
+        call = client.is_server_live
+    else:
+        http = httpx.AsyncClient(timeout=30)
+
+        async def call() -> None:
+            (await http.get(f"{url}/v2/health/live")).raise_for_status()
+    for _ in range(n):
+        await asyncio.sleep(idle_ms / 1000)
+        start = time.perf_counter()
+        await call()
+        latencies.append((time.perf_counter() - start) * 1000)
+    await (client.close() if protocol == "grpc" else http.aclose())
+    return _pct(latencies, 50)
+
+
+def candidate_batches(search_url: str, bodies: list[dict], texts: list[str], tokenizer: Any,
+                      max_length: int, shortlist: int
+                      ) -> tuple[list[dict], list[dict[str, np.ndarray]]]:
+    """The bodies that have candidates, and the ranker batch of each: the query with the titles
+    of the ``shortlist`` items search ranks for it (asked for all of them once)."""
+    batches, kept = [], []
+    with httpx.Client(timeout=30) as client:
+        for body, text in zip(bodies, texts, strict=True):
+            whole = {**body, "parameters": {**body.get("parameters", {}), TOP_N: shortlist}}
+            out = {o["name"]: o for o in client.post(
+                f"{search_url}/v2/models/{SEARCH_MODEL}/infer", json=whole).json()["outputs"]}
+            titles = [t for t, i in zip(out[TITLES]["data"], out[ITEM_IDS]["data"], strict=True)
+                      if i >= 0]
+            if titles:  # a query with no candidate has no ranker call to compare
+                batches.append(encode_pairs(tokenizer, [text] * len(titles), titles, max_length))
+                kept.append(body)
+    return kept, batches
+
+
+HEADER = ("| layout | protocol | clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | "
+          "overhead p50 | overhead p99 | v2 floor p50 | above floor p50 | degraded | search req/s | "
+          "Triton direct req/s | through / direct |")
+
+
+def measure_layout(layout: Layout, bundle: Path, bodies: list[dict], batches: list[dict] | None,
+                   texts: list[str], tokenizer: Any, max_length: int, repeats: int, shortlist: int
+                   ) -> tuple[list[str], list[dict], list[dict[str, np.ndarray]]]:
+    """Start the stack in ``layout``; the table rows (gRPC and REST, 1 and 8 clients)."""
+    ports = StackPorts()
+    # A budget no queued call should exceed: throughput is compared with every request ranked
+    # (a degraded answer skips the ranker and would flatter the transformer).
+    components = stack_components(bundle, ports, {"SEARCH_RANK_CANDIDATES": str(shortlist),
+                                                  "SEARCH_RANKER_TIMEOUT_MS": "10000"})
+    for comp in components:
+        comp.cpus = layout.ranker_cpus if comp.name == "ranker" else layout.other_cpus
+    if layout.ranker_threads:
+        ranker = next(c for c in components if c.name == "ranker")
+        ranker.env = {**ranker.env, "RANKER_THREADS": str(layout.ranker_threads)}
+    own_cpus = os.sched_getaffinity(0)
+    rows = []
+    with Stack(components, bundle.parent / "logs") as stack:
+        stack.start()
+        search_url = components[-1].url
+        if batches is None:
+            bodies, batches = candidate_batches(search_url, bodies, texts, tokenizer, max_length,
+                                                shortlist)
+        if layout.other_cpus is not None:
+            os.sched_setaffinity(0, layout.other_cpus)  # the load generator (threads it starts too)
+        try:
+            for protocol, concurrency in (("grpc", 1), ("grpc", 8), ("rest", 1), ("rest", 8)):
+                runs = []
+                for _ in range(repeats):
+                    if protocol == "grpc":
+                        samples, search_rps = asyncio.run(search_load_grpc(
+                            f"127.0.0.1:{ports.search_grpc}", bodies, concurrency))
+                    else:
+                        samples, search_rps = asyncio.run(
+                            search_load(search_url, bodies, concurrency))
+                    _, triton_rps = asyncio.run(
+                        triton_load(f"127.0.0.1:{ports.ranker_grpc}", batches, concurrency))
+                    upstream = _pct([s.upstream for s in samples], 50)
+                    floor = asyncio.run(round_trip_floor(
+                        protocol, search_url, f"127.0.0.1:{ports.search_grpc}", upstream))
+                    totals = [s.total for s in samples]
+                    overhead = [s.total - s.upstream for s in samples]
+                    runs.append((_pct(totals, 50), _pct(totals, 99), upstream,
+                                 _pct([s.own for s in samples], 50), _pct(overhead, 50),
+                                 _pct(overhead, 99), floor, _pct(overhead, 50) - floor,
+                                 sum(s.degraded for s in samples) / len(samples),
+                                 search_rps, triton_rps))
+                med = [statistics.median(r[i] for r in runs) for i in range(len(runs[0]))]
+                rows.append(
+                    f"| {layout.name:>6} | {protocol:>8} | {concurrency:>7} | {med[0]:7.1f} | "
+                    f"{med[1]:7.1f} | {med[2]:12.1f} | {med[3]:14.1f} | {med[4]:12.1f} | "
+                    f"{med[5]:12.1f} | {med[6]:12.1f} | {med[7]:15.1f} | {med[8]:8.0%} | "
+                    f"{med[9]:12.1f} | {med[10]:19.1f} | {med[9] / med[10]:16.0%} |")
+        finally:
+            os.sched_setaffinity(0, own_cpus)
+    return rows, bodies, batches
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the table and write bench/results/stack.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=120, help="requests per run and level")
+    parser.add_argument("--top-n", type=int, default=10,
+                        help="results per search request (the transformer's default page)")
+    parser.add_argument("--layouts", default="shared,pinned",
+                        help="comma-separated: shared, pinned (see bench.stack.layouts)")
     args = parser.parse_args(argv)
 
     bundle = args.bundle
@@ -189,66 +349,38 @@ def main(argv: list[str] | None = None) -> None:
     bodies = [{"inputs": [
         {"name": QUERY, "shape": [1], "datatype": "BYTES", "data": [t]},
         {"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [u]}],
-        "parameters": {TOP_N: shortlist}} for t, u in zip(texts, users, strict=True)]
+        "parameters": {TOP_N: args.top_n}} for t, u in zip(texts, users, strict=True)]
     tokenizer = AutoTokenizer.from_pretrained(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
     max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
 
-    ports = StackPorts()
-    # A budget no queued call should exceed: throughput is compared with every request ranked
-    # (a degraded answer skips the ranker and would flatter the transformer).
-    components = stack_components(bundle, ports, {"SEARCH_RANK_CANDIDATES": str(shortlist),
-                                                  "SEARCH_RANKER_TIMEOUT_MS": "10000"})
-    lines = []
-    with Stack(components, bundle.parent / "logs") as stack:
-        stack.start()
-        search_url = components[-1].url
-        # The same candidate batches: each query with the titles of the items search returned.
-        first = httpx.Client(timeout=30)
-        batches, kept = [], []
-        for body, text in zip(bodies, texts, strict=True):
-            out = {o["name"]: o for o in first.post(
-                f"{search_url}/v2/models/{SEARCH_MODEL}/infer", json=body).json()["outputs"]}
-            titles = [t for t, i in zip(out[TITLES]["data"], out[ITEM_IDS]["data"], strict=True)
-                      if i >= 0]
-            if titles:  # a query with no candidate has no ranker call to compare
-                batches.append(encode_pairs(tokenizer, [text] * len(titles), titles, max_length))
-                kept.append(body)
-        first.close()
-        bodies = kept
-        pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
-        header = ("| protocol | clients | e2e p50 | e2e p99 | upstream p50 | own stages p50 | overhead p50 | "
-                  "overhead p99 | degraded | search req/s | Triton direct req/s | through / direct |")
-        lines += [f"{len(bodies)} held-out queries per run, {pairs:.0f} (query, title) pairs per "
-                  f"ranker call, median of {args.repeats} runs; times in ms", "", header,
-                  "|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|"]
-        for protocol, concurrency in (("grpc", 1), ("grpc", 8), ("rest", 1), ("rest", 8)):
-            runs = []
-            for _ in range(args.repeats):
-                if protocol == "grpc":
-                    samples, search_rps = asyncio.run(search_load_grpc(
-                        f"127.0.0.1:{ports.search_grpc}", bodies, concurrency))
-                else:
-                    samples, search_rps = asyncio.run(search_load(search_url, bodies, concurrency))
-                _, triton_rps = asyncio.run(
-                    triton_load(f"127.0.0.1:{ports.ranker_grpc}", batches, concurrency))
-                totals = [s.total for s in samples]
-                overhead = [s.total - s.upstream for s in samples]
-                runs.append((_pct(totals, 50), _pct(totals, 99),
-                             _pct([s.upstream for s in samples], 50),
-                             _pct([s.own for s in samples], 50), _pct(overhead, 50),
-                             _pct(overhead, 99), search_rps, triton_rps,
-                             sum(s.degraded for s in samples) / len(samples)))
-            med = [statistics.median(r[i] for r in runs) for i in range(9)]
-            lines.append(
-                f"| {protocol:>8} | {concurrency:>7} | {med[0]:7.1f} | {med[1]:7.1f} | {med[2]:12.1f} | "
-                f"{med[3]:14.1f} | {med[4]:12.1f} | {med[5]:12.1f} | {med[8]:8.0%} | "
-                f"{med[6]:12.1f} | {med[7]:19.1f} | {med[6] / med[7]:15.0%} |")
-    lines += ["", "goals: overhead p50 <= 2 ms; through / direct >= 90% (kserve issue 2770: 42%)"]
-    table = "\n".join(lines)
-    print(table)
+    table: list[str] = []
+    batches = None
+    chosen = layouts(args.layouts.split(","))
+    for layout in chosen:
+        layout_rows, bodies, batches = measure_layout(layout, bundle, bodies, batches, texts,
+                                                      tokenizer, max_length, args.repeats, shortlist)
+        table += layout_rows
+    assert batches is not None
+    pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
+    cpus = len(os.sched_getaffinity(0))
+    lines = [f"{len(bodies)} held-out queries per run, {args.top_n} results each out of "
+             f"{pairs:.0f} (query, title) pairs per ranker call, median of {args.repeats} runs; "
+             f"times in ms; {cpus} CPUs", "",
+             *(f"- {lay.name}: " + (f"ranker on CPUs {sorted(lay.ranker_cpus or ())} with "
+                                    f"{lay.ranker_threads} thread(s), recall, search and the load "
+                                    f"generator on CPUs {sorted(lay.other_cpus or ())}"
+                                    if lay.ranker_cpus else "every process on every CPU")
+               for lay in chosen), "", HEADER,
+             "|" + "|".join("-" * len(c) for c in HEADER.split("|")[1:-1]) + "|", *table, "",
+             "overhead = e2e - upstream; v2 floor = a bare v2 health call to the transformer after "
+             "the same idle time; above floor = overhead - v2 floor",
+             "goals: overhead p50 <= 2 ms; through / direct >= 90% (kserve issue 2770: 42%)"]
+    text = "\n".join(lines)
+    print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(f"# Search stack: transformer overhead and throughput\n\nCommand: "
-                       f"`python -m bench.stack --repeats {args.repeats}`\n\n{table}\n")
+                       f"`python -m bench.stack --repeats {args.repeats} --layouts {args.layouts}`"
+                       f"\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class Component:
         http_port: REST port (readiness is polled there).
         env: Environment variables that configure it.
         ready_path: Readiness endpoint.
+        cpus: CPUs the process (and every thread and child it starts) may run on, as a pod's CPU
+            set would; None leaves it on all of ours (Linux only).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Component:
     http_port: int
     env: Mapping[str, str] = field(default_factory=dict)
     ready_path: str = "/v2/health/ready"
+    cpus: frozenset[int] | None = None
 
     @property
     def url(self) -> str:
@@ -88,6 +91,10 @@ class Stack:
                 # Own process group: Ctrl-C in the terminal reaches only us; we stop children.
                 start_new_session=True,
             )
+            if comp.cpus is not None:
+                # Popen returns once the child has exec'd the interpreter, before it starts any
+                # thread or child of its own: all of them inherit this CPU set.
+                os.sched_setaffinity(self.processes[comp.name].pid, comp.cpus)
             started[comp.name] = time.monotonic()
         ready: dict[str, float] = {}
         deadline = time.monotonic() + timeout

@@ -10,11 +10,12 @@ It provides:
 * :func:`request_parameters`: request parameters as plain Python values for both transports.
 * :class:`ContractModel`: a ``kserve.Model`` whose v2 metadata lists the contract's real tensors.
 * :func:`serve`: run a ``ModelServer`` with the error table of :mod:`shopserve.errors` installed on
-  REST (gRPC reads it through ``GrpcException``) and bound to the configured address.
+  REST (gRPC reads it through ``GrpcException``), bound to the configured address, on uvloop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -271,6 +272,7 @@ def serve(
     workers: int = 1,
     bind_host: str = "0.0.0.0",
     grace_period: int = 10,
+    event_loop: str = "auto",
 ) -> None:
     """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
 
@@ -282,6 +284,8 @@ def serve(
             KServe's multi-process server keeps its own error handlers and binding).
         bind_host: Address to listen on: ``0.0.0.0`` in a pod, ``127.0.0.1`` on one machine.
         grace_period: Seconds to finish in-flight requests on shutdown.
+        event_loop: ``auto`` (uvloop when installed, KServe's own default), ``uvloop`` or
+            ``asyncio``.
     """
     # KServe hard-codes every-address binding and its own error handlers; swap in subclasses
     # that honour bind_host and answer with shopserve's error table.
@@ -297,5 +301,30 @@ def serve(
         # KServe's per-request latency log lines (two INFO records a request) repeat what the
         # stage histograms and ``stage_ms`` already say, at a cost on every request.
         enable_latency_logging=False,
+        event_loop=event_loop,
     )
+    _install_event_loop(event_loop)
     server.start(list(models))
+
+
+def _install_event_loop(event_loop: str) -> None:
+    """Make ``asyncio.run`` in ``ModelServer.start`` create the chosen loop.
+
+    KServe's ``event_loop`` reaches only uvicorn's config; with one worker KServe runs uvicorn and
+    the gRPC server inside its own ``asyncio.run``, which builds the default (pure-Python) loop, so
+    ``auto`` never gets uvloop. uvloop roughly halves the transformer's own time per request (gRPC
+    aio and uvicorn both run on it). ``ModelServer.setup_event_loop`` asks for the current loop
+    before ``asyncio.run`` exists, which uvloop's policy refuses: one is set for it.
+    """
+    if event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"event_loop must be auto, uvloop or asyncio, not {event_loop!r}")
+    if event_loop == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())

@@ -130,12 +130,20 @@ class PairEncoder:
         input_ids[:, 0] = self.cls_id
         input_ids[:, 1:first - 1] = q
         input_ids[:, first - 1] = self.sep_id
-        for i in np.flatnonzero(fits):
-            row, end = rows[i], lengths[i]
-            input_ids[i, first:end - 1] = self.flat[self.offsets[row]:self.offsets[row + 1]]
-            input_ids[i, end - 1] = self.sep_id
-            attention[i, :end] = 1
-            types[i, first:end] = 1
+        # Every fitting row's title tokens at once: token j of the title in batch row i goes to
+        # column first + j, from flat[offsets[row] + j].
+        fit = np.flatnonzero(fits)
+        title_lengths = self.lengths[rows[fit]]
+        batch_rows = np.repeat(fit, title_lengths)
+        within = np.arange(int(title_lengths.sum())) - np.repeat(
+            np.cumsum(title_lengths) - title_lengths, title_lengths)
+        input_ids[batch_rows, first + within] = self.flat[
+            np.repeat(self.offsets[rows[fit]], title_lengths) + within]
+        input_ids[fit, lengths[fit] - 1] = self.sep_id
+        columns = np.arange(width)
+        inside = columns < lengths[fit, None]
+        attention[fit] = inside
+        types[fit] = inside & (columns >= first)
         long = np.flatnonzero(~fits)
         if len(long):
             # Truncation is the tokenizer's business: rare (max_length is a high percentile of
