@@ -312,9 +312,10 @@ def _install_event_loop(event_loop: str) -> None:
 
     KServe's ``event_loop`` reaches only uvicorn's config; with one worker KServe runs uvicorn and
     the gRPC server inside its own ``asyncio.run``, which builds the default (pure-Python) loop, so
-    ``auto`` never gets uvloop. uvloop roughly halves the transformer's own time per request (gRPC
-    aio and uvicorn both run on it). ``ModelServer.setup_event_loop`` asks for the current loop
-    before ``asyncio.run`` exists, which uvloop's policy refuses: one is set for it.
+    ``auto`` never gets uvloop. gRPC aio and uvicorn both run on it: search without the ranker
+    answered 765 instead of 336 requests/s from one client on 2 cores. ``ModelServer.setup_event_loop``
+    asks for the current loop before ``asyncio.run`` exists, which uvloop's policy refuses: one is
+    set for it.
     """
     if event_loop not in ("auto", "uvloop", "asyncio"):
         raise ValueError(f"event_loop must be auto, uvloop or asyncio, not {event_loop!r}")
