@@ -77,6 +77,14 @@ def forbidden(verb: str, namespace: str, name: str,
                             f'in the namespace "{namespace}"', name)
 
 
+class _NotFound(Exception):
+    """The API server's 404 for a path or object that is not there."""
+
+    def __init__(self, answer: tuple[int, dict[str, Any]]) -> None:
+        super().__init__(answer[1]["message"])
+        self.answer = answer
+
+
 class FakeKubeAPI:
     """The fake API server: start with ``with FakeKubeAPI() as api:``; ``api.url`` is its address.
 
@@ -142,7 +150,7 @@ class FakeKubeAPI:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 fake._record(self, None)
-                self._answer(*fake._handle_get(self.path))
+                self._answer(*fake._serve("GET", lambda: fake._handle_get(self.path)))
 
             def do_PATCH(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -151,7 +159,8 @@ class FakeKubeAPI:
                 except ValueError:
                     body = raw.decode(errors="replace")
                 fake._record(self, body)
-                self._answer(*fake._handle_patch(self.path, self.headers.get("Content-Type"), body))
+                self._answer(*fake._serve("PATCH", lambda: fake._handle_patch(
+                    self.path, self.headers.get("Content-Type"), body)))
 
             def _answer(self, code: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
@@ -190,64 +199,63 @@ class FakeKubeAPI:
                     return answer
         return None
 
-    def _lookup(self, path: str) -> tuple[tuple[str, str] | None, tuple[int, dict[str, Any]] | None]:
+    def _serve(self, method: str, handle: Callable[[], tuple[int, dict[str, Any]]]
+               ) -> tuple[int, dict[str, Any]]:
+        """A scripted answer for ``method`` if one is queued, else ``handle()`` under the lock."""
+        scripted = self._scripted_answer(method)
+        if scripted:
+            return scripted
+        with self._lock:
+            try:
+                return handle()
+            except _NotFound as missing:
+                return missing.answer
+
+    def _lookup(self, path: str) -> tuple[str, str]:
         match = _PATH.match(path)
         if not match:
-            return None, (404, status(404, "the server could not find the requested resource"))
+            raise _NotFound((404, status(404, "the server could not find the requested resource")))
         key = (match.group(1), match.group(2))
         if key not in self.objects:
-            return None, (404, status(404, f'inferenceservices.serving.kserve.io "{key[1]}" not found',
-                                      key[1]))
-        return key, None
+            raise _NotFound((404, status(
+                404, f'inferenceservices.serving.kserve.io "{key[1]}" not found', key[1])))
+        return key
 
     def _handle_get(self, path: str) -> tuple[int, dict[str, Any]]:
-        scripted = self._scripted_answer("GET")
-        if scripted:
-            return scripted
-        with self._lock:
-            key, error = self._lookup(path)
-            if error or key is None:
-                return error or (500, status(500, "lookup"))
-            return 200, copy.deepcopy(self.objects[key])
+        return 200, copy.deepcopy(self.objects[self._lookup(path)])
 
     def _handle_patch(self, path: str, content_type: str | None, body: Any) -> tuple[int, dict[str, Any]]:
-        scripted = self._scripted_answer("PATCH")
-        if scripted:
-            return scripted
-        with self._lock:
-            key, error = self._lookup(path)
-            if error or key is None:
-                return error or (500, status(500, "lookup"))
-            current = self.objects[key]
-            if self._on_patch:
-                self._on_patch.pop(0)(current)
-                meta = current["metadata"]
-                meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
-            ctype = (content_type or "").split(";")[0].strip()
-            try:
-                if ctype == "application/merge-patch+json":
-                    if not isinstance(body, dict):
-                        return 422, status(422, "merge patch body must be a JSON object", key[1])
-                    patched = merge_patch(current, body)
-                elif ctype == "application/json-patch+json":
-                    if not isinstance(body, list):
-                        return 400, status(400, "json patch body must be a list of operations", key[1])
-                    patched = jsonpatch.apply_patch(current, body)
-                else:
-                    return 415, status(415, f"the body of the request was in an unknown format - accepted "
-                                            f"media types include: application/json-patch+json, "
-                                            f"application/merge-patch+json, application/apply-patch+yaml "
-                                            f"(got {ctype or 'none'})")
-            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                return 422, status(422, str(exc), key[1])
-            rv = current["metadata"]["resourceVersion"]
-            if patched.get("metadata", {}).get("resourceVersion") != rv:
-                return 409, status(409, "Operation cannot be fulfilled on inferenceservices.serving"
-                                        f'.kserve.io "{key[1]}": the object has been modified; please '
-                                        "apply your changes to the latest version and try again", key[1])
-            patched["metadata"]["resourceVersion"] = str(int(rv) + 1)
-            self.objects[key] = patched
-            return 200, copy.deepcopy(patched)
+        key = self._lookup(path)
+        current = self.objects[key]
+        if self._on_patch:
+            self._on_patch.pop(0)(current)
+            meta = current["metadata"]
+            meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        ctype = (content_type or "").split(";")[0].strip()
+        try:
+            if ctype == "application/merge-patch+json":
+                if not isinstance(body, dict):
+                    return 422, status(422, "merge patch body must be a JSON object", key[1])
+                patched = merge_patch(current, body)
+            elif ctype == "application/json-patch+json":
+                if not isinstance(body, list):
+                    return 400, status(400, "json patch body must be a list of operations", key[1])
+                patched = jsonpatch.apply_patch(current, body)
+            else:
+                return 415, status(415, f"the body of the request was in an unknown format - accepted "
+                                        f"media types include: application/json-patch+json, "
+                                        f"application/merge-patch+json, application/apply-patch+yaml "
+                                        f"(got {ctype or 'none'})")
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            return 422, status(422, str(exc), key[1])
+        rv = current["metadata"]["resourceVersion"]
+        if patched.get("metadata", {}).get("resourceVersion") != rv:
+            return 409, status(409, "Operation cannot be fulfilled on inferenceservices.serving"
+                                    f'.kserve.io "{key[1]}": the object has been modified; please '
+                                    "apply your changes to the latest version and try again", key[1])
+        patched["metadata"]["resourceVersion"] = str(int(rv) + 1)
+        self.objects[key] = patched
+        return 200, copy.deepcopy(patched)
 
 
 # --- sample InferenceServices, shaped like the chart renders them ---------------------------------

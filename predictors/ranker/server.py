@@ -166,7 +166,7 @@ def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> P
         if k not in (MAX_SEQUENCE_LENGTH, "intra_op_thread_count")
     }
     config = TritonModelConfig(
-        max_sequence_length=int(bundle_config.parameters[MAX_SEQUENCE_LENGTH]),
+        max_sequence_length=graph.max_length,
         max_batch_size=bundle_config.max_batch_size,
         max_queue_delay_us=settings.max_queue_delay_us,
         instances=settings.instances,

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from predictors.ranker.server import LocalServer
+from predictors.ranker.torchserve_handler import SERVING_FILE
 from predictors.ranker.triton_repo import (
     MAX_SEQUENCE_LENGTH,
     cpu_graph,
@@ -66,8 +67,6 @@ CONFIG_PROPERTIES = "config.properties"
 ARCHIVE = f"{RANKER_MODEL}.mar"
 ARCHIVE_VERSION = "1"
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
-SERVING_FILE = "serving.json"
-"""Must equal ``torchserve_handler.SERVING_FILE`` (the handler cannot import this package)."""
 EXTRA_HINT = "install the optional extra: pip install '.[torchserve]'"
 
 # KServe's kserve-torchserve runtime: its wrapper serves v2 on 8080/8081 and forwards to TorchServe
@@ -112,7 +111,7 @@ def serving_spec(ranker_dir: Path, threads: int) -> tuple[dict[str, Any], Path]:
         "model_file": onnx_file.name,
         "inputs": [{"name": t.name, "datatype": t.datatype} for t in config.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype} for t in config.outputs],
-        MAX_SEQUENCE_LENGTH: int(config.parameters[MAX_SEQUENCE_LENGTH]),
+        MAX_SEQUENCE_LENGTH: graph.max_length,
         "vocab_size": int(config.parameters.get("vocab_size", "0")),
         "threads": threads,
     }
@@ -160,7 +159,6 @@ def config_properties(
     host: str = "127.0.0.1",
     ports: dict[str, int] | None = None,
     model_store: str = CLUSTER_MODEL_STORE,
-    java_heap_mb: int | None = None,
 ) -> str:
     """The text of TorchServe's ``config.properties``.
 
@@ -177,7 +175,6 @@ def config_properties(
         ports: ``inference``, ``management``, ``metrics``, ``grpc_inference``, ``grpc_management``
             (local profile; the cluster one uses :data:`CLUSTER_PORTS`).
         model_store: Folder of ``bert-ranker.mar``.
-        java_heap_mb: Heap limit of the Java frontend (``vmargs``); None keeps Java's default.
     """
     if profile not in ("cluster", "local"):
         raise ValueError(f"unknown profile {profile!r}")
@@ -209,8 +206,6 @@ def config_properties(
         "number_of_netty_threads=4",
         "job_queue_size=100",
     ]
-    if java_heap_mb:
-        lines.append(f"vmargs=-Xmx{java_heap_mb}m -XX:+ExitOnOutOfMemoryError")
     if profile == "cluster":
         lines.append("enable_envvars_config=true")
     else:
@@ -230,7 +225,7 @@ def write_model_store(
         ranker_dir: The ranker component folder (holds ``bert-ranker/``).
         out_dir: Where the store goes (``<ranker>/torchserve`` in a bundle).
         config: Serving parameters.
-        **properties: Passed to :func:`config_properties` (profile, host, ports, java_heap_mb);
+        **properties: Passed to :func:`config_properties` (profile, host, ports);
             ``model_store`` defaults to KServe's path in the cluster profile and to the written
             folder in the local one.
 
