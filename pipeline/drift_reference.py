@@ -147,10 +147,12 @@ def record_reference(
     """
     bundle = Path(bundle)
     settings = settings or SearchSettings()
-    catalog_manifest = load_component(bundle / CATALOG_COMPONENT, CATALOG_COMPONENT)
     ranker_manifest = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT)
     dataset = dataset if dataset is not None else Dataset.load(bundle / CATALOG_COMPONENT)
-    catalog = Catalog.from_dataset(dataset, catalog_manifest)
+    # Loaded as serving loads it (synonyms included): the reference must see what serving returns.
+    catalog = Catalog.load(bundle / CATALOG_COMPONENT, dataset)
+    catalog_manifest = catalog.manifest
+    assert catalog_manifest is not None  # Catalog.load always sets it
     queries = dataset.queries
     rng = np.random.default_rng(seed)
 

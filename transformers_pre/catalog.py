@@ -83,10 +83,14 @@ class Catalog:
         )
 
     @classmethod
-    def load(cls, folder: Path) -> Catalog:
-        """Verify and load the ``catalog`` component of a bundle."""
+    def load(cls, folder: Path, dataset: Dataset | None = None) -> Catalog:
+        """Verify and load the ``catalog`` component of a bundle, its synonym table included.
+
+        ``dataset``: the component's data set when the caller has it loaded already.
+        """
         manifest = load_component(folder, CATALOG_COMPONENT)
-        return cls.from_dataset(Dataset.load(folder), manifest, load_synonyms(folder))
+        dataset = dataset if dataset is not None else Dataset.load(folder)
+        return cls.from_dataset(dataset, manifest, load_synonyms(folder))
 
     def __len__(self) -> int:
         return len(self.items)
