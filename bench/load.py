@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import socket
 import statistics
 import sys
 import time
@@ -30,12 +29,6 @@ from pipeline.cli import StackPorts, stack_components
 from pipeline.stack import Stack
 
 P99_MS = 150.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -94,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     command = "python -m bench.load " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    ports = StackPorts(*(_free_port() for _ in range(7)))
+    ports = StackPorts.free()
     components = stack_components(args.bundle, ports)
     url = components[-1].url
     rows: list[Row] = []

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ import onnxruntime as ort
 import torch
 from transformers.utils import logging as hf_logging
 
+from pipeline.stack import free_port
 from predictors.ranker.build import (
     BuildResult,
     RankerBuildConfig,
@@ -105,13 +105,6 @@ def time_scorer(
         # preempted requests decide the figure.
         rates.append(PAIRS_PER_REQUEST * 1000 / float(np.median(ms)))
     return Timing(float(np.median(p50s)), float(np.median(p99s)), float(np.median(rates)))
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def triton_scorer(url: str) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], Callable[[], None]]:

@@ -45,6 +45,7 @@ import numpy as np
 import psutil
 
 from bench.ranker import triton_scorer
+from pipeline.stack import free_port
 from predictors.ranker.optimise import OrtScorer
 from predictors.ranker.server import RankerSettings, TritonServer
 from predictors.ranker.triton_repo import (
@@ -74,15 +75,6 @@ class Row:
     errors: int
     peak_mib: float | None
     ready_s: float
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_requests(bundle: Path, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -222,9 +214,10 @@ def started(server: Any, sampler: PeakRss, timeout_s: float) -> Iterator[float]:
 
 
 def measure(runtime: str, protocols: dict[str, Callable[[], tuple[Scorer, Callable[[], None]]]],
-            requests: list[dict[str, np.ndarray]], per_client: int, peak: float | None,
-            ready_s: float, repeats: int = 1) -> list[Row]:  # fmt: skip
-    """Rows of one runtime: every protocol at every client count, medians of ``repeats`` runs."""
+            requests: list[dict[str, np.ndarray]], per_client: int, ready_s: float,
+            repeats: int = 1) -> list[Row]:  # fmt: skip
+    """Rows of one runtime: every protocol at every client count, medians of ``repeats`` runs
+    (``peak_mib`` is left for the caller, who samples the server's memory)."""
     rows = []
     for protocol, make in protocols.items():
         for clients in CLIENTS:
@@ -236,7 +229,7 @@ def measure(runtime: str, protocols: dict[str, Callable[[], tuple[Scorer, Callab
                 rate.append((len(ms) - failed) * PAIRS_PER_REQUEST / wall)
                 errors += failed
             rows.append(Row(runtime, protocol, clients, statistics.median(p50), statistics.median(p99),
-                            statistics.median(rate), errors, peak, ready_s))  # fmt: skip
+                            statistics.median(rate), errors, None, ready_s))  # fmt: skip
             print(f"  {runtime} {protocol} x{clients}: p50 {rows[-1].p50_ms:.1f} ms, "
                   f"{rows[-1].pairs_per_s:.0f} pairs/s, {errors} errors", flush=True)  # fmt: skip
     return rows
@@ -321,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     session = OrtScorer(onnx_file, args.threads)
     load_s = time.perf_counter() - begin
     rows += measure("onnxruntime", {"in-process": lambda: (session, lambda: None)}, requests,
-                    per_client, None, load_s, repeats)  # fmt: skip
+                    per_client, load_s, repeats)  # fmt: skip
 
     def server_rows(runtime: str, make_server: Callable[[], Any],
                     protocols: Callable[[Any], dict[str, Callable[[], tuple[Scorer, Callable[[], None]]]]],
@@ -332,8 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             server = make_server()
             with started(server, sampler, 180) as ready_s:
-                server_rows = measure(runtime, protocols(server), requests, per_client, None,
-                                      ready_s, repeats)
+                server_rows = measure(runtime, protocols(server), requests, per_client, ready_s,
+                                      repeats)
         except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not crash
             notes.append(f"{runtime} rows missing: {type(exc).__name__}: {exc}")
             return

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import socket
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -54,12 +53,6 @@ from pipeline.gate import (
 DEFAULT_HOST = "http://127.0.0.1:8080"
 DEFAULT_BUNDLE = Path("artifacts/demo")
 LOOPBACK = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
@@ -201,20 +194,17 @@ def local_stacks(stable_bundle: Path, candidate_bundle: Path, search_env: dict[s
     Two bundles: two full stacks.
     """
     from pipeline.cli import StackPorts, stack_components
-    from pipeline.stack import Stack
+    from pipeline.stack import Stack, free_port
 
-    def ports() -> StackPorts:
-        return StackPorts(*(_free_port() for _ in range(7)))
-
-    stable_ports = ports()
+    stable_ports = StackPorts.free()
     stable = stack_components(stable_bundle, stable_ports, search_env)
     for comp in stable:
         comp.name = f"stable-{comp.name}"
     if stable_bundle.resolve() == candidate_bundle.resolve():
-        canary_ports = replace(stable_ports, search_http=_free_port(), search_grpc=_free_port())
+        canary_ports = replace(stable_ports, search_http=free_port(), search_grpc=free_port())
         canary = stack_components(candidate_bundle, canary_ports, {**search_env, **canary_env})[-1:]
     else:
-        canary = stack_components(candidate_bundle, ports(), {**search_env, **canary_env})
+        canary = stack_components(candidate_bundle, StackPorts.free(), {**search_env, **canary_env})
     for comp in canary:
         comp.name = f"canary-{comp.name}"
     with Stack([*stable, *canary], log_dir) as stack:

@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,13 @@ class StackPorts:
     ranker_http: int = 8000
     ranker_grpc: int = 8001
     ranker_metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Every port free on loopback right now (a second stack beside the default one)."""
+        from pipeline.stack import free_port
+
+        return cls(*(free_port() for _ in fields(cls)))
 
 
 def _cmd_data(args: argparse.Namespace) -> int:

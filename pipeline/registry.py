@@ -30,6 +30,7 @@ from typing import Any
 from shopserve.artifacts import (
     MANIFEST,
     Manifest,
+    check_files,
     git_revision,
     new_version,
     read_manifest,
@@ -169,12 +170,7 @@ def verify_bundle(bundle: Path) -> dict[str, list[str]]:
                 found.append(f"{name}/{MANIFEST}: missing (component '{name}' is listed)")
             elif sha256_file(path) != entry.get("manifest_sha256"):
                 found.append(f"{name}/{MANIFEST}: sha256 mismatch")
-        for rel, digest in sorted(manifest.files.items()):
-            path = bundle / rel
-            if not path.is_file():
-                found.append(f"{rel}: missing")
-            elif sha256_file(path) != digest:
-                found.append(f"{rel}: sha256 mismatch")
+        found += check_files(bundle, manifest.files)
         problems["bundle"] = found
     elif not components:
         problems["bundle"] = [f"{bundle}: no components and no {BUNDLE_MANIFEST}"]
@@ -314,11 +310,10 @@ class Registry:
             out.append(BundleSummary(m.version, folder, m.created, m.parent, m.metrics))
         return sorted(out, key=lambda b: (b.created, b.version))
 
-    def latest(self, exclude: Iterable[str] = ()) -> BundleSummary | None:
-        """The newest bundle (not one of ``exclude``), or None in an empty registry."""
-        skip = set(exclude)
-        candidates = [b for b in self.bundles() if b.version not in skip]
-        return candidates[-1] if candidates else None
+    def latest(self) -> BundleSummary | None:
+        """The newest bundle, or None in an empty registry."""
+        bundles = self.bundles()
+        return bundles[-1] if bundles else None
 
     def resolve(self, ref: str | Path) -> Path:
         """A bundle folder from a version in this registry, ``latest``, or a path.

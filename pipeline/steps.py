@@ -288,7 +288,7 @@ def step_evaluate(ctx: StepContext) -> str:
     registry = Registry(ctx.config.registry)
     own = (ctx.state.get("package") or {}).get("output")
     # The previous release: the newest bundle in the registry. A bundle this very run packaged
-    # earlier counts as previous too (its successor replaces it), hence no exclusion by default.
+    # earlier counts as previous too (its successor replaces it).
     previous = registry.latest()
     evaluation = evaluate_offline(ctx, previous.path if previous else None)
     evaluation["parent"] = previous.version if previous else None
@@ -314,12 +314,11 @@ def _extras(ctx: StepContext) -> list[Callable[[PackageContext], None]]:
     return out
 
 
-def _save_synonyms(ctx: StepContext, catalog: Path) -> dict[str, int]:
+def _save_synonyms(ctx: StepContext, catalog: Path, dataset: Dataset) -> dict[str, int]:
     """Mine the transformer's query-rewrite synonyms from the ranker's *training* queries only."""
     from shopserve.data.generator import split_queries
     from transformers_pre.rewrite import mine_into
 
-    dataset = ctx.dataset()
     ranker = ctx.config.ranker(progress=False)
     train_ids, _ = split_queries(dataset, ranker.eval_fraction, ranker.seed)
     return mine_into(catalog, dataset, train_ids)
@@ -350,12 +349,14 @@ def step_package(ctx: StepContext) -> StepOutcome:
     staging.mkdir(parents=True)
     try:
         dataset_dir = ctx.path(DATA_DIR)
+        dataset = ctx.dataset()
+        summary = json.loads((dataset_dir / "dataset.json").read_text()).get("summary") \
+            or dataset.summary()
         catalog = staging / CATALOG_COMPONENT
         shutil.copytree(dataset_dir, catalog)
-        summary = json.loads((dataset_dir / "dataset.json").read_text()).get("summary") or {}
         catalog_params = {"generator": ctx.config.section("data"),
-                          **_save_synonyms(ctx, catalog)}
-        write_manifest(catalog, CATALOG_COMPONENT, version, data=summary or ctx.dataset().summary(),
+                          **_save_synonyms(ctx, catalog, dataset)}
+        write_manifest(catalog, CATALOG_COMPONENT, version, data=summary,
                        params=catalog_params, parent=parent)
 
         recall = staging / RECALL_COMPONENT
@@ -369,12 +370,13 @@ def step_package(ctx: StepContext) -> StepOutcome:
         # ``package.torchserve: true`` also writes the TorchServe model store (the optional
         # ``torchserve`` extra) that the chart's ``ranker.server: torchserve`` serves.
         package(load_optimised(ctx), staging / RANKER_COMPONENT, config,
-                data=ctx.dataset().summary(), version=version, parent=parent,
+                data=summary, version=version, parent=parent,
                 torchserve=bool(ctx.config.section("package").get("torchserve", False)))
 
         shutil.copytree(ctx.path(REPORT_DIR), staging / REPORT_DIR)
         for extra in _extras(ctx):
-            extra(PackageContext(staging, version, parent, ctx.run_dir, ctx.config, ctx.dataset))
+            extra(PackageContext(staging, version, parent, ctx.run_dir, ctx.config,
+                                 lambda: dataset))
         write_bundle_manifest(
             staging, version, parent=parent, data=summary,
             params={"pipeline": ctx.config.name, **ctx.config.sections},

@@ -168,18 +168,21 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest.from_dict(raw)
 
 
-def verify(folder: Path) -> list[str]:
-    """Every problem with a component folder: missing files and checksum mismatches."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
+def check_files(root: Path, files: Mapping[str, str]) -> list[str]:
+    """Problems with ``files`` (relative path -> sha256) under ``root``: missing or mismatched."""
     problems = []
-    for rel, digest in sorted(manifest.files.items()):
-        path = folder / rel
+    for rel, digest in sorted(files.items()):
+        path = Path(root) / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
         elif sha256_file(path) != digest:
             problems.append(f"{rel}: sha256 mismatch")
     return problems
+
+
+def verify(folder: Path) -> list[str]:
+    """Every problem with a component folder: missing files and checksum mismatches."""
+    return check_files(folder, read_manifest(folder).files)
 
 
 def load_component(folder: Path, component: str | None = None) -> Manifest:

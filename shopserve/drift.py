@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import re
 import threading
 from bisect import bisect_right
 from collections import Counter
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shopserve.text import tokens
 
 RANKER_SCORE = "ranker_score"
 QUERY_LENGTH = "query_length"
@@ -65,12 +66,8 @@ EPS = 1e-4
 STABLE, DRIFT = 0.1, 0.25
 FORMAT_VERSION = 1
 
-_TERM = re.compile(r"[a-z0-9]+")
-
-
-def query_terms(query: str) -> list[str]:
-    """The terms of a normalised query: lower-case alphanumeric runs (the generator's tokens)."""
-    return _TERM.findall(query)
+#: The terms of a normalised query: lower-case alphanumeric runs (the generator's tokens).
+query_terms = tokens
 
 
 def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,

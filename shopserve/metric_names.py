@@ -42,6 +42,8 @@ SEARCH_REQUEST_SECONDS = "shopserve_search_request_seconds"
 SEARCH_ROWS_TOTAL = "shopserve_search_rows_total"
 #: Counter{stage, reason}: rows answered without a failing dependency (``reason``: timeout, unavailable).
 SEARCH_DEGRADED_TOTAL = "shopserve_search_degraded_total"
+#: Counter{kind}: faults injected on purpose (rehearsals, chaos tests; ``kind``: delay, error).
+SEARCH_FAULTS_INJECTED_TOTAL = "shopserve_search_faults_injected_total"
 #: Histogram: rows (queries) per request.
 SEARCH_BATCH_SIZE = "shopserve_search_batch_size"
 #: Histogram: (query, title) pairs per ranker call, the batch Triton receives.
@@ -88,6 +90,7 @@ TRITON_GPU_UTILIZATION = "nv_gpu_utilization"
 SHOPSERVE_METRICS: tuple[str, ...] = (
     REQUESTS_TOTAL, MODEL_INFO,
     SEARCH_STAGE_SECONDS, SEARCH_REQUEST_SECONDS, SEARCH_ROWS_TOTAL, SEARCH_DEGRADED_TOTAL,
+    SEARCH_FAULTS_INJECTED_TOTAL,
     SEARCH_BATCH_SIZE, SEARCH_RANKER_BATCH_SIZE,
     DRIFT_PSI, DRIFT_WINDOW_SAMPLES, DRIFT_REFERENCE_LOADED,
     RECALL_REQUESTS_TOTAL, RECALL_POPULARITY_FALLBACK_TOTAL, RECALL_SEARCH_SECONDS,

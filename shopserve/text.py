@@ -6,6 +6,7 @@ encoding lives here, once.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,15 @@ from typing import Any
 import numpy as np
 
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case alphanumeric tokens: the tokenisation under which the generator's guarantees hold
+    (e.g. a ``synonym`` query shares no token with its category's name or noun) and the terms the
+    drift monitor counts."""
+    return _TOKEN.findall(text.lower())
 
 
 def normalise_query(text: str) -> str:

@@ -155,7 +155,6 @@ class SearchEngine:
     def __init__(self, catalog: Catalog, tokenizer: Any, recall: InferClient,
                  ranker: InferClient, config: EngineConfig) -> None:
         self.catalog = catalog
-        self.tokenizer = tokenizer
         # Titles tokenised once: a request tokenises only its query (shopserve.text.PairEncoder).
         self.pairs = PairEncoder(tokenizer, catalog.titles, config.max_length)
         self.recall = recall

@@ -86,7 +86,7 @@ RANKER_BATCH_SIZE = Histogram(
     buckets=(1, 5, 10, 20, 50, 100, 200, 500),
 )
 FAULTS_INJECTED = Counter(
-    "shopserve_search_faults_injected_total",
+    metric_names.SEARCH_FAULTS_INJECTED_TOTAL,
     "Faults injected on purpose (settings fault_delay_ms, fault_error_ratio), by kind.", ["kind"],
 )
 DEGRADED_TOTAL = Counter(

@@ -28,7 +28,6 @@ Nothing here is pickled: :meth:`Dataset.save` writes ``.npz`` with text as ``'U'
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -282,15 +281,6 @@ it; the generator draws ``synonym`` queries from it."""
 
 SYNONYM_OF: dict[str, str] = {syn: word for word, syns in SYNONYMS.items() for syn in syns}
 """Inverse of :data:`SYNONYMS`: synonym -> title word."""
-
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-case alphanumeric tokens: the tokenisation under which the generator's guarantees hold
-    (e.g. a ``synonym`` query shares no token with its category's name or noun)."""
-    return _TOKEN.findall(text.lower())
-
 
 # ---------------------------------------------------------------------------------------------
 # Configuration

@@ -25,9 +25,9 @@ from shopserve.data.generator import (
     GeneratorConfig,
     generate,
     split_queries,
-    tokens,
 )
 from shopserve.data.interactions import IdMap, temporal_split, to_csr
+from shopserve.text import tokens
 
 SPEC = {spec.name: spec for spec in CATEGORIES}
 
