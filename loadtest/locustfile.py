@@ -31,13 +31,12 @@ import json
 import logging
 import os
 import random
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, LoadTestShape, events, task
+from locust import FastHttpUser, LoadTestShape, constant, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import StatsEntry
@@ -132,19 +131,12 @@ class SearchUser(FastHttpUser):
         self.mix = _mix(options)
         self.canary_host = (options.canary_host or "").rstrip("/")
         self.canary_share = options.canary_percent / 100.0
-        self.rate = options.rate_per_user
-        self._cp_last_run = 0.0
-        self._cp_last_wait_time = 0.0
+        rate = options.rate_per_user
+        self._pace = constant_throughput(rate) if rate > 0 else constant(0)
 
     def wait_time(self) -> float:
         """Constant throughput of ``--rate-per-user`` requests/s, or none (back to back)."""
-        if self.rate <= 0:
-            return 0.0
-        # locust's constant_pacing arithmetic, on this user's own bookkeeping.
-        run = time.perf_counter() - self._cp_last_run - self._cp_last_wait_time
-        self._cp_last_wait_time = max(0.0, 1.0 / self.rate - run)
-        self._cp_last_run = time.perf_counter()
-        return self._cp_last_wait_time
+        return self._pace(self)
 
     @task
     def search(self) -> None:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from transformers import AutoTokenizer
 
+from predictors.ranker.optimise import OrtScorer
 from predictors.ranker.triton_repo import cpu_graph
 from predictors.recall.index import IndexConfig
 from predictors.recall.recommender import Recommender
@@ -54,13 +54,10 @@ from shopserve.artifacts import (
 from shopserve.data.generator import Dataset
 from shopserve.drift import SCORE_BINS, TOP_TERMS, build_reference
 from shopserve.protocol import (
-    ATTENTION_MASK,
     EXCLUDE_SEEN,
-    INPUT_IDS,
     ITEM_IDS,
     SCORE,
     SCORES,
-    TOKEN_TYPE_IDS,
     TOP_K,
     USER_ID,
 )
@@ -78,15 +75,11 @@ class _LocalRanker:
     name = "ranker"
 
     def __init__(self, path: Path, threads: int) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        self.scorer = OrtScorer(path, threads)
 
     async def infer(self, inputs: Mapping[str, np.ndarray], parameters: Any = None,
                     request_id: str | None = None) -> dict[str, np.ndarray]:
-        feeds = {name: inputs[name] for name in (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)}
-        return {SCORE: self.session.run([SCORE], feeds)[0].reshape(-1, 1)}
+        return {SCORE: self.scorer(dict(inputs)).reshape(-1, 1)}
 
 
 class _LocalRecall:

@@ -253,6 +253,14 @@ def diff(a: Path, b: Path, *, changed_only: bool = False) -> list[MetricChange]:
     return rows
 
 
+def format_change(delta: float, before: float | None) -> str:
+    """A numeric change as ``=`` or ``+0.012 (+1.5%)`` (no percentage from a zero or no value)."""
+    if delta == 0:
+        return "="
+    rel = f" ({delta / abs(before):+.1%})" if before else ""
+    return f"{delta:+.4g}{rel}"
+
+
 def format_diff(rows: Iterable[MetricChange], a: str, b: str) -> str:
     """``bundles diff`` as an aligned text table."""
     rows = list(rows)
@@ -264,10 +272,7 @@ def format_diff(rows: Iterable[MetricChange], a: str, b: str) -> str:
     def change(r: MetricChange) -> str:
         if r.delta is None:
             return "added" if r.before is None else "removed"
-        if r.delta == 0:
-            return "="
-        rel = f" ({r.delta / abs(r.before):+.1%})" if r.before else ""
-        return f"{r.delta:+.4g}{rel}"
+        return format_change(r.delta, r.before)
 
     lines = [f"{'metric':<{width}}  {a[:14]:>14}  {b[:14]:>14}  change", "-" * (width + 44)]
     lines += [f"{r.metric:<{width}}  {num(r.before):>14}  {num(r.after):>14}  {change(r)}" for r in rows]

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.registry import format_change
+
 if TYPE_CHECKING:
     from pipeline.steps import StepContext
     from predictors.ranker.pairs import CandidateList
@@ -360,11 +362,7 @@ def _fmt(value: Any) -> str:
 
 def _change(now: Any, before: Any) -> str:
     if isinstance(now, int | float) and isinstance(before, int | float) and not isinstance(now, bool):
-        delta = now - before
-        if delta == 0:
-            return "="
-        rel = f" ({delta / abs(before):+.1%})" if before else ""
-        return f"{delta:+.4g}{rel}"
+        return format_change(now - before, before)
     return "=" if now == before else "changed"
 
 

@@ -52,6 +52,7 @@ from predictors.ranker.server import LocalServer
 from predictors.ranker.torchserve_handler import SERVING_FILE
 from predictors.ranker.triton_repo import (
     MAX_SEQUENCE_LENGTH,
+    SHARED_MODULE,
     cpu_graph,
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
@@ -137,7 +138,8 @@ def write_archive(ranker_dir: Path, export_dir: Path, threads: int = 2) -> Path:
         spec_file.write_text(json.dumps(spec, indent=2) + "\n")
         generate_model_archive(ModelArchiverConfig(
             model_name=RANKER_MODEL, handler=str(HANDLER), version=ARCHIVE_VERSION,
-            serialized_file=str(onnx_file), extra_files=str(spec_file),
+            # The handler imports the checks it shares with Triton's Python model from beside it.
+            serialized_file=str(onnx_file), extra_files=f"{spec_file},{SHARED_MODULE}",
             export_path=str(export_dir), archive_format="default", force=True,
         ))  # fmt: skip
     return export_dir / ARCHIVE

@@ -2,7 +2,8 @@
 
 Packaged into the model archive (``bert-ranker.mar``) beside ``model.onnx`` and ``serving.json``
 (see :mod:`predictors.ranker.torchserve`). It runs inside TorchServe's Python worker, so it imports
-only numpy, onnxruntime and TorchServe's own ``ts`` package, never shopserve: tensor names,
+only numpy, onnxruntime, TorchServe's own ``ts`` package and ``bert_ranker_batch`` (the checks and
+grouped scoring it shares with Triton's Python model, archived beside it), never shopserve: tensor names,
 datatypes, the max sequence length, the vocabulary size and the thread count come from
 ``serving.json``, which the packaging step derives from the bundle's ``config.pbtxt`` (the same
 source of truth the Triton model reads). TorchServe wants exactly one class in a handler module,
@@ -24,12 +25,16 @@ is scored and the worker stays up.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+try:  # beside this file in the model archive (TorchServe puts the model folder on sys.path)
+    from bert_ranker_batch import check_arrays, score_by_length
+except ImportError:  # imported from the source tree
+    from predictors.ranker.bert_ranker_batch import check_arrays, score_by_length
 
 SERVING_FILE = "serving.json"
 """Serving parameters in the archive (written at package time from the bundle's config.pbtxt)."""
@@ -140,23 +145,7 @@ class BertRankerHandler:
         if missing:
             raise ValueError(f"input '{missing[0]}' is missing")
         arrays = [tensors[n] for n in self.input_names]
-        shape = arrays[0].shape
-        for name, array in zip(self.input_names, arrays, strict=True):
-            if array.shape != shape:
-                raise ValueError(
-                    f"input '{name}': shape {list(array.shape)} differs from "
-                    f"'{self.input_names[0]}' shape {list(shape)}"
-                )
-        if shape[0] == 0 or shape[1] == 0:
-            raise ValueError(f"empty batch: shape {list(shape)}")
-        if shape[1] > self.max_length:
-            raise ValueError(f"sequence length {shape[1]} exceeds the model's maximum {self.max_length}")
-        ids, mask, types = arrays
-        if ids.min() < 0 or (self.vocab_size and ids.max() >= self.vocab_size):
-            raise ValueError(f"input '{self.input_names[0]}': token id outside the vocabulary")
-        for name, array in ((self.input_names[1], mask), (self.input_names[2], types)):
-            if array.min() < 0 or array.max() > 1:
-                raise ValueError(f"input '{name}': values must be 0 or 1")
+        check_arrays(self.input_names, arrays, self.max_length, self.vocab_size)
         request_id = body.get("id")
         return (request_id if isinstance(request_id, str) else None), arrays
 
@@ -198,7 +187,7 @@ class BertRankerHandler:
             responses[i] = json.dumps({"error": message})
             context.set_response_status(code, message, i)
 
-        groups: dict[int, list[tuple[int, str | None, list[np.ndarray]]]] = defaultdict(list)
+        batch = []
         for i, row in enumerate(data):
             context.set_response_content_type(i, JSON)
             try:
@@ -206,21 +195,10 @@ class BertRankerHandler:
             except ValueError as exc:
                 fail(i, 400, str(exc))
                 continue
-            groups[arrays[0].shape[1]].append((i, request_id, arrays))
-        for members in groups.values():
-            # Requests of one length are scored in one session call (TorchServe's batching pays
-            # off), then the rows are handed back per request.
-            try:
-                scores = self._run([np.concatenate([a[k] for _, _, a in members]) for k in range(3)])
-                offset = 0
-                for i, request_id, arrays in members:
-                    n = arrays[0].shape[0]
-                    responses[i] = self._answer(request_id, scores[offset : offset + n])
-                    offset += n
-            except Exception:  # noqa: BLE001 - isolate the failing request, answer the rest
-                for i, request_id, arrays in members:
-                    try:
-                        responses[i] = self._answer(request_id, self._run(arrays))
-                    except Exception as exc:  # noqa: BLE001 - one request's failure, not the batch's
-                        fail(i, 500, f"inference failed: {exc}")
+            batch.append(((i, request_id), arrays))
+        for (i, request_id), scores in score_by_length(batch, self._run):
+            if isinstance(scores, Exception):
+                fail(i, 500, f"inference failed: {scores}")
+            else:
+                responses[i] = self._answer(request_id, scores)
         return responses

@@ -2,7 +2,9 @@
 
 Copied into the local model repository as ``bert-ranker/1/model.py`` (the ``tritonserver`` in
 ``nvidia-pytriton`` has no ONNX Runtime backend). It runs inside Triton's Python stub, so it imports
-only numpy, onnxruntime and ``triton_python_backend_utils``, never the shopserve package: tensor
+only numpy, onnxruntime, ``triton_python_backend_utils`` and ``bert_ranker_batch`` (the checks and
+grouped scoring it shares with the TorchServe handler, copied beside it), never the shopserve
+package: tensor
 names, the max sequence length, the vocabulary size and the thread count all come from the
 ``config.pbtxt`` Triton hands over, which is the source of truth.
 
@@ -14,13 +16,17 @@ dynamic batch are still answered, and the server stays up.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+try:  # beside this file in the model repository (bert-ranker/1/)
+    from bert_ranker_batch import check_arrays, score_by_length
+except ImportError:  # imported from the source tree
+    from predictors.ranker.bert_ranker_batch import check_arrays, score_by_length
 
 
 class RequestError(ValueError):
@@ -62,25 +68,7 @@ class TritonPythonModel:
             if array.ndim != 2:
                 raise RequestError(f"input '{name}': shape {list(array.shape)}, expected [-1, -1]")
             arrays.append(array)
-        shape = arrays[0].shape
-        for name, array in zip(self.input_names, arrays, strict=True):
-            if array.shape != shape:
-                raise RequestError(
-                    f"input '{name}': shape {list(array.shape)} differs from "
-                    f"'{self.input_names[0]}' shape {list(shape)}"
-                )
-        if shape[0] == 0 or shape[1] == 0:
-            raise RequestError(f"empty batch: shape {list(shape)}")
-        if shape[1] > self.max_length:
-            raise RequestError(
-                f"sequence length {shape[1]} exceeds the model's maximum {self.max_length}"
-            )
-        ids, mask, types = arrays
-        if ids.min() < 0 or (self.vocab_size and ids.max() >= self.vocab_size):
-            raise RequestError(f"input '{self.input_names[0]}': token id outside the vocabulary")
-        for name, array in ((self.input_names[1], mask), (self.input_names[2], types)):
-            if array.min() < 0 or array.max() > 1:
-                raise RequestError(f"input '{name}': values must be 0 or 1")
+        check_arrays(self.input_names, arrays, self.max_length, self.vocab_size)
         return arrays
 
     def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
@@ -90,32 +78,15 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         """Score a dynamic batch: one ONNX Runtime call per sequence length, errors per request."""
         responses: list[Any] = [None] * len(requests)
-        groups: dict[int, list[tuple[int, list[np.ndarray]]]] = defaultdict(list)
+        batch = []
         for i, request in enumerate(requests):
             try:
-                arrays = self._read(request)
-            except RequestError as exc:
+                batch.append((i, self._read(request)))
+            except ValueError as exc:  # RequestError and check_arrays' refusals
                 responses[i] = _error(str(exc))
-                continue
-            groups[arrays[0].shape[1]].append((i, arrays))
-        for members in groups.values():
-            # Requests of one length are concatenated so the batcher's work pays off: one
-            # session call scores them all, then the rows are handed back per request.
-            try:
-                scores = self._run(
-                    [np.concatenate([a[k] for _, a in members]) for k in range(3)]
-                )
-                offset = 0
-                for i, arrays in members:
-                    n = arrays[0].shape[0]
-                    responses[i] = _scores(self.output_name, scores[offset : offset + n])
-                    offset += n
-            except Exception:  # noqa: BLE001 - isolate the failing request, answer the rest
-                for i, arrays in members:
-                    try:
-                        responses[i] = _scores(self.output_name, self._run(arrays))
-                    except Exception as exc:  # noqa: BLE001 - one request's failure, not the batch's
-                        responses[i] = _error(f"inference failed: {exc}", internal=True)
+        for i, scores in score_by_length(batch, self._run):
+            responses[i] = (_error(f"inference failed: {scores}", internal=True)
+                            if isinstance(scores, Exception) else _scores(self.output_name, scores))
         return responses
 
     def finalize(self) -> None:

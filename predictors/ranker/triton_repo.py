@@ -48,6 +48,8 @@ MODEL_FILE = "model.onnx"
 GPU_MODEL_FILE = "model-fp32.onnx"
 """The fp32 graph of the same model, what the GPU configuration (``config.pbtxt``) serves."""
 PYTHON_MODEL_FILE = "model.py"
+SHARED_MODULE = Path(__file__).with_name("bert_ranker_batch.py")
+"""Checks and grouped scoring the Python model imports from beside it (as the TorchServe handler)."""
 VERSION = "1"
 CONFIG_FILE = "config.pbtxt"
 """Triton's default model configuration (the GPU one in the bundle)."""
@@ -183,6 +185,7 @@ def write_repository(
     if profile == "local":
         shutil.copyfile(Path(__file__).with_name("triton_python_model.py"),
                         version_dir / PYTHON_MODEL_FILE)
+        shutil.copyfile(SHARED_MODULE, version_dir / SHARED_MODULE.name)
     return model_dir
 
 
