@@ -61,7 +61,7 @@ tools:
 
 # Render the chart per environment and deployment mode into manifests/ (checked by tests/charts).
 manifests: $(STAMP) tools
-	$(PY) -m pipeline.manifests
+	$(PY) -m pipeline.rollout.manifests
 
 bench-recall: $(STAMP)
 	$(PY) -m bench.recall_quality

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from loadtest.runner import LoadRun, run_locust
 from loadtest.slo import LoadStats
-from pipeline.cli import StackPorts, stack_components
-from pipeline.stack import Stack
+from pipeline.local import StackPorts, stack_components
+from pipeline.supervisor import Stack
 
 P99_MS = 150.0
 

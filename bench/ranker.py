@@ -37,8 +37,11 @@ import onnxruntime as ort
 import torch
 from transformers.utils import logging as hf_logging
 
-from pipeline.stack import free_port
-from predictors.ranker.build import (
+from pipeline.supervisor import free_port
+from predictors.ranker.server import RankerSettings, TritonServer
+from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
+from training.data.generator import GeneratorConfig, generate
+from training.ranker.build import (
     BuildResult,
     RankerBuildConfig,
     Row,
@@ -46,12 +49,9 @@ from predictors.ranker.build import (
     package,
     train_and_optimise,
 )
-from predictors.ranker.modeling import TorchScorer
-from predictors.ranker.optimise import OrtScorer, ndcg_drop
-from predictors.ranker.pairs import encode_pairs
-from predictors.ranker.server import RankerSettings, TritonServer
-from shopserve.data.generator import GeneratorConfig, generate
-from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
+from training.ranker.modeling import TorchScorer
+from training.ranker.optimise import OrtScorer, ndcg_drop
+from training.ranker.pairs import encode_pairs
 
 PAIRS_PER_REQUEST = 50
 GOAL_P50_MS = 40.0

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from predictors.recall.train import (
+from shopserve.interactions import Interactions, temporal_split
+from training.data.movielens import load_movielens_100k
+from training.recall.train import (
     DEFAULT_GRID,
     MFParams,
     TopKResult,
@@ -28,8 +30,6 @@ from predictors.recall.train import (
     fit,
     tune,
 )
-from shopserve.data.interactions import Interactions, temporal_split
-from shopserve.data.movielens import load_movielens_100k
 
 RESULTS = Path(__file__).parent / "results" / "recall_quality.md"
 

@@ -45,15 +45,15 @@ import numpy as np
 import psutil
 
 from bench.ranker import triton_scorer
-from pipeline.stack import free_port
-from predictors.ranker.optimise import OrtScorer
+from pipeline.supervisor import free_port
 from predictors.ranker.server import RankerSettings, TritonServer
 from predictors.ranker.triton_repo import (
     cpu_graph,
 )
-from shopserve.data.generator import GeneratorConfig, generate
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
 from shopserve.text import encode_pairs
+from training.data.generator import GeneratorConfig, generate
+from training.ranker.optimise import OrtScorer
 
 PAIRS_PER_REQUEST = 50
 CLIENTS = (1, 8)
@@ -79,7 +79,7 @@ class Row:
 
 def make_requests(bundle: Path, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``n`` encoded 50-pair requests: a generated query against 50 catalog titles each."""
-    from predictors.ranker.modeling import load_tokenizer
+    from training.ranker.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(bundle / "tokenizer")
     max_length = cpu_graph(bundle).max_length

@@ -46,8 +46,8 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from transformers import AutoTokenizer
 
-from pipeline.cli import StackPorts, stack_components
-from pipeline.stack import Stack
+from pipeline.local import StackPorts, stack_components
+from pipeline.supervisor import Stack
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
     MAX_SEQUENCE_LENGTH,
@@ -55,7 +55,6 @@ from shopserve.artifacts import (
     RANKER_TOKENIZER_DIR,
     read_manifest,
 )
-from shopserve.data.generator import Dataset, split_queries
 from shopserve.protocol import (
     ATTENTION_MASK,
     DEGRADED,
@@ -72,6 +71,7 @@ from shopserve.protocol import (
     USER_ID,
 )
 from shopserve.text import encode_pairs
+from training.data.generator import Dataset, split_queries
 
 RESULTS = Path(__file__).parent / "results" / "stack.md"
 UPSTREAM = ("recall", "rank")

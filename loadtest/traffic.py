@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shopserve.artifacts import CATALOG_COMPONENT
-from shopserve.data.generator import Dataset
+from shopserve.catalog_files import CatalogFiles
 from shopserve.protocol import ANONYMOUS_USER, CATEGORY, MAX_PRICE, QUERY, SEARCH_MODEL, TOP_N, USER_ID
 
 #: The v2 inference path of the search model.
@@ -102,22 +102,23 @@ class TrafficMix:
         self.categories = sorted(price_ceilings)
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, config: MixConfig | None = None) -> TrafficMix:
-        """The mix of a generated dataset (a bundle's ``catalog`` component)."""
-        q = dataset.queries
-        log = dataset.events.log
-        user_ids, counts = np.unique(log.user_ids, return_counts=True)
+    def from_files(cls, files: CatalogFiles, config: MixConfig | None = None) -> TrafficMix:
+        """The mix of a bundle's ``catalog`` component: its logged queries and shoppers."""
+        q = files.queries
+        items = files.items
+        user_ids, counts = np.unique(files.events().user_ids, return_counts=True)
         ceilings = {
-            str(c): float(np.percentile(dataset.items.price[dataset.items.category == c], 75))
-            for c in np.unique(dataset.items.category)
+            str(c): float(np.percentile(items["price"][items["category"] == c], 75))
+            for c in np.unique(items["category"])
         }
-        return cls(q.text.tolist(), q.frequency.astype(float).tolist(), q.category.tolist(),
-                   user_ids.tolist(), counts.astype(float).tolist(), ceilings, config)
+        return cls(q["text"].tolist(), q["frequency"].astype(float).tolist(),
+                   q["category"].tolist(), user_ids.tolist(), counts.astype(float).tolist(),
+                   ceilings, config)
 
     @classmethod
     def from_bundle(cls, bundle: Path | str, config: MixConfig | None = None) -> TrafficMix:
         """The mix of a bundle's ``catalog`` component (its generated query log)."""
-        return cls.from_dataset(Dataset.load(Path(bundle) / CATALOG_COMPONENT), config)
+        return cls.from_files(CatalogFiles.open(Path(bundle) / CATALOG_COMPONENT), config)
 
     def sample(self, rng: random.Random) -> Call:
         """One request of the mix."""

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.demo import save_catalog
-from predictors.ranker.build import RankerBuildConfig, build_ranker
-from predictors.recall.build import RecallBuildConfig, build_recall
-from predictors.recall.train import MFParams
-from shopserve.data.generator import Dataset, GeneratorConfig, generate
+from pipeline.lifecycle.demo import save_catalog
+from training.data.generator import Dataset, GeneratorConfig, generate
+from training.ranker.build import RankerBuildConfig, build_ranker
+from training.recall.build import RecallBuildConfig, build_recall
+from training.recall.train import MFParams
 
 
 def build_tiny_bundle(bundle: Path, version: str = "test-1") -> Dataset:

@@ -5,7 +5,7 @@ PATCH on ``/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{na
 server answers them:
 
 * merge patches (RFC 7386, written out below) and JSON patches (RFC 6902, the ``jsonpatch``
-  library, so the fake shares no code with ``pipeline.kube``); any other content type is a 415,
+  library, so the fake shares no code with ``pipeline.rollout.kube``); any other content type is a 415,
   as custom resources take no strategic merge patch;
 * a patched ``metadata.resourceVersion`` is a precondition: a mismatch is a 409 Conflict;
   every accepted patch bumps the version;

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.stack import LOOPBACK, free_port
+from pipeline.supervisor import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

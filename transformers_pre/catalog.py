@@ -15,8 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from shopserve.artifacts import CATALOG_COMPONENT, Manifest, load_component
-from shopserve.data.generator import Dataset
-from shopserve.data.interactions import IdMap, to_csr
+from shopserve.catalog_files import CatalogFiles
+from shopserve.interactions import IdMap, to_csr
 from transformers_pre.rewrite import QueryRewriter, load_synonyms, query_tokens
 
 
@@ -61,36 +61,32 @@ class Catalog:
     has_synonyms: bool = False
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, manifest: Manifest | None = None,
-                     synonyms: Mapping[str, str] | None = None) -> Catalog:
-        """Index a generated dataset; ``synonyms`` is the mined table (see ``rewrite``)."""
-        items = dataset.items
-        corpus = bm25s.tokenize(list(dataset.item_text()), stopwords="en", show_progress=False)
+    def from_files(cls, files: CatalogFiles, manifest: Manifest | None = None,
+                   synonyms: Mapping[str, str] | None = None) -> Catalog:
+        """Index a catalog component's files; ``synonyms`` is the mined table (see ``rewrite``)."""
+        items = files.items
+        corpus = bm25s.tokenize(list(files.item_text()), stopwords="en", show_progress=False)
         document_frequency = document_frequencies(corpus)
         bm25 = bm25s.BM25(method="lucene")
         bm25.index(corpus, show_progress=False)
-        popularity = items.popularity.astype(np.float32)
+        popularity = items["popularity"].astype(np.float32)
         popularity = popularity / max(float(popularity.max()), 1e-12)
-        purchases = dataset.events.of_type("purchase")
-        users = IdMap.from_ids(dataset.users.user_id)
+        item_map = files.item_map
+        users = IdMap.from_ids(files.user_ids)
         return cls(
-            items=dataset.item_map, titles=items.title, categories=items.category,
-            prices=items.price.astype(np.float32), popularity=popularity,
+            items=item_map, titles=items["title"], categories=items["category"],
+            prices=items["price"].astype(np.float32), popularity=popularity,
             popular_order=np.argsort(-popularity, kind="stable"), users=users,
-            purchases=to_csr(purchases, users, dataset.item_map), bm25=bm25,
+            purchases=to_csr(files.events("purchase"), users, item_map), bm25=bm25,
             rewriter=QueryRewriter(document_frequency, synonyms or {}), manifest=manifest,
             has_synonyms=synonyms is not None,
         )
 
     @classmethod
-    def load(cls, folder: Path, dataset: Dataset | None = None) -> Catalog:
-        """Verify and load the ``catalog`` component of a bundle, its synonym table included.
-
-        ``dataset``: the component's data set when the caller has it loaded already.
-        """
+    def load(cls, folder: Path) -> Catalog:
+        """Verify and load the ``catalog`` component of a bundle, its synonym table included."""
         manifest = load_component(folder, CATALOG_COMPONENT)
-        dataset = dataset if dataset is not None else Dataset.load(folder)
-        return cls.from_dataset(dataset, manifest, load_synonyms(folder))
+        return cls.from_files(CatalogFiles.open(folder), manifest, load_synonyms(folder))
 
     def __len__(self) -> int:
         return len(self.items)

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from predictors.recall.index import IndexConfig, TopKIndex, build_index, load_index
-from predictors.recall.train import MFModel
 from shopserve.artifacts import (
     RECALL_COMPONENT,
     Manifest,
     load_component,
     load_npz,
-    save_npz,
-    write_manifest,
 )
-from shopserve.data.interactions import IdMap, Interactions, to_csr
 from shopserve.errors import BundleError
+from shopserve.interactions import IdMap
 
 COMPONENT = RECALL_COMPONENT
 FACTORS = "factors.npz"
@@ -43,45 +39,6 @@ PAD_ID = -1
 def index_dirname(config: IndexConfig) -> str:
     """Folder of a prebuilt FAISS index in the bundle."""
     return f"index-{config.kind}"
-
-
-def save_recall(
-    folder: Path,
-    model: MFModel,
-    seen_log: Interactions,
-    version: str,
-    *,
-    index: IndexConfig | None = None,
-    data: dict[str, Any] | None = None,
-    params: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-    parent: str | None = None,
-) -> Manifest:
-    """Write a recall component folder and its manifest.
-
-    Args:
-        folder: Destination (created).
-        model: Trained factors and id maps.
-        seen_log: Interactions whose items each user has seen (usually the training log).
-        version: Bundle version.
-        index: Also prebuild and ship this approximate index.
-        data, params, metrics, parent: Manifest fields.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_npz(
-        folder / FACTORS,
-        user_factors=model.user_factors, item_factors=model.item_factors,
-        user_ids=model.users.ids, item_ids=model.items.ids, popularity=model.popularity,
-    )
-    seen = to_csr(seen_log, model.users, model.items)
-    save_npz(folder / SEEN, indptr=seen.indptr.astype(np.int64),
-             indices=seen.indices.astype(np.int32))
-    if index is not None and index.kind != "exact":
-        (folder / index_dirname(index)).mkdir(exist_ok=True)
-        build_index(model.item_factors, index).save(folder / index_dirname(index))
-    return write_manifest(folder, COMPONENT, version, data=data, params=params, metrics=metrics,
-                          parent=parent)
 
 
 @dataclass

@@ -22,8 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline import manifests
-from pipeline.manifests import RENDERS, Render
+from pipeline.rollout import manifests
+from pipeline.rollout.manifests import RENDERS, Render
 
 ROOT = manifests.ROOT
 CHART = manifests.CHART

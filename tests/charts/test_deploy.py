@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.deploy import DEFAULT_STORAGE_PREFIX, plan_deploy
-from pipeline.manifests import ENVIRONMENTS, ROOT
-from pipeline.registry import write_bundle_manifest
+from pipeline.lifecycle.registry import write_bundle_manifest
+from pipeline.rollout.deploy import DEFAULT_STORAGE_PREFIX, plan_deploy
+from pipeline.rollout.manifests import ENVIRONMENTS, ROOT
 from shopserve.artifacts import write_manifest
 
 PARENT = "20260101.000000"

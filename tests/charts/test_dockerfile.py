@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from pipeline.manifests import CHART, ROOT, Render
+from pipeline.rollout.manifests import CHART, ROOT, Render
 from tests.charts.conftest import Obj, by_kind
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.manifests import NAMESPACE, RENDERS, Render
+from pipeline.rollout.manifests import NAMESPACE, RENDERS, Render
 from shopserve import metric_names
 from shopserve.drift import SIGNALS
 from shopserve.protocol import RANKER_MODEL, RECALL_MODEL, SEARCH_MODEL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import manifests
+from pipeline.rollout import manifests
 
 
 def test_manifests_are_up_to_date(helm: str) -> None:

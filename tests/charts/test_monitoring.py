@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from pipeline.manifests import RENDERS, Render
+from pipeline.rollout.manifests import RENDERS, Render
 from shopserve import metric_names
 from shopserve.drift import SIGNALS
 from tests.charts.conftest import CHART, Obj, by_kind

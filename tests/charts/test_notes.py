@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.manifests import CHART
+from pipeline.rollout.manifests import CHART
 from shopserve.protocol import QUERY, SEARCH_MODEL, USER_ID
 
 

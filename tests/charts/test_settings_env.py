@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from pipeline.manifests import CHART, RENDERS, Render
+from pipeline.rollout.manifests import CHART, RENDERS, Render
 from shopserve.settings import KSERVE_FLAGS as KNOWN
 from shopserve.settings import RecallSettings, SearchSettings, load_search
 from tests.charts.conftest import Obj, one

@@ -14,7 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from pipeline.manifests import RENDERS, Render
+from pipeline.rollout.manifests import RENDERS, Render
 from tests.charts.conftest import KUBERNETES_VERSION, VALIDATION_LOG, Obj, strict
 
 BUILTIN = {

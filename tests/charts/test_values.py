@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.manifests import CHART, ENVIRONMENTS
+from pipeline.rollout.manifests import CHART, ENVIRONMENTS
 from tests.charts.conftest import walk
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())

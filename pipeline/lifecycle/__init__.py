@@ -1,0 +1,1 @@
+"""Lifecycle: pipeline configuration and runs, the steps, the bundle registry and reports."""

@@ -1,0 +1,182 @@
+"""The pipeline's configuration file (``pipeline.yaml``): sizes and parameters of every step.
+
+One YAML file per configuration; ``configs/pipeline-tiny.yaml`` (tests, seconds) and
+``configs/pipeline-demo.yaml`` (the demo bundle, minutes) are checked in. Sections::
+
+    name: demo                      # names the run; shown in the summary
+    run_dir: artifacts/runs/demo    # step outputs and the state file (relative to the file's cwd)
+    registry: artifacts/bundles     # where packaged bundles go
+    data:     {preset: demo, seed: 0, overrides: {...GeneratorConfig fields}}
+    recall:   {params: {...MFParams fields} | null (tune), grid: {...}, holdout_fraction: 0.2}
+    ranker:   {preset: demo, overrides: {...RankerBuildConfig fields; train/distill as dicts}}
+    evaluate: {ks: [1, 3, 5, 10, 20, 50]}
+    package:  {torchserve: false, extras: ["module:function", ...]}
+
+Each step's content hash covers the sections it reads (see ``pipeline.lifecycle.run``), so editing the
+ranker section re-runs the ranker steps and what follows them, never the data or recall steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    # Imported where used: the ranker pulls torch, which the CLI's --help must not wait for.
+    from training.data.generator import GeneratorConfig
+    from training.ranker.build import RankerBuildConfig
+    from training.recall.build import RecallBuildConfig
+
+#: The checked-in configurations.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEMO_CONFIG = CONFIG_DIR / "pipeline-demo.yaml"
+TINY_CONFIG = CONFIG_DIR / "pipeline-tiny.yaml"
+
+SECTIONS = ("data", "recall", "ranker", "evaluate", "package")
+
+
+class ConfigError(ValueError):
+    """A pipeline configuration that cannot be used (unknown key, bad value)."""
+
+
+@dataclass
+class PipelineConfig:
+    """A parsed ``pipeline.yaml``.
+
+    Attributes:
+        name: Name of the configuration (``tiny``, ``demo``).
+        run_dir: Folder of step outputs and the run's state file.
+        registry: Bundle registry folder (``artifacts/bundles``).
+        sections: The raw per-step sections (``data``, ``recall``, ``ranker``, ``evaluate``,
+            ``package``), what the content hashes cover.
+        source: File the configuration was read from, if any.
+    """
+
+    name: str
+    run_dir: Path
+    registry: Path
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: Path | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: Path | None = None) -> PipelineConfig:
+        """Parse and validate a configuration mapping.
+
+        Raises:
+            ConfigError: unknown top-level keys or sections, or a section that is not a mapping.
+        """
+        unknown = set(raw) - {"name", "run_dir", "registry", *SECTIONS}
+        if unknown:
+            raise ConfigError(f"unknown keys in pipeline config: {', '.join(sorted(unknown))}")
+        sections: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            value = raw.get(name) or {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"section '{name}' must be a mapping, got {type(value).__name__}")
+            sections[name] = dict(value)
+        config = cls(
+            name=str(raw.get("name", "pipeline")),
+            run_dir=Path(raw.get("run_dir", f"artifacts/runs/{raw.get('name', 'pipeline')}")),
+            registry=Path(raw.get("registry", "artifacts/bundles")),
+            sections=sections,
+            source=source,
+        )
+        # Build every step's settings once now, so a typo fails before any step runs.
+        config.generator()
+        config.recall()
+        config.ranker()
+        config.ks()
+        return config
+
+    @classmethod
+    def load(cls, path: Path | str) -> PipelineConfig:
+        """Read a YAML configuration file."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read pipeline config ({exc})") from exc
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{path}: a pipeline config is a mapping")
+        return cls.from_dict(raw, source=path)
+
+    def with_overrides(self, *, run_dir: Path | None = None, registry: Path | None = None) -> PipelineConfig:
+        """A copy with the run folder or the registry moved (CLI flags)."""
+        return replace(self, run_dir=run_dir or self.run_dir, registry=registry or self.registry)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One raw section (empty when absent)."""
+        return self.sections.get(name, {})
+
+    def generator(self) -> GeneratorConfig:
+        """The data generator's settings: a preset plus field overrides."""
+        from training.data.generator import GeneratorConfig
+
+        data = self.section("data")
+        presets = {"tiny": GeneratorConfig.tiny, "demo": GeneratorConfig.demo}
+        preset = data.get("preset", "demo")
+        if preset not in presets:
+            raise ConfigError(f"data.preset must be one of {sorted(presets)}, got {preset!r}")
+        base = presets[preset](seed=int(data.get("seed", 0)))
+        return _replace(base, data.get("overrides") or {}, "data.overrides")
+
+    def recall(self, progress: bool = True) -> RecallBuildConfig:
+        """Recall build settings: fixed ``params`` or, when absent, tuning over ``grid``."""
+        from training.recall.build import RecallBuildConfig
+        from training.recall.train import MFParams
+
+        section = self.section("recall")
+        params = section.get("params")
+        mf = None if params is None else _replace(MFParams(), params, "recall.params")
+        kwargs: dict[str, Any] = {"params": mf, "show_progress": progress}
+        if section.get("grid"):
+            kwargs["grid"] = {k: tuple(v) for k, v in dict(section["grid"]).items()}
+        if "holdout_fraction" in section:
+            kwargs["holdout_fraction"] = float(section["holdout_fraction"])
+        return RecallBuildConfig(**kwargs)
+
+    def ranker(self, progress: bool = True) -> RankerBuildConfig:
+        """Ranker build settings: a preset (``tiny``, ``demo``) plus field overrides."""
+        from training.ranker.build import RankerBuildConfig
+
+        section = self.section("ranker")
+        presets = {"tiny": RankerBuildConfig.tiny, "demo": RankerBuildConfig.demo}
+        preset = section.get("preset", "demo")
+        if preset not in presets:
+            raise ConfigError(f"ranker.preset must be one of {sorted(presets)}, got {preset!r}")
+        base = presets[preset](seed=int(section.get("seed", 0)))
+        overrides = dict(section.get("overrides") or {})
+        for nested in ("train", "distill"):
+            if nested in overrides:
+                overrides[nested] = _replace(getattr(base, nested), overrides[nested],
+                                             f"ranker.overrides.{nested}")
+        for listed in ("keep_layers", "variants"):
+            if listed in overrides:
+                overrides[listed] = tuple(overrides[listed])
+        config = _replace(base, overrides, "ranker.overrides")
+        if not progress:
+            config = replace(config, progress=False)
+        return config
+
+    def ks(self) -> tuple[int, ...]:
+        """Cut-offs of the report's NDCG@K and Recall@K curves."""
+        ks = tuple(int(k) for k in self.section("evaluate").get("ks", (1, 3, 5, 10, 20, 50)))
+        if not ks or min(ks) < 1:
+            raise ConfigError(f"evaluate.ks must be positive integers, got {list(ks)}")
+        return tuple(sorted(set(ks)))
+
+
+def _replace(base: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    """``dataclasses.replace`` that names the unknown field instead of a TypeError."""
+    known = {f.name for f in fields(base)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        return replace(base, **dict(overrides))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

@@ -1,0 +1,451 @@
+"""``shopserve evaluate``: offline evaluation of a run, written as ``report.md`` plus PNG plots.
+
+Everything is computed offline from the run folder, no server needed:
+
+* **Recall** (MF against the popularity baseline): each user's latest interactions held out
+  (``recall.holdout_fraction``), the model re-fitted on the rest with the packaged
+  hyper-parameters, top 50 ranked with training items excluded. Binary gains; Recall@K divides by
+  ``min(|held out|, K)`` and NDCG@K uses the log2 discount (as ``training.recall.train``).
+  Both models rank the same item index, so the baseline is scored on exactly the same users.
+* **Ranking** (BM25 against the ranker's ONNX variants): the held-out candidate lists of the ranker
+  build, each list reranked; graded NDCG@K (gain ``2**grade - 1``, log2 discount) and Recall@K of
+  the relevant items (grade > 0), from ``shopserve.metrics``.
+* **Per query class**: NDCG@10 by query kind (exact, synonym, typo) and head or tail query
+  (``queries.is_head``: the most frequent share of queries).
+* **Score distributions**: the packaged variant's scores by relevance grade.
+* **Quality against latency**: NDCG@10 and median ms per request of each variant (the optimise
+  step's own measurements on this machine).
+
+The report opens with the release's key numbers against the previous bundle's (the registry's
+newest, which the package step records as the parent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.lifecycle.registry import format_change
+
+if TYPE_CHECKING:
+    from pipeline.lifecycle.steps import StepContext
+    from training.ranker.pairs import CandidateList
+
+REPORT = "report.md"
+PLOTS = {
+    "recall_curves": "recall_curves.png",
+    "ranking_curves": "ranking_curves.png",
+    "quality_latency": "quality_latency.png",
+    "score_distributions": "score_distributions.png",
+    "query_classes": "query_classes.png",
+}
+GRADE_NAMES = {0: "irrelevant", 1: "complement", 2: "substitute", 3: "exact"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Recall curves
+# --------------------------------------------------------------------------------------------------
+
+
+def topk_curves(
+    score_blocks: Sequence[tuple[np.ndarray, np.ndarray]],
+    train: Any,
+    test: Any,
+    ks: Sequence[int],
+) -> dict[str, list[float]]:
+    """Mean Recall@K and NDCG@K (binary gains) for every K, training items excluded.
+
+    Args:
+        score_blocks: ``(user_rows, scores [len(user_rows), n_items])`` blocks.
+        train: users x items CSR of training interactions (excluded from the ranking).
+        test: users x items CSR of held-out interactions.
+        ks: Cut-offs, ascending.
+
+    Returns:
+        ``{"recall": [...], "ndcg": [...], "users": [n]}``, one value per K.
+    """
+    kmax = max(ks)
+    discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
+    recall = np.zeros(len(ks))
+    ndcg = np.zeros(len(ks))
+    users = 0
+    for rows, scores in score_blocks:
+        scores = np.array(scores, dtype=np.float32, copy=True)
+        seen = train[rows]
+        scores[seen.nonzero()] = -np.inf
+        k = min(kmax, scores.shape[1] - 1)
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        top = np.take_along_axis(top, order, axis=1)
+        truth = test[rows]
+        for i in range(len(rows)):
+            held = truth.indices[truth.indptr[i]: truth.indptr[i + 1]]
+            if held.size == 0:
+                continue
+            users += 1
+            hit = np.zeros(kmax)
+            hit[:k] = np.isin(top[i], held)
+            cum = np.cumsum(hit)
+            gains = np.cumsum(hit * discounts)
+            for j, cut in enumerate(ks):
+                recall[j] += cum[cut - 1] / min(held.size, cut)
+                ndcg[j] += gains[cut - 1] / discounts[: min(held.size, cut)].sum()
+    n = max(users, 1)
+    return {"recall": (recall / n).tolist(), "ndcg": (ndcg / n).tolist(), "users": [users]}
+
+
+def recall_curves(ctx: StepContext, ks: Sequence[int]) -> dict[str, dict[str, list[float]]]:
+    """Recall@K and NDCG@K of the MF model and the popularity baseline on held-out interactions."""
+    from pipeline.lifecycle.steps import RECALL_DIR
+    from shopserve.artifacts import read_manifest
+    from shopserve.interactions import temporal_split, to_csr
+    from training.recall.train import MFParams, fit
+
+    manifest = read_manifest(ctx.path(RECALL_DIR))
+    params = MFParams(**manifest.params["mf"])
+    dataset = ctx.dataset()
+    train, test = temporal_split(dataset.events.log, manifest.params.get("holdout_fraction", 0.2))
+    model = fit(train, params, items=dataset.item_map, show_progress=False)
+    train_m = to_csr(train, model.users, model.items)
+    test_m = to_csr(test, model.users, model.items)
+    users = np.flatnonzero(np.diff(test_m.indptr))
+    blocks = [users[i: i + 512] for i in range(0, users.size, 512)]
+    popularity = np.asarray((train_m > 0).sum(axis=0)).ravel().astype(np.float32)
+    return {
+        "mf": topk_curves([(b, model.user_factors[b] @ model.item_factors.T) for b in blocks],
+                          train_m, test_m, ks),
+        "popularity": topk_curves([(b, np.broadcast_to(popularity, (b.size, popularity.size)))
+                                   for b in blocks], train_m, test_m, ks),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranking curves, classes, score distributions
+# --------------------------------------------------------------------------------------------------
+
+
+def _ranking_metrics(
+    lists: Sequence[CandidateList], scores: Sequence[np.ndarray], ks: Sequence[int],
+    head: Mapping[int, bool],
+) -> dict[str, Any]:
+    from shopserve.metrics import mean_metric, ndcg_at_k, recall_at_k
+
+    rankings = [c.item_ids[np.argsort(-s, kind="stable")] for c, s in zip(lists, scores, strict=True)]
+    graded = [c.relevance() for c in lists]
+    out: dict[str, Any] = {
+        "ndcg": [mean_metric(ndcg_at_k, rankings, graded, k) for k in ks],
+        "recall": [mean_metric(recall_at_k, rankings, graded, k) for k in ks],
+    }
+    classes: dict[str, float] = {}
+    groups: dict[str, list[int]] = {}
+    for i, cands in enumerate(lists):
+        groups.setdefault(cands.query.kind, []).append(i)
+        groups.setdefault("head" if head.get(cands.query.key, False) else "tail", []).append(i)
+    for name, idx in groups.items():
+        classes[name] = mean_metric(ndcg_at_k, [rankings[i] for i in idx], [graded[i] for i in idx], 10)
+    out["classes"] = classes
+    out["class_queries"] = {name: len(idx) for name, idx in groups.items()}
+    return out
+
+
+def ranking_evaluation(
+    ctx: StepContext, ks: Sequence[int], progress: bool
+) -> tuple[dict[str, Any], str, dict[str, list[float]]]:
+    """Ranking curves and per-class NDCG for BM25 and every ONNX variant, plus score samples.
+
+    Returns:
+        (metrics by model name, the variant the guard packages, its scores by grade name).
+    """
+    from tqdm import tqdm
+
+    from pipeline.lifecycle.steps import load_optimised
+    from training.ranker.build import prepare_data
+    from training.ranker.evaluate import Bm25Scorer, cross_encoder_scorer
+    from training.ranker.optimise import OrtScorer, select_variant
+
+    config = ctx.config.ranker(progress=False)
+    dataset = ctx.dataset()
+    prepared = prepare_data(dataset, config)
+    lists = prepared.eval_lists
+    result = load_optimised(ctx)
+    chosen = select_variant(result.variants, result.reference_ndcg, config.max_ndcg_drop)
+    head = {int(q): bool(h) for q, h in zip(dataset.queries.query_id.tolist(),
+                                             dataset.queries.is_head.tolist(), strict=True)}
+    scorers: dict[str, Callable[[CandidateList], np.ndarray]] = {
+        "bm25": Bm25Scorer(prepared.catalog.item_ids, prepared.catalog.titles),
+    }
+    for variant in result.variants:
+        scorers[variant.name] = cross_encoder_scorer(
+            prepared.tokenizer, OrtScorer(variant.path, config.threads), prepared.max_length)
+    metrics: dict[str, Any] = {}
+    by_grade: dict[str, list[float]] = {}
+    bar = tqdm(total=len(scorers) * len(lists), desc="evaluate rankers", unit="query",
+               disable=not progress)
+    for name, scorer in scorers.items():
+        scores = []
+        for cands in lists:
+            scores.append(np.asarray(scorer(cands), dtype=np.float64).reshape(-1))
+            bar.update(1)
+        metrics[name] = _ranking_metrics(lists, scores, ks, head)
+        if name == chosen.name:
+            for cands, s in zip(lists, scores, strict=True):
+                for grade, value in zip(cands.grades.tolist(), s.tolist(), strict=True):
+                    by_grade.setdefault(GRADE_NAMES.get(int(grade), str(grade)), []).append(value)
+    bar.close()
+    return metrics, chosen.name, by_grade
+
+
+def current_key_metrics(ctx: StepContext, chosen: str) -> dict[str, Any]:
+    """The key numbers of the release being built, keyed as ``pipeline.lifecycle.registry.key_metrics``."""
+    from pipeline.lifecycle.steps import RANKER_OPTIMISE_DIR, RECALL_DIR, RESULT_FILE
+    from shopserve.artifacts import read_manifest
+
+    recall = read_manifest(ctx.path(RECALL_DIR)).metrics
+    raw = json.loads((ctx.path(RANKER_OPTIMISE_DIR) / RESULT_FILE).read_text())
+    rows = {r["name"]: r for r in raw["rows"]}
+    variant = next(v for v in raw["variants"] if v["name"] == chosen)
+    summary = ctx.dataset().summary()
+    return {
+        "recall.ndcg@10": recall["model"]["ndcg_at_10"],
+        "recall.recall@20": recall["model"]["recall_at_20"],
+        "recall.popularity_ndcg@10": recall["popularity"]["ndcg_at_10"],
+        "ranker.variant": chosen,
+        "ranker.layers": variant["layers"],
+        "ranker.ndcg@10": variant["ndcg"],
+        "ranker.reference_ndcg@10": rows["torch-fp32"]["report"]["ndcg"],
+        "ranker.ms_p50": variant["ms_per_request"],
+        "ranker.bm25_ndcg@10": rows["bm25"]["report"]["ndcg"],
+        "catalog.items": summary["items"],
+        "catalog.queries": summary["queries"]["total"],
+    }
+
+
+def evaluate_offline(ctx: StepContext, previous: Path | None) -> dict[str, Any]:
+    """Every number the report shows, JSON-ready (``evaluation.json``).
+
+    Args:
+        ctx: The step context (run folder with data, recall and the optimised ranker).
+        previous: The previous bundle's folder, whose key numbers the report compares against.
+    """
+    from pipeline.lifecycle.registry import key_metrics
+    from pipeline.lifecycle.steps import RANKER_OPTIMISE_DIR, RESULT_FILE
+
+    ks = list(ctx.config.ks())
+    ranking, chosen, by_grade = ranking_evaluation(ctx, ks, ctx.progress)
+    raw = json.loads((ctx.path(RANKER_OPTIMISE_DIR) / RESULT_FILE).read_text())
+    variants = [
+        {"name": r["name"], "ndcg@10": r["report"]["ndcg"], "ms_p50": r.get("ms_p50"),
+         "size_mib": r.get("size_mib"), "layers": r.get("layers")}
+        for r in raw["rows"]
+    ]
+    return {
+        "config": ctx.config.name,
+        "ks": ks,
+        "key_metrics": current_key_metrics(ctx, chosen),
+        "previous": key_metrics(previous) if previous is not None else None,
+        "previous_path": str(previous) if previous is not None else None,
+        "recall": recall_curves(ctx, ks),
+        "ranking": ranking,
+        "chosen": chosen,
+        "variants": variants,
+        "scores_by_grade": by_grade,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing: plots and markdown
+# --------------------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never a display, also on a desktop
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves_plot(path: Path, title: str, ks: Sequence[int], models: Mapping[str, Mapping[str, Any]]) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, label in ((axes[0], "ndcg", "NDCG@K"), (axes[1], "recall", "Recall@K")):
+        for name, values in models.items():
+            style = "--" if name in ("popularity", "bm25") else "-"
+            ax.plot(ks, values[metric], style, marker="o", markersize=3, label=name)
+        ax.set_xlabel("K")
+        ax.set_ylabel(label)
+        ax.set_xscale("log")
+        ax.set_xticks(list(ks), [str(k) for k in ks])
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _quality_latency_plot(path: Path, variants: Sequence[Mapping[str, Any]], chosen: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v in variants:
+        if v.get("ms_p50") is None:
+            ax.axhline(v["ndcg@10"], linestyle=":", color="grey")
+            ax.annotate(v["name"], (0, v["ndcg@10"]), xycoords=("axes fraction", "data"),
+                        fontsize=8, color="grey", xytext=(4, 3), textcoords="offset points")
+            continue
+        marker = "*" if v["name"] == chosen else "o"
+        ax.scatter(v["ms_p50"], v["ndcg@10"], s=140 if marker == "*" else 45, marker=marker)
+        ax.annotate(f"{v['name']} ({v.get('layers') or '?'}L)", (v["ms_p50"], v["ndcg@10"]),
+                    fontsize=8, xytext=(5, 4), textcoords="offset points")
+    ax.set_xlabel("ms per request (p50, one candidate list)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(f"Ranker variants: quality against latency (packaged: {chosen})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _score_plot(path: Path, by_grade: Mapping[str, Sequence[float]], chosen: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    values = [v for vs in by_grade.values() for v in vs]
+    bins = np.linspace(min(values), max(values), 40) if values else 10
+    for grade in ("irrelevant", "complement", "substitute", "exact"):
+        if by_grade.get(grade):
+            ax.hist(by_grade[grade], bins=bins, alpha=0.5, density=True,
+                    label=f"{grade} ({len(by_grade[grade])})")
+    ax.set_xlabel(f"{chosen} score")
+    ax.set_ylabel("density")
+    ax.set_title("Ranker scores by relevance grade (held-out candidate lists)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _classes_plot(path: Path, ranking: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(len(ranking), 1)
+    x = np.arange(len(classes))
+    for i, (name, values) in enumerate(ranking.items()):
+        heights = [values["classes"].get(c, float("nan")) for c in classes]
+        ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name)
+    ax.set_xticks(x, classes)
+    ax.set_ylabel("NDCG@10")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("NDCG@10 by query class")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _change(now: Any, before: Any) -> str:
+    if isinstance(now, int | float) and isinstance(before, int | float) and not isinstance(now, bool):
+        return format_change(now - before, before)
+    return "=" if now == before else "changed"
+
+
+KEY_LABELS = {
+    "ranker.ndcg@10": "Ranker NDCG@10 (packaged variant)",
+    "ranker.reference_ndcg@10": "Ranker NDCG@10 (fp32 6 layers)",
+    "ranker.bm25_ndcg@10": "BM25 NDCG@10 (same lists)",
+    "ranker.ms_p50": "Ranker ms per request (p50)",
+    "ranker.variant": "Ranker variant",
+    "ranker.layers": "Ranker layers",
+    "recall.ndcg@10": "Recall MF NDCG@10",
+    "recall.recall@20": "Recall MF Recall@20",
+    "recall.popularity_ndcg@10": "Popularity NDCG@10",
+    "catalog.items": "Catalog items",
+    "catalog.queries": "Queries",
+}
+
+
+def write_report(evaluation: Mapping[str, Any], out: Path) -> list[Path]:
+    """Write ``report.md``, the PNG plots and ``evaluation.json`` into ``out``; the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ks = evaluation["ks"]
+    ranking = evaluation["ranking"]
+    chosen = evaluation["chosen"]
+    _curves_plot(out / PLOTS["recall_curves"], "Recall: MF against popularity (held-out interactions)",
+                 ks, evaluation["recall"])
+    _curves_plot(out / PLOTS["ranking_curves"], "Ranking: BM25 against ranker variants (held-out queries)",
+                 ks, ranking)
+    _quality_latency_plot(out / PLOTS["quality_latency"], evaluation["variants"], chosen)
+    _score_plot(out / PLOTS["score_distributions"], evaluation["scores_by_grade"], chosen)
+    kinds = sorted({c for m in ranking.values() for c in m["classes"]} - {"head", "tail"})
+    classes = [*kinds, "head", "tail"]
+    _classes_plot(out / PLOTS["query_classes"], ranking, classes)
+
+    key, previous = evaluation["key_metrics"], evaluation.get("previous") or {}
+    parent = evaluation.get("parent")
+    lines = [f"# Release report ({evaluation['config']} configuration)", ""]
+    lines += [f"Previous bundle: `{parent}`." if parent else "No previous bundle: first release.", ""]
+    lines += ["| key number | this release | previous | change |", "|---|---:|---:|---|"]
+    for name, label in KEY_LABELS.items():
+        if name in key:
+            before = previous.get(name)
+            lines.append(f"| {label} | {_fmt(key[name])} | {_fmt(before)} | "
+                         f"{_change(key[name], before) if parent and before is not None else '-'} |")
+    lines += ["", "## Recall (MF against popularity)", "",
+              f"![recall curves]({PLOTS['recall_curves']})", "",
+              "| model | " + " | ".join(f"NDCG@{k}" for k in ks) + " | "
+              + " | ".join(f"Recall@{k}" for k in ks) + " |",
+              "|---|" + "---:|" * (2 * len(ks))]
+    for name, values in evaluation["recall"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in values["ndcg"]) + " | "
+                     + " | ".join(_fmt(v) for v in values["recall"]) + " |")
+    users = next(iter(evaluation["recall"].values()))["users"][0]
+    lines += ["", f"{users} users with held-out interactions; binary gains, log2 discount; "
+              "Recall@K divides by min(held out, K).", "",
+              "## Ranking (BM25 against the ranker variants)", "",
+              f"![ranking curves]({PLOTS['ranking_curves']})", "",
+              "| model | " + " | ".join(f"NDCG@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for name, values in ranking.items():
+        mark = " (packaged)" if name == chosen else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(_fmt(v) for v in values["ndcg"]) + " |")
+    lines += ["", "Graded NDCG (gain 2^grade - 1, log2 discount) over the held-out candidate lists "
+              "of the ranker build.", "",
+              "## Quality against latency", "", f"![quality against latency]({PLOTS['quality_latency']})",
+              "", "| variant | layers | NDCG@10 | ms/request p50 | MiB |", "|---|---:|---:|---:|---:|"]
+    for v in evaluation["variants"]:
+        lines.append(f"| {v['name']} | {_fmt(v.get('layers'))} | {_fmt(v['ndcg@10'])} | "
+                     f"{_fmt(v.get('ms_p50'))} | {_fmt(v.get('size_mib'))} |")
+    lines += ["", "## Score distributions", "", f"![score distributions]({PLOTS['score_distributions']})",
+              "", "| grade | pairs | mean score |", "|---|---:|---:|"]
+    for grade in ("exact", "substitute", "complement", "irrelevant"):
+        values = evaluation["scores_by_grade"].get(grade) or []
+        if values:
+            lines.append(f"| {grade} | {len(values)} | {_fmt(float(np.mean(values)))} |")
+    counts = next(iter(ranking.values()))["class_queries"]
+    lines += ["", "## Per query class (NDCG@10)", "", f"![query classes]({PLOTS['query_classes']})", "",
+              "| model | " + " | ".join(f"{c} ({counts.get(c, 0)})" for c in classes) + " |",
+              "|---|" + "---:|" * len(classes)]
+    for name, values in ranking.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(values["classes"].get(c)) for c in classes) + " |")
+    lines += ["", "Synonym queries share no word with the exact titles; typo queries misspell one word; "
+              "head queries are the most frequent share of the query traffic, tail the rest.", ""]
+    (out / REPORT).write_text("\n".join(lines))
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
+    return [out / REPORT, *(out / p for p in PLOTS.values()), out / "evaluation.json"]

@@ -1,0 +1,145 @@
+"""The local stack: which servers it runs, on which ports, and ``shopserve up``.
+
+Each component runs exactly as in a pod (``python -m <package>``), configured by environment
+variables, bound to 127.0.0.1, under :mod:`pipeline.supervisor`. ``up`` (``make up``), the stack
+evaluation, the canary rehearsal and the benchmarks all take the stack from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import httpx
+
+from pipeline.supervisor import Component, Stack, free_port
+from shopserve.artifacts import CATALOG_COMPONENT, MANIFEST, RANKER_COMPONENT, RECALL_COMPONENT
+from shopserve.catalog_files import CatalogFiles
+from shopserve.protocol import (
+    DEGRADED,
+    ITEM_IDS,
+    QUERY,
+    SCORES,
+    SEARCH_MODEL,
+    STAGE_MS,
+    TITLES,
+    USER_ID,
+)
+
+#: The bundle ``make up`` builds and serves.
+DEFAULT_BUNDLE = Path("artifacts/demo")
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Ports of the local stack (DESIGN.md, "Local ports")."""
+
+    search_http: int = 8080
+    search_grpc: int = 8081
+    recall_http: int = 8090
+    recall_grpc: int = 8091
+    ranker_http: int = 8000
+    ranker_grpc: int = 8001
+    ranker_metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Every port free on loopback right now (a second stack beside the default one)."""
+        return cls(*(free_port() for _ in fields(cls)))
+
+
+def stack_components(
+    bundle: Path, ports: StackPorts, search_env: dict[str, str] | None = None
+) -> list[Component]:
+    """The three servers of the local stack on a bundle, dependencies first."""
+    return [
+        Component("recall", "predictors.recall", ports.recall_http, {
+            "RECALL_BUNDLE_DIR": str(bundle / RECALL_COMPONENT),
+            "RECALL_HTTP_PORT": str(ports.recall_http),
+            "RECALL_GRPC_PORT": str(ports.recall_grpc),
+        }),
+        Component("ranker", "predictors.ranker", ports.ranker_http, {
+            "RANKER_BUNDLE": str(bundle / RANKER_COMPONENT),
+            "RANKER_HTTP_PORT": str(ports.ranker_http),
+            "RANKER_GRPC_PORT": str(ports.ranker_grpc),
+            "RANKER_METRICS_PORT": str(ports.ranker_metrics),
+        }),
+        Component("search", "transformers_pre", ports.search_http, {
+            "SEARCH_BUNDLE_DIR": str(bundle),
+            "SEARCH_HTTP_PORT": str(ports.search_http),
+            "SEARCH_GRPC_PORT": str(ports.search_grpc),
+            "SEARCH_RECALL_HOST": f"127.0.0.1:{ports.recall_grpc}",
+            "SEARCH_RANKER_HOST": f"127.0.0.1:{ports.ranker_grpc}",
+            **(search_env or {}),
+        }),
+    ]
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    bundle = Path(args.bundle)
+    for component in (CATALOG_COMPONENT, RECALL_COMPONENT, RANKER_COMPONENT):
+        if not (bundle / component / MANIFEST).is_file():
+            print(f"no {component} component in {bundle}; run `make up` or "
+                  f"`shopserve build-demo --out {bundle}` first", file=sys.stderr)
+            return 2
+    ports = StackPorts()
+    components = stack_components(bundle, ports)
+    start = time.perf_counter()
+    with Stack(components, bundle.parent / "logs") as stack:
+        try:
+            ready = stack.start()
+        except RuntimeError as exc:
+            print(f"the stack did not start: {exc}", file=sys.stderr)
+            return 1
+        print(f"ready in {time.perf_counter() - start:.1f}s ("
+              + ", ".join(f"{n} {s:.1f}s" for n, s in ready.items()) + ")")
+        print(f"  search      http://127.0.0.1:{ports.search_http}  grpc :{ports.search_grpc}  "
+              "metrics /metrics")
+        print(f"  mf-recall   http://127.0.0.1:{ports.recall_http}  grpc :{ports.recall_grpc}  "
+              "metrics /metrics")
+        print(f"  bert-ranker http://127.0.0.1:{ports.ranker_http}  grpc :{ports.ranker_grpc}  "
+              f"metrics :{ports.ranker_metrics}/metrics (Triton)")
+        print(f"  logs in {stack.log_dir}")
+        _sample_search_request(bundle, components[-1].url)
+        if args.check:
+            return 0
+        print("\nPress Ctrl-C to stop.")
+        stack.wait()
+        print("stopping ...")
+    print("stopped.")
+    return 0
+
+
+def _sample_search_request(bundle: Path, url: str) -> None:
+    user = int(CatalogFiles.open(bundle / CATALOG_COMPONENT).events().user_ids[-1])
+    for title, query in (("Search", "red sneakers"), ("Recommendations (no query)", "")):
+        body = {"inputs": [
+            {"name": QUERY, "shape": [1], "datatype": "BYTES", "data": [query]},
+            {"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [user]},
+        ], "parameters": {"top_n": 5}}
+        print(f"\n{title} for user {user}:")
+        print(f"  curl -s {url}/v2/models/{SEARCH_MODEL}/infer -H 'Content-Type: application/json' "
+              f"-d '{json.dumps(body)}'")
+        response = httpx.post(f"{url}/v2/models/{SEARCH_MODEL}/infer", json=body, timeout=30)
+        response.raise_for_status()
+        payload = response.json()
+        outputs = {o["name"]: o for o in payload["outputs"]}
+        params = payload.get("parameters") or {}
+        for rank, (item, score, name) in enumerate(zip(
+                outputs[ITEM_IDS]["data"], outputs[SCORES]["data"], outputs[TITLES]["data"],
+                strict=True), 1):
+            print(f"  {rank}. {name}  (item {item}, score {score:.3f})")
+        print(f"  degraded: {params.get(DEGRADED) or 'none'}; stage ms: {params.get(STAGE_MS)}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``up`` to the ``shopserve`` parser."""
+    up = sub.add_parser("up", help="run the local stack on a bundle")
+    up.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    up.add_argument("--check", action="store_true",
+                    help="start, send the sample request, then stop (for scripts)")
+    up.set_defaults(func=_cmd_up)

@@ -1,0 +1,1 @@
+"""Observation: drift and SLO monitoring of a running stack."""

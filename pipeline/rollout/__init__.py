@@ -1,0 +1,1 @@
+"""Rollout: deployment values, rendered manifests, the Kubernetes client, the canary gate."""

@@ -1,0 +1,1 @@
+"""Data for the build: the seeded shop generator and real data sets (MovieLens-100K)."""

@@ -1,0 +1,1 @@
+"""Matrix-factorisation recall: training, tuning, evaluation and packaging of the recall component."""
