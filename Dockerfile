@@ -1,21 +1,29 @@
 # syntax=docker/dockerfile:1
-# One image for the shopserve components the chart runs, as a non-root user:
-#   python -m transformers_pre     the search transformer (InferenceService `search`)
-#   python -m predictors.recall    the MF recall predictor (InferenceService `mf-recall`)
-# The ranker runs on NVIDIA's Triton image, not this one.
+# Two images by purpose, from one file, both running as a non-root user:
 #
-#   docker build -t ghcr.io/shopserve/shopserve:0.1.0 .
+#   serving   (the default, last stage) the base install, no torch: the components the chart runs
+#             python -m transformers_pre     the search transformer (InferenceService `search`)
+#             python -m predictors.recall    the MF recall predictor (InferenceService `mf-recall`)
+#             The ranker runs on NVIDIA's Triton image, not this one.
+#   pipeline  the base install with the `train` and `ops` extras (CPU torch): the `shopserve` CLI
+#             jobs (data, training, evaluation, packaging, load tests, gate, promote, monitor).
+#
+#   docker build --target serving -t ghcr.io/shopserve/shopserve:0.1.0 .
 #   docker run --rm ghcr.io/shopserve/shopserve:0.1.0 predictors.recall    # ENTRYPOINT is `python -m`
+#   docker build --target pipeline -t ghcr.io/shopserve/shopserve-pipeline:0.1.0 .
+#   docker run --rm ghcr.io/shopserve/shopserve-pipeline:0.1.0 bundles list    # ENTRYPOINT `shopserve`
 #
 # No Docker engine runs on the development machines: tests/charts/test_dockerfile.py checks this
-# file instead (stages, user, CPU torch, the package of pyproject.toml, entrypoints that import).
+# file instead (stages, users, no torch in serving, the CPU torch pin in pipeline, the packages
+# copied, entrypoints that import).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --------------------------------------------------------------------------------------------------
-# build: compilers and pip live here only; the result is the virtualenv in /opt/venv.
+# build-serving: compilers and pip live in the build stages only; the result is /opt/venv with the
+# base install of pyproject.toml (no extras) and the serving packages.
 # --------------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE} AS build-serving
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,37 +37,50 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# CPU torch first, from PyTorch's CPU index: the same pin as pyproject.toml, and an unpinned torch
-# from PyPI would pull a multi-GB CUDA build. The project install below then finds it satisfied.
-RUN pip install --upgrade pip \
-    && pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-
-# The package exactly as pyproject.toml declares it (non-editable, with its dependencies).
+# The package exactly as pyproject.toml declares it (non-editable), serving packages only: no
+# torch, and no index but PyPI.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shopserve ./shopserve
-COPY predictors ./predictors
 COPY transformers_pre ./transformers_pre
-COPY pipeline ./pipeline
-COPY loadtest ./loadtest
-RUN pip install . \
+COPY predictors ./predictors
+RUN pip install --upgrade pip \
+    && pip install . \
     && pip check \
     && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 # --------------------------------------------------------------------------------------------------
-# runtime: the virtualenv and OpenMP, nothing else; read-only root filesystem friendly.
+# build-pipeline: the serving venv plus the build and operations packages and their extras.
+# --------------------------------------------------------------------------------------------------
+FROM build-serving AS build-pipeline
+
+# CPU torch first, from PyTorch's CPU index: the same pin as pyproject.toml's `train` extra, and an
+# unpinned torch from PyPI would pull a multi-GB CUDA build. The install below finds it satisfied.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+COPY training ./training
+COPY pipeline ./pipeline
+COPY loadtest ./loadtest
+# recbole ships MovieLens-100K (training.data.movielens); its declared dependencies (old Ray,
+# TensorBoard) are not needed, as in the Makefile, so it comes after `pip check`, which would name them.
+RUN pip install '.[train,ops]' \
+    && pip check \
+    && pip install --no-deps recbole==1.2.1 \
+    && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
+
+# --------------------------------------------------------------------------------------------------
+# runtime: what both images share: OpenMP, the user, the environment; read-only root friendly.
 # --------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
-# libgomp1: the OpenMP runtime of implicit and faiss (a shared library, not a compiler).
+# libgomp1: the OpenMP runtime of faiss (and implicit, torch in the pipeline image); a shared
+# library, not a compiler.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 shopserve \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin shopserve
-
-COPY --from=build /opt/venv /opt/venv
 
 # HOME and caches point at /tmp, the only writable path in the pods (an emptyDir); the tokenizer
 # and models come from the bundle at /mnt/models, never from the Hugging Face hub.
@@ -72,6 +93,27 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1
 
 WORKDIR /tmp
+
+# --------------------------------------------------------------------------------------------------
+# pipeline: the `shopserve` CLI with the build and operations stack.
+# --------------------------------------------------------------------------------------------------
+FROM runtime AS pipeline
+
+COPY --from=build-pipeline /opt/venv /opt/venv
+
+# Numeric, so Kubernetes can verify runAsNonRoot; the same uid as the serving image.
+USER 10001:10001
+
+ENTRYPOINT ["shopserve"]
+CMD ["--help"]
+
+# --------------------------------------------------------------------------------------------------
+# serving: the image the chart runs (the default target: the last stage).
+# --------------------------------------------------------------------------------------------------
+FROM runtime AS serving
+
+COPY --from=build-serving /opt/venv /opt/venv
+
 # Numeric, so Kubernetes can verify runAsNonRoot; the chart runs as the same uid (values.yaml).
 USER 10001:10001
 

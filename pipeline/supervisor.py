@@ -1,22 +1,22 @@
 """The local stack: start shopserve's servers as child processes, wait until ready, stop cleanly.
 
-Used by ``shopserve up`` (``make up``) and by the load tests. Each component runs exactly as in a
-pod (``python -m <package>``), configured by environment variables, bound to 127.0.0.1.
+Used by ``shopserve up`` (``make up``), the benchmarks and the load tests. Each component runs
+exactly as in a pod (``python -m <package>``), configured by environment variables, bound to
+127.0.0.1, as a :class:`shopserve.process.ChildProcess` (own process group, optional CPU set, log
+file, readiness URL, SIGTERM then SIGKILL).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from shopserve.process import ChildProcess, read_tail
 
 LOOPBACK = "127.0.0.1"
 
@@ -54,6 +54,14 @@ class Component:
         """Base REST URL."""
         return f"http://{LOOPBACK}:{self.http_port}"
 
+    def process(self, log_path: Path) -> ChildProcess:
+        """The child process that runs this component, its output going to ``log_path``."""
+        return ChildProcess(
+            self.name, [sys.executable, "-m", self.module],
+            env={"PYTHONUNBUFFERED": "1", **self.env}, log_path=log_path,
+            ready=self.url + self.ready_path, cpus=self.cpus,
+        )
+
 
 class Stack:
     """A set of running components; a context manager that always stops them.
@@ -66,7 +74,7 @@ class Stack:
     def __init__(self, components: Sequence[Component], log_dir: Path) -> None:
         self.components = list(components)
         self.log_dir = Path(log_dir)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, ChildProcess] = {}
 
     def __enter__(self) -> Stack:
         return self
@@ -89,64 +97,37 @@ class Stack:
                 is in the message); already started components keep running until :meth:`stop`.
         """
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        started = {}
         for comp in self.components:
-            handle = open(self.log_path(comp.name), "wb")  # noqa: SIM115 - child owns it
-            self.processes[comp.name] = subprocess.Popen(
-                [sys.executable, "-m", comp.module],
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **comp.env},
-                stdout=handle, stderr=subprocess.STDOUT,
-                # Own process group: Ctrl-C in the terminal reaches only us; we stop children.
-                start_new_session=True,
-            )
-            if comp.cpus is not None:
-                # Popen returns once the child has exec'd the interpreter, before it starts any
-                # thread or child of its own: all of them inherit this CPU set.
-                os.sched_setaffinity(self.processes[comp.name].pid, comp.cpus)
-            started[comp.name] = time.monotonic()
+            self.processes[comp.name] = comp.process(self.log_path(comp.name))
+            self.processes[comp.name].start()
+        # All start at once and are probed in turn, so each one's time to ready is its own.
         ready: dict[str, float] = {}
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
-            while len(ready) < len(self.components):
-                for comp in self.components:
-                    if comp.name in ready:
-                        continue
-                    proc = self.processes[comp.name]
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{comp.name} exited with {proc.returncode}:\n"
-                                           f"{self.tail(comp.name)}")
-                    try:
-                        if client.get(comp.url + comp.ready_path).status_code == 200:
-                            ready[comp.name] = time.monotonic() - started[comp.name]
-                    except httpx.HTTPError:
-                        pass
-                if time.monotonic() > deadline:
-                    missing = [c.name for c in self.components if c.name not in ready]
-                    raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(missing)}\n"
-                                       + "\n".join(self.tail(m) for m in missing))
-                time.sleep(0.2)
-        return ready
+        while True:
+            for comp in self.components:
+                child = self.processes[comp.name]
+                if comp.name not in ready and child.probe():  # raises if it exited
+                    ready[comp.name] = time.monotonic() - child.started_at
+            missing = [c.name for c in self.components if c.name not in ready]
+            if not missing:
+                return ready
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(missing)}\n"
+                                   + "\n".join(self.tail(m) for m in missing))
+            time.sleep(0.2)
 
     def tail(self, name: str, lines: int = 30) -> str:
         """The last lines a component printed."""
-        path = self.log_path(name)
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(f"  [{name}] {line}" for line in text.splitlines()[-lines:])
+        return read_tail(self.log_path(name), name, lines)
 
     def stop(self, timeout: float = 15.0, names: Sequence[str] | None = None) -> None:
         """SIGTERM components (all by default, in reverse order), SIGKILL any left after ``timeout``."""
         chosen = [n for n in reversed(list(self.processes)) if names is None or n in names]
         for name in chosen:
-            if self.processes[name].poll() is None:
-                self.processes[name].send_signal(signal.SIGTERM)
+            self.processes[name].terminate()
         deadline = time.monotonic() + timeout
         for name in chosen:
-            proc = self.processes.pop(name)
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            self.processes.pop(name).stop(max(0.1, deadline - time.monotonic()))
 
     def wait(self) -> None:
         """Block until a component dies or SIGINT/SIGTERM arrives, then return (caller stops)."""

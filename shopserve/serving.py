@@ -11,6 +11,10 @@ It provides:
 * :class:`ContractModel`: a ``kserve.Model`` whose v2 metadata lists the contract's real tensors.
 * :func:`serve`: run a ``ModelServer`` with the error table of :mod:`shopserve.errors` installed on
   REST (gRPC reads it through ``GrpcException``), bound to the configured address, on uvloop.
+
+KServe is extended through its options and hooks (``ModelServer`` arguments, ``Model.stop``); what
+it has no hook for is patched in one section at the end of this module ("The KServe patch"), with
+the reason and the KServe version, guarded by ``tests/unit/shopserve/test_kserve_patch.py``.
 """
 
 from __future__ import annotations
@@ -215,13 +219,116 @@ async def _kserve_inference_error_handler(request: Request, exc: Exception) -> J
     return await inference_error_handler(request, exc)
 
 
+def serve(
+    models: Sequence[Model],
+    *,
+    http_port: int,
+    grpc_port: int,
+    workers: int = 1,
+    bind_host: str = "0.0.0.0",
+    grace_period: int = 10,
+    event_loop: str = "auto",
+) -> None:
+    """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
+
+    KServe's own options do what they can (ports, workers, grace period, latency logging, event
+    loop); at SIGINT/SIGTERM, once REST has drained, KServe calls each model's ``stop()``, the
+    place to close what a model holds. What KServe has no option for (the bind address, our REST
+    error table) is :func:`_patch_kserve`.
+
+    Args:
+        models: Loaded models to register.
+        http_port: REST port (v2 endpoints and ``/metrics``).
+        grpc_port: gRPC ``GRPCInferenceService`` port.
+        workers: uvicorn worker processes (1 keeps one copy of the model in memory; with more,
+            KServe's multi-process server keeps its own error handlers and binding).
+        bind_host: Address to listen on: ``0.0.0.0`` in a pod, ``127.0.0.1`` on one machine.
+        grace_period: Seconds to finish in-flight requests on shutdown.
+        event_loop: ``auto`` (uvloop when installed, KServe's own default), ``uvloop`` or
+            ``asyncio``.
+    """
+    _patch_kserve(bind_host)
+    server = ModelServer(
+        http_port=http_port,
+        grpc_port=grpc_port,
+        workers=workers,
+        grace_period=grace_period,
+        enable_docs_url=False,
+        # KServe's per-request latency log lines (two INFO records a request) repeat what the
+        # stage histograms and ``stage_ms`` already say, at a cost on every request.
+        enable_latency_logging=False,
+        event_loop=event_loop,
+    )
+    _install_event_loop(event_loop)
+    server.start(list(models))
+
+
+def _install_event_loop(event_loop: str) -> None:
+    """Make ``asyncio.run`` in ``ModelServer.start`` create the chosen loop.
+
+    KServe's ``event_loop`` reaches only uvicorn's config (0.21.0); with one worker KServe runs
+    uvicorn and the gRPC server inside its own ``asyncio.run``, which builds the default
+    (pure-Python) loop, so ``auto`` never gets uvloop. gRPC aio and uvicorn both run on it: search
+    without the ranker answered 765 instead of 336 requests/s from one client on 2 cores.
+    ``ModelServer.setup_event_loop`` asks for the current loop before ``asyncio.run`` exists, which
+    uvloop's policy refuses: one is set for it.
+    """
+    if event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"event_loop must be auto, uvloop or asyncio, not {event_loop!r}")
+    if event_loop == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+# --------------------------------------------------------------------------------------------------
+# The KServe patch: the one place shopserve changes KServe's internals. Written for KServe 0.21.0.
+# --------------------------------------------------------------------------------------------------
+#
+# Why: KServe 0.21.0 has no option for
+#   * the address its servers listen on: ``RESTServer.__init__`` builds its uvicorn config with
+#     ``host="0.0.0.0"`` and ``GRPCServer.start`` adds the port ``[::]:<port>``; we bind to
+#     127.0.0.1 locally (DESIGN.md: every local port on loopback);
+#   * REST exception handlers of ours: ``RESTServer.create_application`` registers KServe's own in
+#     ``_add_exception_handlers`` when the server starts, after any of ours, so for a class both
+#     handle (``InferenceError``: non-UTF-8 BYTES is bad input, 400, not KServe's 500) KServe's would
+#     win. ``ModelServer.register_exception_handler`` is for the event loop, not for HTTP.
+# How: ``ModelServer.start`` builds its servers from the names ``RESTServer`` and ``GRPCServer`` in
+# ``kserve.model_server``; :func:`_patch_kserve` points those names at the subclasses below. The
+# gRPC one copies the body of ``GRPCServer.start`` (changing only the address), since the address
+# is built inside it.
+# Guard: tests/unit/shopserve/test_kserve_patch.py fails when an upgrade moves what this relies on
+# (the version, the names and signatures, the source of ``GRPCServer.start`` by its hash, the host
+# and handlers taking effect, the copied start serving on the host). After an upgrade, check
+# whether KServe gained options for these, and drop what it did.
+
+#: The KServe version the patch was written for.
+KSERVE_VERSION = "0.21.0"
+#: sha256 of ``inspect.getsource(kserve.protocol.grpc.server.GRPCServer.start)`` in that version,
+#: the body ``_bound_grpc_server`` copies.
+GRPC_START_SHA256 = "f4ea7b4eb6f0d9f7ac4947c7bda31531f4bf870529f9de0964a2dad2f6a7fb5e"
+
+
+def _patch_kserve(bind_host: str) -> None:
+    """Make ``ModelServer.start`` build servers that listen on ``bind_host`` with our REST errors."""
+    _kserve_model_server.RESTServer = _rest_server(bind_host or "0.0.0.0")  # type: ignore[misc]
+    if bind_host not in ("0.0.0.0", "::", ""):
+        _kserve_model_server.GRPCServer = _bound_grpc_server(bind_host)  # type: ignore[misc]
+
+
 def _rest_server(host: str) -> type[RESTServer]:
     class ShopserveRESTServer(RESTServer):
         """KServe's REST server, listening on ``host``, with shopserve's error table."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.config.host = host
+            self.config.host = host  # the uvicorn config its server was built with
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
@@ -242,6 +349,8 @@ def _bound_grpc_server(host: str) -> type[GRPCServer]:
         """KServe's gRPC server, listening on ``host``; the rest as in ``GRPCServer.start``."""
 
         async def start(self, max_workers: int) -> None:
+            # Copied from KServe 0.21.0 GRPCServer.start (GRPC_START_SHA256); only the address
+            # differs.
             servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
             self._server = aio.server(
                 futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -262,70 +371,3 @@ def _bound_grpc_server(host: str) -> type[GRPCServer]:
             await self._server.wait_for_termination()
 
     return BoundGRPCServer
-
-
-def serve(
-    models: Sequence[Model],
-    *,
-    http_port: int,
-    grpc_port: int,
-    workers: int = 1,
-    bind_host: str = "0.0.0.0",
-    grace_period: int = 10,
-    event_loop: str = "auto",
-) -> None:
-    """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
-
-    Args:
-        models: Loaded models to register.
-        http_port: REST port (v2 endpoints and ``/metrics``).
-        grpc_port: gRPC ``GRPCInferenceService`` port.
-        workers: uvicorn worker processes (1 keeps one copy of the model in memory; with more,
-            KServe's multi-process server keeps its own error handlers and binding).
-        bind_host: Address to listen on: ``0.0.0.0`` in a pod, ``127.0.0.1`` on one machine.
-        grace_period: Seconds to finish in-flight requests on shutdown.
-        event_loop: ``auto`` (uvloop when installed, KServe's own default), ``uvloop`` or
-            ``asyncio``.
-    """
-    # KServe hard-codes every-address binding and its own error handlers; swap in subclasses
-    # that honour bind_host and answer with shopserve's error table.
-    _kserve_model_server.RESTServer = _rest_server(bind_host or "0.0.0.0")  # type: ignore[misc]
-    if bind_host not in ("0.0.0.0", "::", ""):
-        _kserve_model_server.GRPCServer = _bound_grpc_server(bind_host)  # type: ignore[misc]
-    server = ModelServer(
-        http_port=http_port,
-        grpc_port=grpc_port,
-        workers=workers,
-        grace_period=grace_period,
-        enable_docs_url=False,
-        # KServe's per-request latency log lines (two INFO records a request) repeat what the
-        # stage histograms and ``stage_ms`` already say, at a cost on every request.
-        enable_latency_logging=False,
-        event_loop=event_loop,
-    )
-    _install_event_loop(event_loop)
-    server.start(list(models))
-
-
-def _install_event_loop(event_loop: str) -> None:
-    """Make ``asyncio.run`` in ``ModelServer.start`` create the chosen loop.
-
-    KServe's ``event_loop`` reaches only uvicorn's config; with one worker KServe runs uvicorn and
-    the gRPC server inside its own ``asyncio.run``, which builds the default (pure-Python) loop, so
-    ``auto`` never gets uvloop. gRPC aio and uvicorn both run on it: search without the ranker
-    answered 765 instead of 336 requests/s from one client on 2 cores. ``ModelServer.setup_event_loop``
-    asks for the current loop before ``asyncio.run`` exists, which uvloop's policy refuses: one is
-    set for it.
-    """
-    if event_loop not in ("auto", "uvloop", "asyncio"):
-        raise ValueError(f"event_loop must be auto, uvloop or asyncio, not {event_loop!r}")
-    if event_loop == "asyncio":
-        return
-    try:
-        import uvloop
-    except ImportError:
-        if event_loop == "uvloop":
-            raise
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.set_event_loop(asyncio.new_event_loop())

@@ -1,35 +1,45 @@
 """Start the project's real servers as child processes on free loopback ports, for tests.
 
-Servers run in their own processes: the test process never imports kserve, so it may use
-``tritonclient.grpc`` freely (the two register the same protos, see DESIGN.md).
+Servers run in their own processes (:class:`shopserve.process.ChildProcess`, as in the local
+stack): the test process never imports kserve, so it may use ``tritonclient.grpc`` freely (the two
+register the same protos, see DESIGN.md).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from pipeline.supervisor import LOOPBACK, free_port
+from shopserve.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["LOOPBACK", "ROOT", "Server", "free_port", "start_server"]
 
 
 @dataclass
 class Server:
     """A running server process and its addresses."""
 
-    process: subprocess.Popen[bytes]
+    child: ChildProcess
     http_port: int
     grpc_port: int
-    log_path: Path
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The server's ``Popen``."""
+        assert self.child.popen is not None
+        return self.child.popen
+
+    @property
+    def log_path(self) -> Path:
+        """File that receives the server's stdout and stderr."""
+        assert self.child.log_path is not None
+        return self.child.log_path
 
     @property
     def http_url(self) -> str:
@@ -48,18 +58,11 @@ class Server:
 
     def log(self) -> str:
         """What the server printed so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.child.log()
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return int(self.process.returncode)
+        return int(self.child.stop(timeout) or 0)
 
 
 def start_server(
@@ -85,27 +88,20 @@ def start_server(
         timeout: Seconds to wait for readiness.
 
     Raises:
-        RuntimeError: the process exited or never became ready (with its log).
+        RuntimeError: the process exited or never became ready (with its whole log); it is
+            stopped first.
     """
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    handle = open(log_path, "wb")  # noqa: SIM115 - owned by the process for its lifetime
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
-        stdout=handle, stderr=subprocess.STDOUT,
+    child = ChildProcess(
+        module, [sys.executable, "-m", module, *args], env={"PYTHONUNBUFFERED": "1", **env},
+        cwd=ROOT, log_path=log_path, ready=f"http://{LOOPBACK}:{http_port}{ready_path}",
+        tail_lines=None,
     )
-    server = Server(process, http_port, grpc_port, log_path)
-    deadline = time.monotonic() + timeout
-    url = f"{server.http_url}{ready_path}"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{module} exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"{module} not ready after {timeout:.0f}s:\n{server.log()}")
+    child.start()
+    try:
+        child.wait_ready(timeout)
+    except BaseException:
+        child.stop()
+        raise
+    return Server(child, http_port, grpc_port)

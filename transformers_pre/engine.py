@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,14 +27,35 @@ import numpy as np
 from shopserve.errors import ShopserveError, UpstreamTimeout
 from shopserve.protocol import ANONYMOUS_USER, EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, TOP_K, USER_ID
 from shopserve.settings import SearchSettings
-from shopserve.text import PairEncoder
+from shopserve.text import PairEncoder, PairTokenizer
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
 
-#: Stages timed per request (and exported as Prometheus histograms by the model).
-STAGES = ("normalise", "lexical", "recall", "filter", "tokenise", "rank", "blend")
-RANKER = "ranker"
-RECALL = "recall"
+
+class Stage(StrEnum):
+    """A timed stage of a request: the keys of ``stage_ms`` and the ``stage`` label of the stage
+    histogram. The values are in responses and metrics: renaming one breaks dashboards."""
+
+    NORMALISE = "normalise"
+    LEXICAL = "lexical"
+    RECALL = "recall"
+    FILTER = "filter"
+    TOKENISE = "tokenise"
+    RANK = "rank"
+    BLEND = "blend"
+
+
+#: Stages timed per request, in request order (exported as Prometheus histograms by the model).
+STAGES = tuple(Stage)
+
+
+class Dependency(StrEnum):
+    """An upstream model a request degrades without: named in the response's ``degraded``, the
+    ``stage`` label of the degradation counter, and its upstream's errors. Not to be confused
+    with the model contracts ``shopserve.protocol.RECALL`` and ``RANKER``."""
+
+    RECALL = "recall"
+    RANKER = "ranker"
 
 
 class InferClient(Protocol):
@@ -146,13 +168,13 @@ class SearchEngine:
 
     Args:
         catalog: Items, BM25 index, purchases.
-        tokenizer: The ranker's tokenizer (Hugging Face, fast).
+        tokenizer: The ranker's tokenizer.
         recall: Client of ``mf-recall``.
         ranker: Client of ``bert-ranker``.
         config: Candidate counts, weights, max sequence length.
     """
 
-    def __init__(self, catalog: Catalog, tokenizer: Any, recall: InferClient,
+    def __init__(self, catalog: Catalog, tokenizer: PairTokenizer, recall: InferClient,
                  ranker: InferClient, config: EngineConfig) -> None:
         self.catalog = catalog
         # Titles tokenised once: a request tokenises only its query (shopserve.text.PairEncoder).
@@ -167,21 +189,21 @@ class SearchEngine:
         result = SearchResult(np.empty(0, np.int64), np.empty(0, np.float32),
                               stage_ms=dict(stage_ms or {}))
         timings = result.stage_ms
-        with _Timer(timings, "filter"):
+        with _Timer(timings, Stage.FILTER):
             exclude = (self.catalog.purchased_rows(req.user_id)
                        if req.exclude_purchased and req.user_id != ANONYMOUS_USER else None)
             mask = self.catalog.filter_mask(req.category, req.min_price, req.max_price, exclude)
         known_user = req.user_id != ANONYMOUS_USER
-        recall_task = (asyncio.ensure_future(self._timed(timings, RECALL, self._recall(req)))
+        recall_task = (asyncio.ensure_future(self._timed(timings, Stage.RECALL, self._recall(req)))
                        if known_user else None)
         if not req.query:
             return await self._recommend(req, mask, recall_task, result)
 
-        with _Timer(timings, "lexical"):
+        with _Timer(timings, Stage.LEXICAL):
             lex_rows, lex_scores = self.catalog.lexical(
                 req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
         mf_rows, mf_scores = await self._await_recall(recall_task, result)
-        with _Timer(timings, "filter"):
+        with _Timer(timings, Stage.FILTER):
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
                 mf_rows, mf_scores = mf_rows[keep], mf_scores[keep]
@@ -192,7 +214,7 @@ class SearchEngine:
         first = blend.first_stage(candidates, popularity, self.config.weights)
         shortlist = blend.top_n(first, self.config.rank_candidates)
         relevance = await self._rank(req, candidates.rows[shortlist], result)
-        with _Timer(timings, "blend"):
+        with _Timer(timings, Stage.BLEND):
             ranked = candidates.take(shortlist)
             scores = blend.blend(ranked, popularity[shortlist], self.config.weights, relevance)
             order = blend.top_n(scores, req.top_n)
@@ -214,11 +236,11 @@ class SearchEngine:
                          recall_task: asyncio.Future[Any] | None, result: SearchResult
                          ) -> SearchResult:
         mf_rows, mf_scores = await self._await_recall(recall_task, result)
-        with _Timer(result.stage_ms, "filter"):
+        with _Timer(result.stage_ms, Stage.FILTER):
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
                 mf_rows, mf_scores = mf_rows[keep], mf_scores[keep]
-        with _Timer(result.stage_ms, "blend"):
+        with _Timer(result.stage_ms, Stage.BLEND):
             w = self.config.weights
             scores = (w.personal * blend.scale_min_max(mf_scores)
                       + w.popularity * self.catalog.popularity[mf_rows]).astype(np.float32)
@@ -252,7 +274,7 @@ class SearchEngine:
         try:
             outputs = await task
         except ShopserveError as exc:
-            self._degrade(result, RECALL, exc)
+            self._degrade(result, Dependency.RECALL, exc)
             return empty
         rows = self.catalog.rows(outputs[ITEM_IDS][0])
         scores = outputs[SCORES][0].astype(np.float32)
@@ -263,14 +285,14 @@ class SearchEngine:
                     ) -> np.ndarray | None:
         if not self.config.ranker_enabled:
             return None
-        with _Timer(result.stage_ms, "tokenise"):
+        with _Timer(result.stage_ms, Stage.TOKENISE):
             batch = self.pairs.encode(req.query, rows)
         result.ranker_pairs = int(rows.size)
         try:
-            outputs = await self._timed(result.stage_ms, "rank",
+            outputs = await self._timed(result.stage_ms, Stage.RANK,
                                         self.ranker.infer(batch, None, req.request_id))
         except ShopserveError as exc:
-            self._degrade(result, RANKER, exc)
+            self._degrade(result, Dependency.RANKER, exc)
             return None
         return blend.sigmoid(outputs[SCORE].reshape(-1).astype(np.float32))
 

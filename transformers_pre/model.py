@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Counter, Histogram
-from transformers import AutoTokenizer
 
 from shopserve import metric_names
 from shopserve.artifacts import (
@@ -52,14 +51,16 @@ from shopserve.protocol import (
 )
 from shopserve.serving import MODEL_INFO, ContractModel, decode_inputs, encode_response, request_parameters
 from shopserve.settings import SearchSettings
-from shopserve.text import normalise_query
+from shopserve.text import PairTokenizer, normalise_query
 from transformers_pre.catalog import Catalog
 from transformers_pre.engine import (
     STAGES,
+    Dependency,
     EngineConfig,
     SearchEngine,
     SearchRequest,
     SearchResult,
+    Stage,
     is_timeout,
 )
 from transformers_pre.monitoring import DRIFT, load_window
@@ -102,7 +103,11 @@ class SearchModel(ContractModel):
     def __init__(self, settings: SearchSettings) -> None:
         super().__init__(SEARCH, settings.model_name)
         self.settings = settings
-        self.engine: SearchEngine | None = None
+        # Not ``self.engine``: KServe reads a truthy ``engine`` as "start_engine()/stop_engine()
+        # this model" (an LLM engine), a flag it sets to False in BaseKServeModel.
+        self.search_engine: SearchEngine | None = None
+        self.upstreams: tuple[Upstream, ...] = ()
+        self._closing: asyncio.Task[None] | None = None
 
     def load(self) -> bool:
         """Load the catalog and the ranker's tokenizer; open (lazy) upstream channels."""
@@ -111,21 +116,19 @@ class SearchModel(ContractModel):
         try:
             catalog = Catalog.load(bundle / CATALOG_COMPONENT)
             ranker = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT)
-            tokenizer = AutoTokenizer.from_pretrained(
-                bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR, local_files_only=True)
+            tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
             max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
             DRIFT.window = load_window(bundle, s.drift_window, s.drift_min_samples)
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
         config = EngineConfig.from_settings(s, max_length)
-        self.engine = SearchEngine(
-            catalog, tokenizer,
-            Upstream("recall", s.recall_host, s.recall_model, s.recall_timeout_ms / 1000,
-                     s.upstream_retries),
-            Upstream("ranker", s.ranker_host, s.ranker_model, s.ranker_timeout_ms / 1000,
-                     s.upstream_retries),
-            config,
-        )
+        recall_upstream = Upstream(Dependency.RECALL, s.recall_host, s.recall_model,
+                                   s.recall_timeout_ms / 1000, s.upstream_retries)
+        ranker_upstream = Upstream(Dependency.RANKER, s.ranker_host, s.ranker_model,
+                                   s.ranker_timeout_ms / 1000, s.upstream_retries)
+        self.upstreams = (recall_upstream, ranker_upstream)
+        self.search_engine = SearchEngine(catalog, tokenizer, recall_upstream, ranker_upstream,
+                                          config)
         self.categories = frozenset(np.unique(catalog.categories).tolist())
         version = catalog.manifest.version if catalog.manifest else "unknown"
         MODEL_INFO.labels("search", self.name, version, "bm25").set(1)
@@ -146,18 +149,50 @@ class SearchModel(ContractModel):
         self.ready = True
         return self.ready
 
+    def stop(self) -> None:
+        """KServe's teardown hook: not ready any more, upstream gRPC channels closed.
+
+        ``ModelServer.stop`` (its SIGTERM/SIGINT handler) unloads every registered model, and
+        unloading calls ``stop()`` synchronously on the serving event loop: the channels are
+        closed by a task on that loop, or at once when no loop is running.
+        """
+        super().stop()
+        upstreams, self.upstreams = self.upstreams, ()
+        if not upstreams:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.close_upstreams(upstreams))
+            return
+        self._closing = loop.create_task(self.close_upstreams(upstreams))
+
+    @staticmethod
+    async def close_upstreams(upstreams: tuple[Upstream, ...]) -> None:
+        """Close the channels of ``upstreams``; one that fails to close does not keep the others
+        open."""
+        results = await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
+        for upstream, result in zip(upstreams, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("closing the %s channel (%s) failed: %s", upstream.name,
+                            upstream.host, result)
+        log.info("search stopped: upstream channels closed (%s)",
+                 ", ".join(u.name for u in upstreams))
+
     async def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
         """Answer one v2 request: a ranked list per query row."""
-        payload = self.v2_request(payload, self.engine is not None)
+        engine = self.search_engine
+        payload = self.v2_request(payload, engine is not None)
         start = time.perf_counter()
         request_id = (headers or {}).get("x-request-id") or payload.id or None
         requests, normalise_ms = self._decode(payload, request_id)
         await self._inject_faults()
+        assert engine is not None
         results = await asyncio.gather(
-            *(self.engine.search(r, {"normalise": normalise_ms}) for r in requests))
+            *(engine.search(r, {Stage.NORMALISE: normalise_ms}) for r in requests))
         mode = "search" if any(r.query for r in requests) else "recommend"
         self._observe(requests, results)
         self._record_drift(requests, results)
@@ -232,13 +267,13 @@ class SearchModel(ContractModel):
 
     def _encode(self, payload: InferRequest, requests: list[SearchRequest],
                 results: list[SearchResult]) -> InferResponse:
-        assert self.engine is not None
+        assert self.search_engine is not None
         top_n = requests[0].top_n
         batch = len(results)
         item_ids = np.full((batch, top_n), -1, dtype=np.int64)
         scores = np.zeros((batch, top_n), dtype=np.float32)
         titles = np.full((batch, top_n), b"", dtype=object)
-        catalog = self.engine.catalog
+        catalog = self.search_engine.catalog
         for i, result in enumerate(results):
             n = result.rows.shape[0]
             item_ids[i, :n] = catalog.items.ids[result.rows]
@@ -254,10 +289,10 @@ class SearchModel(ContractModel):
 
     def _record_drift(self, requests: list[SearchRequest], results: list[SearchResult]) -> None:
         window = DRIFT.window
-        if window is None or self.engine is None:
+        if window is None or self.search_engine is None:
             return
         users = np.fromiter((r.user_id for r in requests), np.int64, len(requests))
-        known = (self.engine.catalog.users.index(users) >= 0).tolist()
+        known = (self.search_engine.catalog.users.index(users) >= 0).tolist()
         for req, result, is_known in zip(requests, results, known, strict=True):
             window.record(req.query, is_known, result.relevance)
 

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import AutoTokenizer
 
 from predictors.ranker.triton_repo import cpu_graph
 from predictors.recall.index import IndexConfig
@@ -60,7 +59,7 @@ from shopserve.protocol import (
     USER_ID,
 )
 from shopserve.settings import SearchSettings
-from shopserve.text import normalise_query
+from shopserve.text import PairTokenizer, normalise_query
 from training.data.generator import Dataset
 from training.ranker.optimise import OrtScorer
 from transformers_pre.catalog import Catalog
@@ -159,8 +158,8 @@ def record_reference(
     # the reference draws from the whole log, as traffic does, not from the held-out split.
     drawn = Counter(_draw(queries.frequency, score_queries, rng).tolist())
     onnx_file = cpu_graph(bundle / RANKER_COMPONENT).onnx_file
-    tokenizer = AutoTokenizer.from_pretrained(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR,
-                                              local_files_only=True)
+    # Read as the transformer reads it (tokenizers alone), so the pairs are the ones it sends.
+    tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
     engine = SearchEngine(
         catalog, tokenizer,
         _LocalRecall(Recommender.load(bundle / RECALL_COMPONENT, IndexConfig(kind="exact"))),

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from shopserve.metrics import mrr, ndcg_at_k
+from shopserve.metrics import mean_defined, mrr, ndcg_at_k, recall_at_k
 from shopserve.protocol import ANONYMOUS_USER, DEGRADED, ITEM_IDS, QUERY, SEARCH_MODEL, TOP_N, USER_ID
 from training.data.generator import Dataset
 
@@ -149,9 +149,8 @@ def judge(
             continue
         ndcg.append(value)
         rr.append(mrr(ranked, exact, 10))
-        # Recall@50 with denominator min(#exact, 50): a perfect list of 50 scores 1.
-        found = len(set(exact).intersection(ranked[:50].tolist()))
-        recall.append(found / min(len(exact), 50) if exact else float("nan"))
+        # Denominator min(#exact, 50): a perfect list of 50 scores 1.
+        recall.append(recall_at_k(ranked, exact, 50, capped=True))
         if kind == "synonym":
             synonym.append(value)
         if user != ANONYMOUS_USER:
@@ -161,12 +160,9 @@ def judge(
                                                zip(items[gains > 0], gains[gains > 0],
                                                    strict=True)}, 10))
 
-    def mean(values: list[float]) -> float:
-        finite = [v for v in values if not np.isnan(v)]
-        return float(np.mean(finite)) if finite else float("nan")
-
     n = max(len(answers.rankings), 1)
-    return Judged(mean(ndcg), mean(rr), mean(recall), mean(synonym), mean(personal),
+    return Judged(mean_defined(ndcg), mean_defined(rr), mean_defined(recall), mean_defined(synonym),
+                  mean_defined(personal),
                   answers.degraded / n, answers.errors,
                   statistics.median(answers.latency_ms) if answers.latency_ms else float("nan"))
 

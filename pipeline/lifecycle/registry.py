@@ -38,6 +38,7 @@ from shopserve.artifacts import (
     verify,
 )
 from shopserve.errors import BundleError
+from shopserve.release import ReleaseMetrics, current_keys
 
 BUNDLE_MANIFEST = "bundle.json"
 DEFAULT_REGISTRY = Path("artifacts/bundles")
@@ -178,37 +179,20 @@ def verify_bundle(bundle: Path) -> dict[str, list[str]]:
 
 
 def key_metrics(bundle: Path) -> dict[str, Any]:
-    """The release's key numbers from its component manifests (the report's opening table)."""
-    out: dict[str, Any] = {}
-    components = {c.name: read_manifest(c) for c in component_folders(bundle)}
-    recall = components.get("recall")
-    if recall is not None:
-        model = recall.metrics.get("model", {})
-        pop = recall.metrics.get("popularity", {})
-        out["recall.ndcg@10"] = model.get("ndcg_at_10")
-        out["recall.recall@20"] = model.get("recall_at_20")
-        out["recall.popularity_ndcg@10"] = pop.get("ndcg_at_10")
-    ranker = components.get("ranker")
-    if ranker is not None:
-        out["ranker.variant"] = ranker.params.get("variant")
-        out["ranker.layers"] = ranker.params.get("layers")
-        out["ranker.ndcg@10"] = ranker.metrics.get("ndcg@10")
-        out["ranker.reference_ndcg@10"] = ranker.metrics.get("reference_ndcg@10")
-        out["ranker.ms_p50"] = ranker.metrics.get("ms_per_request_p50")
-        bm25 = [r for r in ranker.metrics.get("evaluation", []) if r.get("name") == "bm25"]
-        if bm25:
-            out["ranker.bm25_ndcg@10"] = bm25[0].get("ndcg@10")
-    catalog = components.get("catalog")
-    if catalog is not None:
-        out["catalog.items"] = catalog.data.get("items")
-        out["catalog.queries"] = (catalog.data.get("queries") or {}).get("total")
-    return {k: v for k, v in out.items() if v is not None}
+    """The release's key numbers from its component manifests (the report's opening table).
+
+    Read through :class:`shopserve.release.ReleaseMetrics`, so bundles written with the legacy
+    spellings give the same keys.
+    """
+    return ReleaseMetrics.from_bundle(bundle).key_metrics()
 
 
 def flat_metrics(bundle: Path) -> dict[str, float]:
     """Every numeric metric of every component, flattened to ``component.path.to.metric``.
 
     Lists of evaluation rows are keyed by each row's ``name`` (``ranker.evaluation.onnx-int8.mrr``).
+    Keys are in the one spelling (:func:`shopserve.release.current_keys`), so a bundle written
+    with the legacy ``ndcg@10`` compares with a new one.
     """
     out: dict[str, float] = {}
 
@@ -226,7 +210,7 @@ def flat_metrics(bundle: Path) -> dict[str, float]:
                 walk(f"{prefix}.{name}", inner)
 
     for folder in component_folders(bundle):
-        walk(folder.name, read_manifest(folder).metrics)
+        walk(folder.name, current_keys(read_manifest(folder).metrics))
     return out
 
 
@@ -281,13 +265,26 @@ def format_diff(rows: Iterable[MetricChange], a: str, b: str) -> str:
 
 @dataclass(frozen=True)
 class BundleSummary:
-    """One row of ``bundles list``."""
+    """One row of ``bundles list``.
+
+    Attributes:
+        version: Release version.
+        path: The bundle folder.
+        created: ISO-8601 UTC time of packaging.
+        parent: Parent version, if any.
+        metrics: ``bundle.json``'s key metrics, keys in the one spelling (legacy ones read too).
+    """
 
     version: str
     path: Path
     created: str
     parent: str | None
     metrics: dict[str, Any]
+
+    @property
+    def release(self) -> ReleaseMetrics:
+        """The key metrics, typed."""
+        return ReleaseMetrics.from_key_metrics(self.metrics)
 
 
 class Registry:
@@ -312,7 +309,7 @@ class Registry:
                 m = BundleManifest.read(folder)
             except BundleError:
                 continue
-            out.append(BundleSummary(m.version, folder, m.created, m.parent, m.metrics))
+            out.append(BundleSummary(m.version, folder, m.created, m.parent, current_keys(m.metrics)))
         return sorted(out, key=lambda b: (b.created, b.version))
 
     def latest(self) -> BundleSummary | None:
@@ -380,13 +377,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"{'version':<20} {'created':<26} {'parent':<20} {'ranker NDCG@10':>14} "
           f"{'recall NDCG@10':>14}  variant")
     for b in reversed(bundles):
-        m = b.metrics
+        release = b.release
 
-        def num(key: str, m: dict[str, Any] = m) -> str:
-            return f"{m[key]:.4f}" if isinstance(m.get(key), int | float) else "-"
+        def num(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
 
-        print(f"{b.version:<20} {b.created:<26} {b.parent or '-':<20} {num('ranker.ndcg@10'):>14} "
-              f"{num('recall.ndcg@10'):>14}  {m.get('ranker.variant', '-')}")
+        print(f"{b.version:<20} {b.created:<26} {b.parent or '-':<20} "
+              f"{num(release.ranker_ndcg_at_10):>14} {num(release.recall_ndcg_at_10):>14}  "
+              f"{release.ranker_variant or '-'}")
     return 0
 
 

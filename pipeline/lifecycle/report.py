@@ -5,7 +5,8 @@ Everything is computed offline from the run folder, no server needed:
 * **Recall** (MF against the popularity baseline): each user's latest interactions held out
   (``recall.holdout_fraction``), the model re-fitted on the rest with the packaged
   hyper-parameters, top 50 ranked with training items excluded. Binary gains; Recall@K divides by
-  ``min(|held out|, K)`` and NDCG@K uses the log2 discount (as ``training.recall.train``).
+  ``min(|held out|, K)`` and NDCG@K uses the log2 discount: ``shopserve.metrics.held_out_metrics``,
+  the bulk path ``training.recall.train`` uses too.
   Both models rank the same item index, so the baseline is scored on exactly the same users.
 * **Ranking** (BM25 against the ranker's ONNX variants): the held-out candidate lists of the ranker
   build, each list reranked; graded NDCG@K (gain ``2**grade - 1``, log2 discount) and Recall@K of
@@ -26,12 +27,14 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.lifecycle.registry import format_change
+from shopserve.release import NDCG_AT_10, ReleaseMetrics
 
 if TYPE_CHECKING:
     from pipeline.lifecycle.steps import StepContext
@@ -70,34 +73,12 @@ def topk_curves(
     Returns:
         ``{"recall": [...], "ndcg": [...], "users": [n]}``, one value per K.
     """
-    kmax = max(ks)
-    discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
-    recall = np.zeros(len(ks))
-    ndcg = np.zeros(len(ks))
-    users = 0
-    for rows, scores in score_blocks:
-        scores = np.array(scores, dtype=np.float32, copy=True)
-        seen = train[rows]
-        scores[seen.nonzero()] = -np.inf
-        k = min(kmax, scores.shape[1] - 1)
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-        top = np.take_along_axis(top, order, axis=1)
-        truth = test[rows]
-        for i in range(len(rows)):
-            held = truth.indices[truth.indptr[i]: truth.indptr[i + 1]]
-            if held.size == 0:
-                continue
-            users += 1
-            hit = np.zeros(kmax)
-            hit[:k] = np.isin(top[i], held)
-            cum = np.cumsum(hit)
-            gains = np.cumsum(hit * discounts)
-            for j, cut in enumerate(ks):
-                recall[j] += cum[cut - 1] / min(held.size, cut)
-                ndcg[j] += gains[cut - 1] / discounts[: min(held.size, cut)].sum()
-    n = max(users, 1)
-    return {"recall": (recall / n).tolist(), "ndcg": (ndcg / n).tolist(), "users": [users]}
+    from shopserve.metrics import held_out_metrics
+
+    result = held_out_metrics(score_blocks, train, test, ks)
+    order = [result.ks.index(k) for k in ks]
+    return {"recall": [result.recall[i] for i in order], "ndcg": [result.ndcg[i] for i in order],
+            "users": [result.users]}
 
 
 def recall_curves(ctx: StepContext, ks: Sequence[int]) -> dict[str, dict[str, list[float]]]:
@@ -202,28 +183,30 @@ def ranking_evaluation(
 
 
 def current_key_metrics(ctx: StepContext, chosen: str) -> dict[str, Any]:
-    """The key numbers of the release being built, keyed as ``pipeline.lifecycle.registry.key_metrics``."""
+    """The key numbers of the release being built, keyed as ``pipeline.lifecycle.registry.key_metrics``.
+
+    Recall's come from its manifest in the run folder, the ranker's from the optimise step's
+    evaluation rows (the ranker component is written only when packaging).
+    """
     from pipeline.lifecycle.steps import RANKER_OPTIMISE_DIR, RECALL_DIR, RESULT_FILE
     from shopserve.artifacts import read_manifest
 
-    recall = read_manifest(ctx.path(RECALL_DIR)).metrics
     raw = json.loads((ctx.path(RANKER_OPTIMISE_DIR) / RESULT_FILE).read_text())
     rows = {r["name"]: r for r in raw["rows"]}
     variant = next(v for v in raw["variants"] if v["name"] == chosen)
     summary = ctx.dataset().summary()
-    return {
-        "recall.ndcg@10": recall["model"]["ndcg_at_10"],
-        "recall.recall@20": recall["model"]["recall_at_20"],
-        "recall.popularity_ndcg@10": recall["popularity"]["ndcg_at_10"],
-        "ranker.variant": chosen,
-        "ranker.layers": variant["layers"],
-        "ranker.ndcg@10": variant["ndcg"],
-        "ranker.reference_ndcg@10": rows["torch-fp32"]["report"]["ndcg"],
-        "ranker.ms_p50": variant["ms_per_request"],
-        "ranker.bm25_ndcg@10": rows["bm25"]["report"]["ndcg"],
-        "catalog.items": summary["items"],
-        "catalog.queries": summary["queries"]["total"],
-    }
+    release = replace(
+        ReleaseMetrics.from_manifests(recall=read_manifest(ctx.path(RECALL_DIR))),
+        ranker_variant=chosen,
+        ranker_layers=variant["layers"],
+        ranker_ndcg_at_10=variant["ndcg"],
+        ranker_reference_ndcg_at_10=rows["torch-fp32"]["report"]["ndcg"],
+        ranker_ms_p50=variant["ms_per_request"],
+        ranker_bm25_ndcg_at_10=rows["bm25"]["report"]["ndcg"],
+        catalog_items=summary["items"],
+        catalog_queries=summary["queries"]["total"],
+    )
+    return release.key_metrics()
 
 
 def evaluate_offline(ctx: StepContext, previous: Path | None) -> dict[str, Any]:
@@ -240,7 +223,7 @@ def evaluate_offline(ctx: StepContext, previous: Path | None) -> dict[str, Any]:
     ranking, chosen, by_grade = ranking_evaluation(ctx, ks, ctx.progress)
     raw = json.loads((ctx.path(RANKER_OPTIMISE_DIR) / RESULT_FILE).read_text())
     variants = [
-        {"name": r["name"], "ndcg@10": r["report"]["ndcg"], "ms_p50": r.get("ms_p50"),
+        {"name": r["name"], NDCG_AT_10: r["report"]["ndcg"], "ms_p50": r.get("ms_p50"),
          "size_mib": r.get("size_mib"), "layers": r.get("layers")}
         for r in raw["rows"]
     ]
@@ -298,13 +281,13 @@ def _quality_latency_plot(path: Path, variants: Sequence[Mapping[str, Any]], cho
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in variants:
         if v.get("ms_p50") is None:
-            ax.axhline(v["ndcg@10"], linestyle=":", color="grey")
-            ax.annotate(v["name"], (0, v["ndcg@10"]), xycoords=("axes fraction", "data"),
+            ax.axhline(v[NDCG_AT_10], linestyle=":", color="grey")
+            ax.annotate(v["name"], (0, v[NDCG_AT_10]), xycoords=("axes fraction", "data"),
                         fontsize=8, color="grey", xytext=(4, 3), textcoords="offset points")
             continue
         marker = "*" if v["name"] == chosen else "o"
-        ax.scatter(v["ms_p50"], v["ndcg@10"], s=140 if marker == "*" else 45, marker=marker)
-        ax.annotate(f"{v['name']} ({v.get('layers') or '?'}L)", (v["ms_p50"], v["ndcg@10"]),
+        ax.scatter(v["ms_p50"], v[NDCG_AT_10], s=140 if marker == "*" else 45, marker=marker)
+        ax.annotate(f"{v['name']} ({v.get('layers') or '?'}L)", (v["ms_p50"], v[NDCG_AT_10]),
                     fontsize=8, xytext=(5, 4), textcoords="offset points")
     ax.set_xlabel("ms per request (p50, one candidate list)")
     ax.set_ylabel("NDCG@10")
@@ -366,16 +349,18 @@ def _change(now: Any, before: Any) -> str:
     return "=" if now == before else "changed"
 
 
+#: Row labels of the report's opening table, by key in ``bundle.json``'s key metrics
+#: (:data:`shopserve.release.KEY_METRICS`), in the order shown.
 KEY_LABELS = {
-    "ranker.ndcg@10": "Ranker NDCG@10 (packaged variant)",
-    "ranker.reference_ndcg@10": "Ranker NDCG@10 (fp32 6 layers)",
-    "ranker.bm25_ndcg@10": "BM25 NDCG@10 (same lists)",
+    "ranker.ndcg_at_10": "Ranker NDCG@10 (packaged variant)",
+    "ranker.reference_ndcg_at_10": "Ranker NDCG@10 (fp32 6 layers)",
+    "ranker.bm25_ndcg_at_10": "BM25 NDCG@10 (same lists)",
     "ranker.ms_p50": "Ranker ms per request (p50)",
     "ranker.variant": "Ranker variant",
     "ranker.layers": "Ranker layers",
-    "recall.ndcg@10": "Recall MF NDCG@10",
-    "recall.recall@20": "Recall MF Recall@20",
-    "recall.popularity_ndcg@10": "Popularity NDCG@10",
+    "recall.ndcg_at_10": "Recall MF NDCG@10",
+    "recall.recall_at_20": "Recall MF Recall@20",
+    "recall.popularity_ndcg_at_10": "Popularity NDCG@10",
     "catalog.items": "Catalog items",
     "catalog.queries": "Queries",
 }
@@ -430,7 +415,7 @@ def write_report(evaluation: Mapping[str, Any], out: Path) -> list[Path]:
               "## Quality against latency", "", f"![quality against latency]({PLOTS['quality_latency']})",
               "", "| variant | layers | NDCG@10 | ms/request p50 | MiB |", "|---|---:|---:|---:|---:|"]
     for v in evaluation["variants"]:
-        lines.append(f"| {v['name']} | {_fmt(v.get('layers'))} | {_fmt(v['ndcg@10'])} | "
+        lines.append(f"| {v['name']} | {_fmt(v.get('layers'))} | {_fmt(v[NDCG_AT_10])} | "
                      f"{_fmt(v.get('ms_p50'))} | {_fmt(v.get('size_mib'))} |")
     lines += ["", "## Score distributions", "", f"![score distributions]({PLOTS['score_distributions']})",
               "", "| grade | pairs | mean score |", "|---|---:|---:|"]

@@ -36,6 +36,7 @@ from shopserve.artifacts import (
     read_manifest,
     write_manifest,
 )
+from shopserve.release import ReleaseMetrics
 
 if TYPE_CHECKING:
     from pipeline.lifecycle.config import PipelineConfig
@@ -172,9 +173,9 @@ def step_train_recall(ctx: StepContext) -> str:
         config=ctx.config.recall(progress=ctx.progress),
         data={"source": summary["source"], "seed": summary["seed"]},
     )
-    model, pop = manifest.metrics["model"], manifest.metrics["popularity"]
-    return (f"NDCG@10 {model['ndcg_at_10']:.3f} (popularity {pop['ndcg_at_10']:.3f}), "
-            f"Recall@20 {model['recall_at_20']:.3f}")
+    recall = ReleaseMetrics.from_manifests(recall=manifest)
+    return (f"NDCG@10 {recall.recall_ndcg_at_10:.3f} (popularity "
+            f"{recall.recall_popularity_ndcg_at_10:.3f}), Recall@20 {recall.recall_recall_at_20:.3f}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,8 +296,8 @@ def step_evaluate(ctx: StepContext) -> str:
     evaluation["replaces_own"] = bool(previous and own and Path(own).name == previous.version)
     out = _fresh(ctx.path(REPORT_DIR))
     write_report(evaluation, out)
-    key = evaluation["key_metrics"]
-    return (f"ranker NDCG@10 {key['ranker.ndcg@10']:.3f}, recall NDCG@10 {key['recall.ndcg@10']:.3f}; "
+    key = ReleaseMetrics.from_key_metrics(evaluation["key_metrics"])
+    return (f"ranker NDCG@10 {key.ranker_ndcg_at_10:.3f}, recall NDCG@10 {key.recall_ndcg_at_10:.3f}; "
             f"{len(list(out.glob('*.png')))} plots")
 
 

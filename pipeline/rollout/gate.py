@@ -4,10 +4,10 @@ Pure decision logic plus the step loop; measuring (locust) and moving traffic (K
 local split) are passed in, so the same loop runs against a cluster and in the local rehearsal.
 
 Before any traffic, the **quality guard** compares the candidate bundle's offline NDCG@10 with the
-stable bundle's, per component that records one (``ranker``: ``metrics["ndcg@10"]``, the packaged
-variant on held-out queries; ``recall``: ``metrics["model"]["ndcg_at_10"]``, MF on held-out
-interactions). A drop beyond ``max_ndcg_drop`` on any of them rolls back. Nothing comparable on
-either side also rolls back: the guard fails closed.
+stable bundle's, per component that records one, as :class:`shopserve.release.ReleaseMetrics`
+reads them (``ranker``: the packaged variant on held-out queries; ``recall``: MF on held-out
+interactions; bundles with the legacy spellings read too). A drop beyond ``max_ndcg_drop`` on any
+of them rolls back. Nothing comparable on either side also rolls back: the guard fails closed.
 
 At each step the canary is judged on four metrics, in this order of severity: failure ratio,
 degraded ratio, p99, p95. For each metric:
@@ -42,12 +42,18 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from loadtest.slo import SLO, LoadStats
-from shopserve.artifacts import MANIFEST, RANKER_COMPONENT, RECALL_COMPONENT, read_manifest
+from shopserve.artifacts import RANKER_COMPONENT, RECALL_COMPONENT
+from shopserve.release import ReleaseMetrics
 
-Action = Literal["promote", "hold", "rollback"]
-PROMOTE: Action = "promote"
-HOLD: Action = "hold"
-ROLLBACK: Action = "rollback"
+Verdict = Literal["promote", "hold", "rollback"]
+"""What the gate decides at a step: promote to the next share, hold and re-measure, or roll back."""
+PROMOTE: Verdict = "promote"
+HOLD: Verdict = "hold"
+ROLLBACK: Verdict = "rollback"
+
+#: The quality guard's metric names (as they appear in decisions and the gate's report).
+RANKER_NDCG = f"{RANKER_COMPONENT} ndcg@10"
+RECALL_NDCG = f"{RECALL_COMPONENT} ndcg@10"
 
 #: Metrics judged at each step, most severe first.
 STEP_METRICS = ("failure_ratio", "degraded_ratio", "p99_ms", "p95_ms")
@@ -104,7 +110,7 @@ class Decision:
         reason: One line that says why, with the numbers.
     """
 
-    action: Action
+    action: Verdict
     metric: str
     reason: str
 
@@ -117,18 +123,9 @@ class Decision:
 
 def bundle_quality(bundle: Path) -> dict[str, float]:
     """Offline NDCG@10 per component of a bundle, from its manifests (absent ones left out)."""
-    out: dict[str, float] = {}
-    ranker = Path(bundle) / RANKER_COMPONENT
-    if (ranker / MANIFEST).is_file():
-        value = read_manifest(ranker).metrics.get("ndcg@10")
-        if isinstance(value, int | float):
-            out[f"{RANKER_COMPONENT} ndcg@10"] = float(value)
-    recall = Path(bundle) / RECALL_COMPONENT
-    if (recall / MANIFEST).is_file():
-        value = (read_manifest(recall).metrics.get("model") or {}).get("ndcg_at_10")
-        if isinstance(value, int | float):
-            out[f"{RECALL_COMPONENT} ndcg@10"] = float(value)
-    return out
+    release = ReleaseMetrics.from_bundle(Path(bundle))
+    values = {RANKER_NDCG: release.ranker_ndcg_at_10, RECALL_NDCG: release.recall_ndcg_at_10}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def quality_guard(stable: Mapping[str, float], candidate: Mapping[str, float],
@@ -297,7 +294,7 @@ class GateResult:
         history: Every decision, in order, with its step's share (0 for the quality guard).
     """
 
-    action: Action
+    action: Verdict
     decision: Decision
     percent: int
     history: list[tuple[int, Decision]] = field(default_factory=list)

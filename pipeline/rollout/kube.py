@@ -86,7 +86,8 @@ The chart renders a canary entry without scaling (one replica is enough for a sh
 traffic); promoting it wholesale would silently drop the stable predictor's autoscaling.
 """
 
-Action = Literal["set", "promote", "rollback"]
+TrafficAction = Literal["set", "promote", "rollback"]
+"""What a traffic step does to an InferenceService: set the canary share, promote it, or roll it back."""
 Patch = dict[str, Any] | list[dict[str, Any]]
 
 _T = TypeVar("_T")
@@ -184,7 +185,7 @@ class TrafficChange:
         attempts: PATCH attempts made (2 after a conflict retried).
     """
 
-    action: Action
+    action: TrafficAction
     before: TrafficSplit
     after: TrafficSplit
     request: PatchRequest
@@ -312,7 +313,7 @@ def _check_percent(percent: int) -> int:
     return percent
 
 
-def knative_patch(component: str, action: Action, resource_version: str | None,
+def knative_patch(component: str, action: TrafficAction, resource_version: str | None,
                   percent: int | None = None) -> dict[str, Any]:
     """JSON merge patch of a Knative-mode step on one component.
 
@@ -365,7 +366,7 @@ def promoted_predictor(stable: dict[str, Any], canary: dict[str, Any]) -> dict[s
     return promoted
 
 
-def standard_patch(obj: dict[str, Any], action: Action, percent: int | None = None,
+def standard_patch(obj: dict[str, Any], action: TrafficAction, percent: int | None = None,
                    canary_name: str | None = None) -> list[dict[str, Any]]:
     """JSON patch of a Standard-mode step, built from the object it applies to.
 
@@ -412,7 +413,7 @@ def standard_patch(obj: dict[str, Any], action: Action, percent: int | None = No
     return ops
 
 
-def expected_split(before: TrafficSplit, action: Action, percent: int | None = None,
+def expected_split(before: TrafficSplit, action: TrafficAction, percent: int | None = None,
                    mode: Mode = KNATIVE) -> TrafficSplit:
     """The split a step should leave, for a dry run (nothing to read back).
 
@@ -618,7 +619,7 @@ class InferenceServiceTraffic:
         """GET the InferenceService and return the component's current split."""
         return self.split_of(self.get())
 
-    def build(self, obj: dict[str, Any], action: Action, percent: int | None = None) -> PatchRequest:
+    def build(self, obj: dict[str, Any], action: TrafficAction, percent: int | None = None) -> PatchRequest:
         """The PATCH a step would send for an InferenceService object (no API call).
 
         Raises:
@@ -635,7 +636,7 @@ class InferenceServiceTraffic:
             return PatchRequest(self.path, MERGE_PATCH, knative_patch(self.component, action, rv, percent))
         return PatchRequest(self.path, JSON_PATCH, standard_patch(obj, action, percent, self.canary_name))
 
-    def _step(self, action: Action, percent: int | None = None,
+    def _step(self, action: TrafficAction, percent: int | None = None,
               retry_conflict: bool = False) -> TrafficChange:
         if percent is not None:
             _check_percent(percent)

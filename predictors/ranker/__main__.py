@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bert-ranker ready on %s: http %s, grpc %s, metrics %s",
             name, server.http_url, server.grpc_url, server.metrics_url,
         )
-        assert server.process is not None
-        code = server.process.wait()
+        code = server.wait()
     except Exception as exc:  # noqa: BLE001 - the boundary: log once, exit non-zero
         if not stopping:
             log.error("ranker failed: %s", exc)

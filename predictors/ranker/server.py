@@ -23,17 +23,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +43,7 @@ from predictors.ranker.triton_repo import (
     write_repository,
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
+from shopserve.process import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +224,10 @@ def server_command(
 class LocalServer:
     """A model server process on loopback, started from the ranker bundle; a context manager.
 
-    Subclasses lay out their work folder and start the process (:meth:`start`), and say when
-    they are ready (:meth:`is_ready`); waiting, stopping and cleaning up are shared.
+    Subclasses lay out their work folder and say what to run (:meth:`_prepare`) and when it is
+    ready (:meth:`is_ready`); the process itself is a :class:`~shopserve.process.ChildProcess`
+    (own session, SIGTERM then SIGKILL of its group), and waiting, stopping and cleaning up are
+    shared.
     """
 
     #: Process name in messages.
@@ -234,9 +235,14 @@ class LocalServer:
 
     def __init__(self, settings: RankerSettings) -> None:
         self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: ChildProcess | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.workdir: Path | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The server's ``Popen`` (None before :meth:`start`)."""
+        return None if self.child is None else self.child.popen
 
     @property
     def http_url(self) -> str:
@@ -263,17 +269,26 @@ class LocalServer:
             self.workdir.mkdir(parents=True, exist_ok=True)
         return self.workdir
 
+    def _prepare(self) -> ChildProcess:
+        """Verify the bundle, lay out the work folder; the process to run."""
+        raise NotImplementedError
+
+    def _child(self, argv: list[str], env: dict[str, str], **options: Any) -> ChildProcess:
+        """The server's process, run in the work folder, ready when :meth:`is_ready` says so."""
+        return ChildProcess(self.name, argv, env=env, cwd=self.workdir, ready=self.is_ready,
+                            stop_timeout=self.settings.exit_timeout_s + 10.0, **options)
+
     def start(self) -> None:
         """Verify the bundle, lay out the work folder and start the process."""
-        raise NotImplementedError
+        if self.child is not None and self.child.running:
+            raise RuntimeError(f"{self.name} is running already")
+        self.child = self._prepare()
+        log.info("starting %s: %s", self.name, " ".join(self.child.argv))
+        self.child.start()
 
     def is_ready(self) -> bool:
         """Whether the server answers as ready now."""
         raise NotImplementedError
-
-    def _log_tail(self) -> str:
-        """The end of the server's own log, appended to start-up errors."""
-        return ""
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Poll :meth:`is_ready` until it holds.
@@ -281,17 +296,15 @@ class LocalServer:
         Raises:
             RuntimeError: the process exited, or it was not ready within the timeout.
         """
-        limit = timeout_s or self.settings.startup_timeout_s
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                raise RuntimeError(f"{self.name} exited (code {code}) before it was ready"
-                                   f"{self._log_tail()}")
-            if self.is_ready():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready after {limit}s{self._log_tail()}")
+        if self.child is None:
+            raise RuntimeError(f"{self.name} was not started")
+        self.child.wait_ready(timeout_s or self.settings.startup_timeout_s)
+
+    def wait(self) -> int:
+        """Block until the server exits; its exit code."""
+        if self.child is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.child.wait()
 
     def _get(self, url: str) -> tuple[int, bytes]:
         """Status and body of a loopback GET (HTTP errors are answers, not exceptions)."""
@@ -303,30 +316,17 @@ class LocalServer:
 
     def terminate(self) -> None:
         """Ask the server to shut down (SIGTERM) without waiting: safe inside a signal handler."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if self.child is not None:
+            self.child.terminate()
 
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM the server (it drains in-flight requests), SIGKILL if it hangs."""
-        code = None
-        timeout_s = timeout_s if timeout_s is not None else self.settings.exit_timeout_s + 10.0
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout_s)
-                self.process.kill()
-                code = self.process.wait()
-        elif self.process is not None:
-            code = self.process.returncode
-        if self.process is not None:
-            # Children (Triton's Python stubs, TorchServe's workers) run in the server's own
-            # session: none may outlive it.
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """SIGTERM the server (it drains in-flight requests), SIGKILL if it hangs.
+
+        The default timeout is ``exit_timeout_s`` + 10 s. Children (Triton's Python stubs,
+        TorchServe's workers) run in the server's own session: none outlives it. The temporary
+        work folder is removed.
+        """
+        code = None if self.child is None else self.child.stop(timeout_s)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -355,8 +355,8 @@ class TritonServer(LocalServer):
 
     name = "tritonserver"
 
-    def start(self) -> None:
-        """Verify the bundle, lay out the Triton home and repository, and start the process."""
+    def _prepare(self) -> ChildProcess:
+        """Verify the bundle, lay out the Triton home and repository; the ``tritonserver`` process."""
         bundle = Path(self.settings.bundle)
         if self.settings.verify_bundle:
             load_component(bundle, COMPONENT)
@@ -364,11 +364,9 @@ class TritonServer(LocalServer):
         dist = triton_dist()
         backends = prepare_backends(workdir)
         repository = local_repository(bundle, workdir, self.settings)
-        command = server_command(dist, backends, repository, self.settings)
-        log.info("starting tritonserver: %s", " ".join(command))
-        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
-            command, env=server_env(dist), cwd=workdir, start_new_session=True
-        )
+        # Triton's output stays ours: under the stack it lands in the ranker's log.
+        return self._child(server_command(dist, backends, repository, self.settings),
+                           server_env(dist))
 
     def is_ready(self) -> bool:
         """``/v2/health/ready`` answers 200."""

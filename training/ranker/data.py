@@ -8,17 +8,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from training.data.generator import Dataset
-from training.ranker.pairs import Catalog, Grader, Query
+from training.ranker.pairs import Grader, PairCatalog, Query
 
 ATTRIBUTES = ("brand", "colour", "material", "size", "gender")
 """Item attributes a hard negative must differ in (any one of them)."""
 
 
-def catalog_of(dataset: Dataset) -> Catalog:
+def catalog_of(dataset: Dataset) -> PairCatalog:
     """The ranker's view of the catalog: ids, titles, categories, attribute tuples."""
     items = dataset.items
     columns = [getattr(items, name).tolist() for name in ATTRIBUTES]
-    return Catalog(
+    return PairCatalog(
         item_ids=np.asarray(items.item_id, dtype=np.int64),
         titles=[str(t) for t in items.title.tolist()],
         categories=[str(c) for c in items.category.tolist()],

@@ -18,6 +18,8 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shopserve.metrics import mean_metric, mrr, ndcg_at_k
+from shopserve.release import at_k
+from shopserve.text import PairTokenizer
 from training.ranker.modeling import mean_pooled
 from training.ranker.pairs import MAX_GRADE, CandidateList, encode_pairs
 
@@ -47,10 +49,14 @@ class RerankReport:
     queries: int
 
     def as_dict(self) -> dict[str, float]:
-        """Flat metrics for a manifest: ``ndcg@10``, ``mrr``, ``ndcg@10_synonym``, ..."""
-        out = {f"ndcg@{NDCG_K}": self.ndcg, "mrr": self.mrr, "queries": float(self.queries)}
+        """Flat metrics for a manifest: ``ndcg_at_10``, ``mrr``, ``ndcg_at_10_synonym``, ...
+
+        Keys in the one spelling of :mod:`shopserve.release`.
+        """
+        ndcg = at_k("ndcg", NDCG_K)
+        out = {ndcg: self.ndcg, "mrr": self.mrr, "queries": float(self.queries)}
         for kind, values in self.by_kind.items():
-            out[f"ndcg@{NDCG_K}_{kind}"] = values["ndcg"]
+            out[f"{ndcg}_{kind}"] = values["ndcg"]
             out[f"mrr_{kind}"] = values["mrr"]
         return out
 
@@ -90,10 +96,11 @@ def cross_encoder_scorer(
     tokenizer: PreTrainedTokenizerBase, pair_scorer: PairScorer, max_length: int
 ) -> ListScorer:
     """A list scorer that sends each candidate list as one batch, as the transformer does."""
+    pair_tokenizer = PairTokenizer.from_hf(tokenizer)
 
     def score(cands: CandidateList) -> np.ndarray:
         batch = encode_pairs(
-            tokenizer, [cands.query.text] * len(cands.titles), cands.titles, max_length
+            pair_tokenizer, [cands.query.text] * len(cands.titles), cands.titles, max_length
         )
         return pair_scorer(batch)
 

@@ -24,7 +24,7 @@ MAX_GRADE = 3
 
 
 @dataclass(frozen=True)
-class Catalog:
+class PairCatalog:
     """The item side the ranker needs: ids, titles, categories and attribute tuples.
 
     Attributes:
@@ -111,7 +111,7 @@ Grader = Callable[[int, np.ndarray], np.ndarray]
 
 def candidate_lists(
     queries: Sequence[Query],
-    catalog: Catalog,
+    catalog: PairCatalog,
     *,
     hard_negatives: int = 8,
     random_negatives: int = 6,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
+from shopserve.text import PairTokenizer
 from training.ranker.pairs import Pairs, batches, encode_pairs
 
 
@@ -107,6 +108,7 @@ def fine_tune(
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     labels = torch.from_numpy(pairs.labels())
+    pair_tokenizer = PairTokenizer.from_hf(tokenizer)
     if teacher is not None:
         teacher.eval()
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
@@ -140,7 +142,7 @@ def fine_tune(
                     break
                 idx = order[sl]
                 enc = encode_pairs(
-                    tokenizer,
+                    pair_tokenizer,
                     [pairs.queries[i] for i in idx],
                     [pairs.titles[i] for i in idx],
                     max_length,

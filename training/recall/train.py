@@ -23,6 +23,7 @@ from implicit.nearest_neighbours import bm25_weight
 from threadpoolctl import threadpool_limits
 
 from shopserve.interactions import IdMap, Interactions, temporal_split, to_csr
+from shopserve.metrics import held_out_metrics
 
 Algorithm = Literal["als", "bpr"]
 
@@ -178,30 +179,12 @@ def evaluate_scores(
         test: users x items held-out matrix on the same index.
 
     The recall denominator is ``min(|held-out|, 20)`` (as in Liang et al.'s VAE-CF protocol), so a
-    perfect ranking scores 1. The metrics match :mod:`shopserve.metrics` with binary gains, computed
-    in bulk here because evaluation scores every user against every item.
+    perfect ranking scores 1. Computed by the bulk path of :mod:`shopserve.metrics`
+    (:func:`~shopserve.metrics.held_out_metrics`), binary gains, log2 discount.
     """
-    discounts = 1.0 / np.log2(np.arange(2, 12))
-    recall, ndcg, hits = [], [], []
-    for rows, scores in score_rows:
-        scores = scores.astype(np.float32, copy=True)
-        seen = train[rows]
-        scores[seen.nonzero()] = -np.inf
-        top = np.argpartition(-scores, 20, axis=1)[:, :20]
-        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-        top = np.take_along_axis(top, order, axis=1)
-        truth = test[rows]
-        for i in range(len(rows)):
-            held = truth.indices[truth.indptr[i] : truth.indptr[i + 1]]
-            if held.size == 0:
-                continue
-            hit = np.isin(top[i], held)
-            recall.append(hit.sum() / min(held.size, 20))
-            ideal = discounts[: min(held.size, 10)].sum()
-            ndcg.append(float((hit[:10] * discounts).sum() / ideal))
-            hits.append(float(hit[:10].any()))
-    return TopKResult(float(np.mean(recall)), float(np.mean(ndcg)), float(np.mean(hits)),
-                      len(recall))
+    result = held_out_metrics(score_rows, train, test, (10, 20))
+    return TopKResult(result.at("recall", 20), result.at("ndcg", 10), result.at("hit_rate", 10),
+                      result.users)
 
 
 def _blocks(users: np.ndarray, block: int) -> Iterable[np.ndarray]:

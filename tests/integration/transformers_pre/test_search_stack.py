@@ -87,6 +87,22 @@ def _start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> S
     )
 
 
+def _start_search(bundle: Path, log: Path, recall: Server, ranker: Server) -> Server:
+    search_http, search_grpc = free_port(), free_port()
+    return start_server(
+        "transformers_pre",
+        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
+         # Generous budgets: the test machine is small and shared.
+         "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000",
+         # A few requests suffice for the drift gauges to appear.
+         "SEARCH_DRIFT_MIN_SAMPLES": "3"},
+        log,
+        args=["--http_port", str(search_http), "--grpc_port", str(search_grpc),
+              "--predictor_host", ranker.grpc_address, "--model_name", SEARCH_MODEL],
+        http_port=search_http, grpc_port=search_grpc,
+    )
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     bundle = tmp_path_factory.mktemp("bundle")
@@ -103,19 +119,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     record_reference(bundle, dataset, samples=2000, score_queries=100)
     recall = _start_recall(bundle, logs, free_port(), free_port())
     ranker = _start_ranker(bundle, logs, free_port(), free_port())
-    search_http, search_grpc = free_port(), free_port()
-    search = start_server(
-        "transformers_pre",
-        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
-         # Generous budgets: the test machine is small and shared.
-         "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000",
-         # A few requests suffice for the drift gauges to appear.
-         "SEARCH_DRIFT_MIN_SAMPLES": "3"},
-        logs / "search.log",
-        args=["--http_port", str(search_http), "--grpc_port", str(search_grpc),
-              "--predictor_host", ranker.grpc_address, "--model_name", SEARCH_MODEL],
-        http_port=search_http, grpc_port=search_grpc,
-    )
+    search = _start_search(bundle, logs / "search.log", recall, ranker)
     running = Stack(bundle, dataset, logs, recall, ranker, search)
     yield running
     for server in (running.search, running.ranker, running.recall):
@@ -421,3 +425,19 @@ def test_recall_down_degrades_then_recovers(stack: Stack) -> None:
     recovered = _wait_for(lambda: _search(stack, _body([""], [user], top_n=5))
                           .json()["parameters"][DEGRADED] == "")
     assert recovered, "search did not use recall again after it came back"
+
+
+def test_sigterm_stops_the_model_and_closes_its_upstream_channels(stack: Stack) -> None:
+    # A search server of its own: stopping the module's would end the other tests.
+    log = stack.logs / f"search-stop-{time.monotonic_ns()}.log"
+    search = _start_search(stack.bundle, log, stack.recall, stack.ranker)
+    try:
+        body = _body([_a_query(stack)], [_known_user(stack)], top_n=3)
+        response = httpx.post(f"{search.http_url}/v2/models/{SEARCH_MODEL}/infer", json=body,
+                              timeout=30)
+        assert response.status_code == 200  # both channels opened
+    finally:
+        code = search.stop()
+    assert code == 0
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert "search stopped: upstream channels closed (recall, ranker)" in text

@@ -135,7 +135,7 @@ def test_failed_step_is_recorded_and_the_next_run_resumes_there(
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert "ranker.ndcg@10" in out.stdout
+    assert "ranker.ndcg_at_10" in out.stdout
 
 
 def test_state_file_is_in_the_run_folder(first: RunResult, config: PipelineConfig) -> None:

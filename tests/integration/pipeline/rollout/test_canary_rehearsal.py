@@ -200,7 +200,7 @@ def test_quality_drop_rolls_back_before_any_traffic(rehearsal: Rehearsal, tmp_pa
         (candidate / component).mkdir(parents=True)
         manifest = json.loads((rehearsal.bundle / component / "manifest.json").read_text())
         if component == "ranker":
-            manifest["metrics"]["ndcg@10"] -= 0.05
+            manifest["metrics"]["ndcg_at_10"] -= 0.05
         (candidate / component / "manifest.json").write_text(json.dumps(manifest))
     done = shopserve("gate", "--local", "--stable-bundle", str(rehearsal.bundle),
                      "--candidate-bundle", str(candidate), *GATE_FLAGS, "--out", str(tmp_path / "r"))

@@ -5,11 +5,13 @@ packaged model store (``torchserve/``) is checked too. TorchServe runs as
 ``python -m predictors.ranker --runtime torchserve`` (the command a user types), Triton in-process
 through ``TritonServer``; both serve the bundle's ``model.onnx``, so their scores must agree.
 
-Skipped only when the optional ``torchserve`` extra is not installed (``make test`` installs it).
+Skipped only when the optional ``torchserve`` extra or Java 17 is missing (``make test`` installs the
+extra); under ``CI=true`` that is a failure instead (:mod:`tests.requirements`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 import time
@@ -22,9 +24,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.requirements import require
+
 EXTRA = "the optional extra is not installed: pip install '.[torchserve]' (make test does)"
-pytest.importorskip("ts", reason=f"TorchServe: {EXTRA}")
-pytest.importorskip("model_archiver", reason=f"torch-model-archiver: {EXTRA}")
+require(importlib.util.find_spec("ts"), f"TorchServe: {EXTRA}")
+require(importlib.util.find_spec("model_archiver"), f"torch-model-archiver: {EXTRA}")
 
 import tritonclient.http as httpclient  # noqa: E402
 
@@ -35,17 +39,30 @@ from predictors.ranker.torchserve import (  # noqa: E402
     CONFIG_PROPERTIES,
     MODEL_STORE_DIR,
     TORCHSERVE_DIR,
+    java_binary,
 )
 from predictors.ranker.triton_repo import TOKENIZER_DIR, read_config  # noqa: E402
 from shopserve.artifacts import load_component  # noqa: E402
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, RANKER, RANKER_MODEL, SCORE  # noqa: E402
+from shopserve.text import PairTokenizer  # noqa: E402
 from tests.servers import LOOPBACK, Server, free_port, start_server  # noqa: E402
 from training.data.generator import GeneratorConfig, generate  # noqa: E402
 from training.ranker.build import RankerBuildConfig, build_ranker  # noqa: E402
-from training.ranker.modeling import load_tokenizer  # noqa: E402
 from training.ranker.pairs import encode_pairs  # noqa: E402
 
 pytestmark = pytest.mark.integration
+
+
+def _has_java() -> bool:
+    try:
+        java_binary()
+    except RuntimeError:
+        return False
+    return True
+
+
+require(_has_java(), "TorchServe 0.12 needs Java 17: no java on PATH and JAVA_HOME unset "
+                     "(apt-get install openjdk-17-jre-headless)")
 
 INFER = f"/v2/models/{RANKER_MODEL}/infer"
 
@@ -101,7 +118,7 @@ def triton(bundle: Path) -> Iterator[TritonServer]:
 @pytest.fixture(scope="module")
 def batch(bundle: Path) -> dict[str, np.ndarray]:
     """50 real (query, title) pairs as the transformer would send them."""
-    tokenizer = load_tokenizer(bundle / TOKENIZER_DIR)
+    tokenizer = PairTokenizer.from_dir(bundle / TOKENIZER_DIR)
     max_length = int(read_config(bundle / RANKER_MODEL / "config.pbtxt").parameters["max_sequence_length"])
     titles = [f"{c} running shoe size {40 + i % 6}" for i, c in
               enumerate(["red nike", "blue adidas", "black puma", "white asics", "grey"] * 10)]

@@ -26,9 +26,9 @@ from predictors.ranker.server import RankerSettings, TritonServer
 from predictors.ranker.triton_repo import TOKENIZER_DIR, read_config
 from shopserve.artifacts import load_component
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, RANKER, RANKER_MODEL, SCORE
+from shopserve.text import PairTokenizer
 from training.data.generator import GeneratorConfig, generate
 from training.ranker.build import RankerBuildConfig, build_ranker
-from training.ranker.modeling import load_tokenizer
 from training.ranker.optimise import OrtScorer
 from training.ranker.pairs import encode_pairs
 
@@ -75,7 +75,7 @@ def http(server: TritonServer) -> Iterator[httpclient.InferenceServerClient]:
 @pytest.fixture(scope="module")
 def batch(bundle: Path) -> dict[str, np.ndarray]:
     """50 real (query, title) pairs as the transformer would send them."""
-    tokenizer = load_tokenizer(bundle / TOKENIZER_DIR)
+    tokenizer = PairTokenizer.from_dir(bundle / TOKENIZER_DIR)
     max_length = int(read_config(bundle / RANKER_MODEL / "config.pbtxt").parameters[
         "max_sequence_length"])  # fmt: skip
     titles = [f"{c} running shoe size {40 + i % 6}" for i, c in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pipeline.lifecycle.registry import (
     BUNDLE_MANIFEST,
     MetricChange,
     Registry,
+    _cmd_list,
     diff,
     flat_metrics,
     format_diff,
@@ -18,11 +20,23 @@ from pipeline.lifecycle.registry import (
     verify_bundle,
     write_bundle_manifest,
 )
+from pipeline.lifecycle.report import KEY_LABELS
 from shopserve.artifacts import write_manifest
 from shopserve.errors import BundleError
+from shopserve.release import KEY_METRICS
 
 
-def _bundle(root: Path, version: str, parent: str | None, ndcg: float, variant: str = "onnx-int8") -> Path:
+def _legacy_bundle_json(bundle: Path) -> None:
+    """Rewrite ``bundle.json``'s key metrics as releases before the one spelling wrote them."""
+    raw = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+    raw["metrics"] = {k.replace("_at_", "@"): v for k, v in raw["metrics"].items()}
+    (bundle / BUNDLE_MANIFEST).write_text(json.dumps(raw))
+
+
+def _bundle(root: Path, version: str, parent: str | None, ndcg: float, variant: str = "onnx-int8",
+            *, legacy: bool = False) -> Path:
+    """A bundle; ``legacy``: the ranker's metrics and ``bundle.json`` with the old ``@10`` keys."""
+    at10 = "@10" if legacy else "_at_10"
     bundle = root / version
     recall = bundle / "recall"
     recall.mkdir(parents=True)
@@ -33,12 +47,14 @@ def _bundle(root: Path, version: str, parent: str | None, ndcg: float, variant: 
     ranker.mkdir()
     (ranker / "model.onnx").write_bytes(b"onnx" + version.encode())
     write_manifest(ranker, "ranker", version, parent=parent, params={"variant": variant, "layers": 4},
-                   metrics={"ndcg@10": ndcg, "ms_per_request_p50": 10.0, "reference_ndcg@10": 0.9,
-                            "evaluation": [{"name": "bm25", "ndcg@10": 0.5},
-                                           {"name": variant, "ndcg@10": ndcg, "mrr": 0.7}]})
+                   metrics={f"ndcg{at10}": ndcg, "ms_per_request_p50": 10.0, f"reference_ndcg{at10}": 0.9,
+                            "evaluation": [{"name": "bm25", f"ndcg{at10}": 0.5},
+                                           {"name": variant, f"ndcg{at10}": ndcg, "mrr": 0.7}]})
     (bundle / "report").mkdir()
     (bundle / "report" / "report.md").write_text(f"# report {version}\n")
     write_bundle_manifest(bundle, version, parent=parent)
+    if legacy:
+        _legacy_bundle_json(bundle)
     return bundle
 
 
@@ -50,11 +66,21 @@ def registry(tmp_path: Path) -> Registry:
     return Registry(root)
 
 
+@pytest.fixture
+def mixed(tmp_path: Path) -> Registry:
+    """A registry whose older bundle was written with the legacy spellings."""
+    root = tmp_path / "mixed"
+    _bundle(root, "20260101.000000", None, 0.80, legacy=True)
+    _bundle(root, "20260102.000000", "20260101.000000", 0.85)
+    return Registry(root)
+
+
 def test_list_is_oldest_first_with_key_metrics(registry: Registry) -> None:
     bundles = registry.bundles()
     assert [b.version for b in bundles] == ["20260101.000000", "20260102.000000"]
     assert bundles[1].parent == "20260101.000000"
-    assert bundles[1].metrics["ranker.ndcg@10"] == 0.85
+    assert bundles[1].metrics["ranker.ndcg_at_10"] == 0.85
+    assert bundles[1].release.ranker_ndcg_at_10 == 0.85
     assert registry.latest() is not None and registry.latest().version == "20260102.000000"  # type: ignore[union-attr]
 
 
@@ -69,10 +95,10 @@ def test_lineage_and_resolve(registry: Registry, tmp_path: Path) -> None:
 def test_diff_reports_metric_changes(registry: Registry) -> None:
     a, b = registry.root / "20260101.000000", registry.root / "20260102.000000"
     rows = {r.metric: r for r in diff(a, b)}
-    assert rows["ranker.ndcg@10"].delta == pytest.approx(0.05)
+    assert rows["ranker.ndcg_at_10"].delta == pytest.approx(0.05)
     assert rows["ranker.evaluation.onnx-int8.mrr"].delta == 0
     assert [r.metric for r in diff(a, b, changed_only=True)] == [
-        "ranker.evaluation.onnx-int8.ndcg@10", "ranker.ndcg@10"]
+        "ranker.evaluation.onnx-int8.ndcg_at_10", "ranker.ndcg_at_10"]
     text = format_diff(diff(a, b, changed_only=True), "A", "B")
     assert "+0.05 (+6.2%)" in text
 
@@ -86,15 +112,47 @@ def test_metric_change_delta(before: float | None, after: float | None, expected
 
 def test_diff_keys_evaluation_rows_by_name(registry: Registry) -> None:
     flat = flat_metrics(registry.root / "20260101.000000")
-    assert flat["ranker.evaluation.bm25.ndcg@10"] == 0.5
+    assert flat["ranker.evaluation.bm25.ndcg_at_10"] == 0.5
     assert flat["recall.model.ndcg_at_10"] == 0.2
 
 
 def test_key_metrics(registry: Registry) -> None:
     key = key_metrics(registry.root / "20260102.000000")
-    assert key["ranker.variant"] == "onnx-int8"
-    assert key["ranker.bm25_ndcg@10"] == 0.5
-    assert key["recall.popularity_ndcg@10"] == 0.1
+    assert key == {
+        "recall.ndcg_at_10": 0.2, "recall.recall_at_20": 0.3, "recall.popularity_ndcg_at_10": 0.1,
+        "ranker.variant": "onnx-int8", "ranker.layers": 4, "ranker.ndcg_at_10": 0.85,
+        "ranker.reference_ndcg_at_10": 0.9, "ranker.ms_p50": 10.0, "ranker.bm25_ndcg_at_10": 0.5,
+    }
+    assert json.loads((registry.root / "20260102.000000" / BUNDLE_MANIFEST).read_text())["metrics"] == key
+
+
+def test_legacy_bundle_reads_as_a_new_one(mixed: Registry) -> None:
+    old, new = mixed.root / "20260101.000000", mixed.root / "20260102.000000"
+    assert "ranker.ndcg@10" in json.loads((old / BUNDLE_MANIFEST).read_text())["metrics"]
+    assert set(key_metrics(old)) == set(key_metrics(new))
+    assert key_metrics(old)["ranker.ndcg_at_10"] == 0.80
+    assert key_metrics(old)["ranker.bm25_ndcg_at_10"] == 0.5
+    listed = mixed.bundles()
+    assert set(listed[0].metrics) == set(listed[1].metrics)
+    assert listed[0].release.ranker_reference_ndcg_at_10 == 0.9
+
+
+def test_diff_across_spellings_compares_the_same_metric(mixed: Registry) -> None:
+    a, b = mixed.root / "20260101.000000", mixed.root / "20260102.000000"
+    assert [r.metric for r in diff(a, b, changed_only=True)] == [
+        "ranker.evaluation.onnx-int8.ndcg_at_10", "ranker.ndcg_at_10"]
+    assert flat_metrics(a).keys() == flat_metrics(b).keys()
+
+
+def test_list_command_shows_both_spellings(mixed: Registry, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cmd_list(argparse.Namespace(registry=mixed.root, json=False)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "0.8500" in lines[1] and "0.2000" in lines[1] and "onnx-int8" in lines[1]
+    assert "0.8000" in lines[2] and "0.2000" in lines[2] and "onnx-int8" in lines[2]
+
+
+def test_report_labels_every_key_metric() -> None:
+    assert set(KEY_LABELS) == set(KEY_METRICS.values())
 
 
 @pytest.mark.parametrize(("rel", "problem"), [
@@ -108,7 +166,7 @@ def test_verify_names_the_tampered_file(registry: Registry, rel: str, problem: s
     path = bundle / rel
     if rel.endswith("manifest.json"):
         raw = json.loads(path.read_text())
-        raw["metrics"]["ndcg@10"] = 0.99  # a manifest edited by hand: bundle.json catches it
+        raw["metrics"]["ndcg_at_10"] = 0.99  # a manifest edited by hand: bundle.json catches it
         path.write_text(json.dumps(raw))
     else:
         path.write_bytes(path.read_bytes() + b"x")

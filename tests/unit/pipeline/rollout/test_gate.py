@@ -17,6 +17,8 @@ from loadtest.traffic import MixConfig, TrafficMix
 from pipeline.rollout.gate import (
     HOLD,
     PROMOTE,
+    RANKER_NDCG,
+    RECALL_NDCG,
     ROLLBACK,
     Decision,
     LocalTraffic,
@@ -211,14 +213,25 @@ def test_quality_guard(case: str, stable: dict, candidate: dict, action: str, me
     assert (decision.action, decision.metric) == (action, metric), decision
 
 
-def test_bundle_quality_reads_the_manifests(tmp_path: Path) -> None:
-    for component, metrics in (("ranker", {"ndcg@10": 0.9}), ("recall", {"model": {"ndcg_at_10": 0.07}})):
+@pytest.mark.parametrize("ranker_key", ["ndcg_at_10", "ndcg@10"], ids=["current", "legacy"])
+def test_bundle_quality_reads_the_manifests(tmp_path: Path, ranker_key: str) -> None:
+    # Bundles on disk from before keep the ranker's ``ndcg@10``; they compare with new ones.
+    for component, metrics in (("ranker", {ranker_key: 0.9}), ("recall", {"model": {"ndcg_at_10": 0.07}})):
         (tmp_path / component).mkdir()
         (tmp_path / component / "manifest.json").write_text(json.dumps({
             "component": component, "version": "v1", "created": "2026-01-01T00:00:00+00:00",
             "files": {}, "metrics": metrics}))
-    assert bundle_quality(tmp_path) == {"ranker ndcg@10": 0.9, "recall ndcg@10": 0.07}
+    assert bundle_quality(tmp_path) == {RANKER_NDCG: 0.9, RECALL_NDCG: 0.07}
     assert bundle_quality(tmp_path / "nothing") == {}
+
+
+def test_bundle_quality_leaves_out_what_a_bundle_does_not_record(tmp_path: Path) -> None:
+    (tmp_path / "ranker").mkdir()
+    (tmp_path / "ranker" / "manifest.json").write_text(json.dumps({
+        "component": "ranker", "version": "v1", "created": "2026-01-01T00:00:00+00:00",
+        "files": {}, "metrics": {"ms_per_request_p50": 3.0}}))
+    assert bundle_quality(tmp_path) == {}
+    assert quality_guard({}, bundle_quality(tmp_path), max_drop=0.01).action == ROLLBACK
 
 
 # ------------------------------------------------------------------------------------ the loop

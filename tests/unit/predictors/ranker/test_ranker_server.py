@@ -1,7 +1,9 @@
-"""Local Triton launch details: settings, command line, stub environment, local repository."""
+"""Local Triton launch details: settings, command line, stub environment, local repository, the
+launcher's process."""
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import pytest
 
 from predictors.ranker.__main__ import parse_args
 from predictors.ranker.server import (
+    LocalServer,
     RankerSettings,
+    TritonServer,
     local_repository,
     prepare_backends,
     server_command,
@@ -23,6 +27,7 @@ from predictors.ranker.triton_repo import (
     write_repository,
 )
 from shopserve.errors import BundleError
+from shopserve.process import ChildProcess
 from shopserve.protocol import RANKER_MODEL
 
 
@@ -119,3 +124,41 @@ def test_local_repository_reads_a_bundle_without_a_cpu_config(tmp_path: Path) ->
     repo = local_repository(bundle, tmp_path / "work", RankerSettings())
     assert read_config(repo / RANKER_MODEL / "config.pbtxt").parameters["max_sequence_length"] == "24"
     assert (repo / RANKER_MODEL / "1" / "model.onnx").read_bytes() == b"one graph"
+
+
+class _Failing(LocalServer):
+    """A launcher whose process exits at once, as Triton does on a bad repository."""
+
+    name = "failing"
+
+    def _prepare(self) -> ChildProcess:
+        self._prepare_workdir()
+        return self._child([sys.executable, "-c", "raise SystemExit(2)"], {})
+
+    def is_ready(self) -> bool:
+        return False
+
+
+def test_launcher_reports_an_early_exit_and_cleans_its_workdir() -> None:
+    server = _Failing(RankerSettings(exit_timeout_s=1))
+    server.start()
+    assert server.child is not None and server.child.stop_timeout == 11.0
+    assert server.process is not None and server.workdir is not None
+    with pytest.raises(RuntimeError, match="failing exited with 2"):
+        server.wait_ready(timeout_s=30)
+    workdir = server.workdir
+    assert server.stop() == 2
+    assert not workdir.exists()
+
+
+def test_triton_process_runs_in_its_workdir_with_the_stub_environment(tmp_path: Path) -> None:
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not parsed here")
+    bundle = tmp_path / "bundle"
+    write_repository(bundle, onnx, TritonModelConfig())
+    server = TritonServer(RankerSettings(bundle=bundle, workdir=tmp_path / "work", verify_bundle=False))
+    child = server._prepare()
+    assert Path(child.argv[0]).name == "tritonserver" and child.cwd == tmp_path / "work"
+    assert child.env["LD_LIBRARY_PATH"].split(":")[0] == sysconfig.get_config_var("LIBDIR")
+    assert child.log_path is None  # Triton's output stays the launcher's (the ranker's log)
+    assert server.stop() is None  # never started

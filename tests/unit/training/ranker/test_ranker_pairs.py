@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, RANKER, TOKEN_TYPE_IDS
+from shopserve.text import PairTokenizer
 from training.ranker.modeling import load_tokenizer
 from training.ranker.pairs import (
-    Catalog,
+    PairCatalog,
     Query,
     candidate_lists,
     choose_max_length,
@@ -18,7 +19,7 @@ from training.ranker.pairs import (
 )
 
 # Two categories; shoes vary in brand and colour. Item 1 is the exact match of query 0.
-CATALOG = Catalog(
+CATALOG = PairCatalog(
     item_ids=np.arange(1, 13, dtype=np.int64),
     titles=[
         "Nike Red Running Shoe", "Nike Blue Running Shoe", "Adidas Red Running Shoe",
@@ -41,6 +42,11 @@ QUERIES = [
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pair_tokenizer(tokenizer) -> PairTokenizer:
+    return PairTokenizer.from_hf(tokenizer)
 
 
 def test_lists_keep_judged_items_and_drop_queries_without_a_relevant_item() -> None:
@@ -101,9 +107,9 @@ def test_flatten_pairs_keeps_query_grouping_and_scales_labels() -> None:
     assert pairs.labels().dtype == np.float32
 
 
-def test_encode_pairs_pads_to_the_longest_pair_of_the_batch(tokenizer) -> None:
-    short = encode_pairs(tokenizer, ["sock"], ["red sock"], max_length=64)
-    mixed = encode_pairs(tokenizer, ["sock", "red nike running shoes"],
+def test_encode_pairs_pads_to_the_longest_pair_of_the_batch(pair_tokenizer) -> None:
+    short = encode_pairs(pair_tokenizer, ["sock"], ["red sock"], max_length=64)
+    mixed = encode_pairs(pair_tokenizer, ["sock", "red nike running shoes"],
                          ["red sock", "nike air zoom pegasus red running shoe"], max_length=64)
     assert set(short) == {t.name for t in RANKER.inputs}
     assert short[INPUT_IDS].shape[1] < mixed[INPUT_IDS].shape[1] < 64
@@ -113,14 +119,14 @@ def test_encode_pairs_pads_to_the_longest_pair_of_the_batch(tokenizer) -> None:
     assert set(np.unique(mixed[TOKEN_TYPE_IDS])) == {0, 1}  # title segment marked
 
 
-def test_encode_pairs_truncates_to_max_length(tokenizer) -> None:
-    out = encode_pairs(tokenizer, ["shoe"], ["word " * 200], max_length=16)
+def test_encode_pairs_truncates_to_max_length(pair_tokenizer) -> None:
+    out = encode_pairs(pair_tokenizer, ["shoe"], ["word " * 200], max_length=16)
     assert out[INPUT_IDS].shape == (1, 16)
 
 
-def test_encode_pairs_refuses_mismatched_lengths(tokenizer) -> None:
+def test_encode_pairs_refuses_mismatched_lengths(pair_tokenizer) -> None:
     with pytest.raises(ValueError):
-        encode_pairs(tokenizer, ["a", "b"], ["a"], max_length=8)
+        encode_pairs(pair_tokenizer, ["a", "b"], ["a"], max_length=8)
 
 
 def test_pair_lengths_count_special_tokens(tokenizer) -> None:
