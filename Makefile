@@ -12,7 +12,7 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-ranker bench-stack bench-load bench-runtimes evaluate-stack pipeline pipeline-tiny
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-ranker bench-stack bench-load bench-runtimes bench-footprint evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-load: $(STAMP) demo-bundle
 # Transformer overhead and ranking throughput through the transformer vs Triton directly.
 bench-stack: $(STAMP) demo-bundle
 	$(PY) -m bench.stack --bundle $(DEMO_BUNDLE)
+
+# RSS, start-to-ready seconds and whether libtorch is mapped, per serving process of the local stack
+# (medians of 3 starts); CODE_ROOT=<another checkout> measures that code on the same bundle.
+bench-footprint: $(STAMP) demo-bundle
+	$(PY) -m bench.footprint --bundle $(DEMO_BUNDLE) $(if $(CODE_ROOT),--code-root $(CODE_ROOT) --label $(CODE_ROOT))
 
 # Quality of the whole pipeline through the running stack (BM25, BM25+MF, full, degraded).
 evaluate-stack: $(STAMP) demo-bundle
