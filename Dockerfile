@@ -5,8 +5,11 @@
 #             python -m transformers_pre     the search transformer (InferenceService `search`)
 #             python -m predictors.recall    the MF recall predictor (InferenceService `mf-recall`)
 #             The ranker runs on NVIDIA's Triton image, not this one.
-#   pipeline  the base install with the `train` and `ops` extras (CPU torch): the `shopserve` CLI
-#             jobs (data, training, evaluation, packaging, load tests, gate, promote, monitor).
+#   pipeline  the base install with the `train` and `ops` extras (CPU torch) and configs/: the
+#             `shopserve` CLI jobs of a cluster (data, train, optimise, evaluate, package,
+#             pipeline run, bundles, loadtest and gate against a cluster, promote, rollback,
+#             monitor). Not in it: helm (`deploy`) and the local Triton (`up`, `evaluate stack`,
+#             `gate --local`), which run from a checkout (`make up`).
 #
 #   docker build --target serving -t ghcr.io/shopserve/shopserve:0.1.0 .
 #   docker run --rm ghcr.io/shopserve/shopserve:0.1.0 predictors.recall    # ENTRYPOINT is `python -m`
@@ -100,6 +103,9 @@ WORKDIR /tmp
 FROM runtime AS pipeline
 
 COPY --from=build-pipeline /opt/venv /opt/venv
+# The named pipeline configurations (`shopserve pipeline run --config ...`, `build-demo`).
+COPY configs /opt/shopserve/configs
+ENV SHOPSERVE_CONFIG_DIR=/opt/shopserve/configs
 
 # Numeric, so Kubernetes can verify runAsNonRoot; the same uid as the serving image.
 USER 10001:10001

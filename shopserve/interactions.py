@@ -1,7 +1,8 @@
-"""User-item interaction logs, id maps, the time-based split and the sparse matrix for training.
+"""User-item interaction logs, id maps, the time-based split, and per-user item sets.
 
-Pure numpy/scipy; shared by the generator, the MovieLens loader, the recall trainer and the
-benchmarks.
+Pure numpy (no scipy: serving reads the sets, the build's sparse matrices are
+``training.recall.train.to_csr``); shared by the generator, the MovieLens loader, the recall
+trainer, the recall predictor and the search transformer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 
 @dataclass(frozen=True)
@@ -116,15 +116,41 @@ def temporal_split(
     return log.take(~is_test), log.take(is_test)
 
 
-def to_csr(log: Interactions, users: IdMap, items: IdMap) -> sp.csr_matrix:
-    """A users x items CSR matrix of summed weights; events of unknown users or items are dropped."""
+@dataclass(frozen=True, eq=False)  # array fields: == would be ambiguous
+class RowSets:
+    """Per row (a user), the sorted set of column indices (items): the index arrays of a CSR
+    matrix without its values, which is all serving asks (what a shopper has seen or bought).
+
+    Attributes:
+        indptr: int64 ``[rows + 1]``; row ``r`` holds ``indices[indptr[r]:indptr[r + 1]]``.
+        indices: int64 column indices, sorted within each row, no repeats.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.indptr.shape[0]) - 1
+
+    def row(self, r: int) -> np.ndarray:
+        """The columns of row ``r``."""
+        return self.indices[self.indptr[r] : self.indptr[r + 1]]
+
+    @classmethod
+    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int) -> RowSets:
+        """The sets of ``(row, col)`` pairs (repeats merged) for rows ``0..n_rows-1``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        pairs = np.unique(np.stack([rows, cols], axis=1), axis=0) if rows.size else np.zeros(
+            (0, 2), dtype=np.int64)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs[:, 0], minlength=n_rows), out=indptr[1:])
+        return cls(indptr, np.ascontiguousarray(pairs[:, 1]))
+
+
+def to_rowsets(log: Interactions, users: IdMap, items: IdMap) -> RowSets:
+    """Per user row, the item rows of its events; events of unknown users or items are dropped."""
     rows = users.index(log.user_ids)
     cols = items.index(log.item_ids)
     keep = (rows >= 0) & (cols >= 0)
-    matrix = sp.csr_matrix(
-        (log.weights[keep].astype(np.float32), (rows[keep], cols[keep])),
-        shape=(len(users), len(items)),
-        dtype=np.float32,
-    )
-    matrix.sum_duplicates()
-    return matrix
+    return RowSets.from_pairs(rows[keep], cols[keep], len(users))

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import bm25s
 import numpy as np
-import scipy.sparse as sp
 
 from shopserve.artifacts import CATALOG_COMPONENT, Manifest, load_component
 from shopserve.catalog_files import CatalogFiles
-from shopserve.interactions import IdMap, to_csr
+from shopserve.interactions import IdMap, RowSets, to_rowsets
 from transformers_pre.rewrite import QueryRewriter, load_synonyms, query_tokens
 
 
@@ -40,7 +39,7 @@ class Catalog:
         popularity: Popularity prior per row, scaled to [0, 1] (float32).
         popular_order: Rows by descending popularity.
         users: User id <-> row of ``purchases``.
-        purchases: users x items CSR of purchases (for ``exclude_purchased``).
+        purchases: Per user row, the item rows bought (for ``exclude_purchased``).
         bm25: BM25 (Lucene variant) over title + attributes.
         rewriter: Spelling correction and mined synonyms applied to query tokens before BM25.
         manifest: The component's manifest.
@@ -54,7 +53,7 @@ class Catalog:
     popularity: np.ndarray
     popular_order: np.ndarray
     users: IdMap
-    purchases: sp.csr_matrix
+    purchases: RowSets
     bm25: bm25s.BM25
     rewriter: QueryRewriter
     manifest: Manifest | None = None
@@ -77,7 +76,7 @@ class Catalog:
             items=item_map, titles=items["title"], categories=items["category"],
             prices=items["price"].astype(np.float32), popularity=popularity,
             popular_order=np.argsort(-popularity, kind="stable"), users=users,
-            purchases=to_csr(files.events("purchase"), users, item_map), bm25=bm25,
+            purchases=to_rowsets(files.events("purchase"), users, item_map), bm25=bm25,
             rewriter=QueryRewriter(document_frequency, synonyms or {}), manifest=manifest,
             has_synonyms=synonyms is not None,
         )
@@ -100,7 +99,7 @@ class Catalog:
         row = int(self.users.index(np.array([user_id]))[0])
         if row < 0:
             return np.empty(0, dtype=np.int64)
-        return self.purchases.indices[self.purchases.indptr[row] : self.purchases.indptr[row + 1]]
+        return self.purchases.row(row)
 
     def filter_mask(
         self,

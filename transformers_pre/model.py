@@ -68,6 +68,10 @@ from transformers_pre.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
+#: How long ``stop()`` waits for searches in flight before closing the upstream channels (the
+#: servers' own grace period, ``shopserve.serving.serve``).
+DRAIN_TIMEOUT_S = 10.0
+
 STAGE_SECONDS = Histogram(
     metric_names.SEARCH_STAGE_SECONDS, "Time per request stage of the search transformer.",
     ["stage"],
@@ -108,6 +112,7 @@ class SearchModel(ContractModel):
         self.search_engine: SearchEngine | None = None
         self.upstreams: tuple[Upstream, ...] = ()
         self._closing: asyncio.Task[None] | None = None
+        self._in_flight = 0
 
     def load(self) -> bool:
         """Load the catalog and the ranker's tokenizer; open (lazy) upstream channels."""
@@ -150,11 +155,13 @@ class SearchModel(ContractModel):
         return self.ready
 
     def stop(self) -> None:
-        """KServe's teardown hook: not ready any more, upstream gRPC channels closed.
+        """KServe's teardown hook: not ready any more; the upstream gRPC channels are closed once
+        the searches in flight have finished (at most :data:`DRAIN_TIMEOUT_S` later).
 
-        ``ModelServer.stop`` (its SIGTERM/SIGINT handler) unloads every registered model, and
-        unloading calls ``stop()`` synchronously on the serving event loop: the channels are
-        closed by a task on that loop, or at once when no loop is running.
+        ``ModelServer.stop`` (its SIGTERM/SIGINT handler) starts the servers' shutdown and unloads
+        every model at once, while REST and gRPC are still draining: closing the channels then
+        would cancel the upstream calls of requests already accepted. So the close waits for the
+        in-flight count to reach zero, on the serving loop; with no loop running it happens now.
         """
         super().stop()
         upstreams, self.upstreams = self.upstreams, ()
@@ -165,7 +172,13 @@ class SearchModel(ContractModel):
         except RuntimeError:
             asyncio.run(self.close_upstreams(upstreams))
             return
-        self._closing = loop.create_task(self.close_upstreams(upstreams))
+        self._closing = loop.create_task(self._close_when_idle(upstreams))
+
+    async def _close_when_idle(self, upstreams: tuple[Upstream, ...]) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.close_upstreams(upstreams)
 
     @staticmethod
     async def close_upstreams(upstreams: tuple[Upstream, ...]) -> None:
@@ -184,6 +197,13 @@ class SearchModel(ContractModel):
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
         """Answer one v2 request: a ranked list per query row."""
+        self._in_flight += 1
+        try:
+            return await self._predict(payload, headers)
+        finally:
+            self._in_flight -= 1
+
+    async def _predict(self, payload: InferRequest, headers: dict[str, str] | None) -> InferResponse:
         engine = self.search_engine
         payload = self.v2_request(payload, engine is not None)
         start = time.perf_counter()

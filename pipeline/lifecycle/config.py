@@ -18,6 +18,7 @@ ranker section re-runs the ranker steps and what follows them, never the data or
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
     from training.ranker.build import RankerBuildConfig
     from training.recall.build import RecallBuildConfig
 
-#: The checked-in configurations.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The checked-in configurations: ``configs/`` beside the code in a checkout; an installed copy (the
+#: pipeline image) has no checkout around it and is told where they are by ``SHOPSERVE_CONFIG_DIR``.
+CONFIG_DIR = Path(os.environ.get("SHOPSERVE_CONFIG_DIR")
+                  or Path(__file__).resolve().parents[2] / "configs")
 DEMO_CONFIG = CONFIG_DIR / "pipeline-demo.yaml"
 TINY_CONFIG = CONFIG_DIR / "pipeline-tiny.yaml"
 

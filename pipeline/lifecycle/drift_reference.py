@@ -49,6 +49,7 @@ from shopserve.artifacts import (
     load_component,
     write_manifest,
 )
+from shopserve.catalog_files import CatalogFiles
 from shopserve.drift import SCORE_BINS, TOP_TERMS, build_reference
 from shopserve.protocol import (
     EXCLUDE_SEEN,
@@ -60,7 +61,6 @@ from shopserve.protocol import (
 )
 from shopserve.settings import SearchSettings
 from shopserve.text import PairTokenizer, normalise_query
-from training.data.generator import Dataset
 from training.ranker.optimise import OrtScorer
 from transformers_pre.catalog import Catalog
 from transformers_pre.engine import EngineConfig, SearchEngine, SearchRequest
@@ -105,7 +105,6 @@ def _draw(weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def record_reference(
     bundle: Path,
-    dataset: Dataset | None = None,
     *,
     version: str | None = None,
     samples: int = 5000,
@@ -120,7 +119,6 @@ def record_reference(
 
     Args:
         bundle: Bundle root with ``catalog``, ``ranker`` and ``recall`` components.
-        dataset: The catalog's dataset when already in memory (else loaded from the bundle).
         version: Version of the component (default: the catalog's version).
         samples: Query-log rows drawn by traffic share for the query and user signals.
         score_queries: Held-out queries drawn by traffic share for the ranker scores (each
@@ -140,23 +138,22 @@ def record_reference(
     bundle = Path(bundle)
     settings = settings or SearchSettings()
     ranker_manifest = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT)
-    dataset = dataset if dataset is not None else Dataset.load(bundle / CATALOG_COMPONENT)
     # Loaded as serving loads it (synonyms included): the reference must see what serving returns.
-    catalog = Catalog.load(bundle / CATALOG_COMPONENT)
+    catalog = Catalog.load(bundle / CATALOG_COMPONENT)  # reads its files once
     catalog_manifest = catalog.manifest
     assert catalog_manifest is not None  # Catalog.load always sets it
-    queries = dataset.queries
+    queries = CatalogFiles.open(bundle / CATALOG_COMPONENT).queries
     rng = np.random.default_rng(seed)
 
     # Query and user signals: the query log as traffic draws it.
-    rows = _draw(queries.frequency, samples, rng)
-    texts = [normalise_query(str(t)) for t in queries.text[rows].tolist()]
-    known = (catalog.users.index(queries.user_id[rows]) >= 0).tolist()
+    rows = _draw(queries["frequency"], samples, rng)
+    texts = [normalise_query(str(t)) for t in queries["text"][rows].tolist()]
+    known = (catalog.users.index(queries["user_id"][rows]) >= 0).tolist()
 
     # Ranker scores: the query log as traffic draws it, through the transformer's engine. Live
     # traffic repeats queries the ranker was trained on (it scores those more confidently), so
     # the reference draws from the whole log, as traffic does, not from the held-out split.
-    drawn = Counter(_draw(queries.frequency, score_queries, rng).tolist())
+    drawn = Counter(_draw(queries["frequency"], score_queries, rng).tolist())
     onnx_file = cpu_graph(bundle / RANKER_COMPONENT).onnx_file
     # Read as the transformer reads it (tokenizers alone), so the pairs are the ones it sends.
     tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
@@ -172,8 +169,8 @@ def record_reference(
     async def scores() -> list[float]:
         out: list[float] = []
         for row, count in sorted(drawn.items()):
-            request = SearchRequest(query=normalise_query(str(queries.text[row])),
-                                    user_id=int(queries.user_id[row]), top_n=settings.default_top_n)
+            request = SearchRequest(query=normalise_query(str(queries["text"][row])),
+                                    user_id=int(queries["user_id"][row]), top_n=settings.default_top_n)
             result = await engine.search(request)
             if result.relevance is not None:
                 out.extend(result.relevance.astype(float).tolist() * count)

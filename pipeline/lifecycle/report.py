@@ -37,7 +37,7 @@ from pipeline.lifecycle.registry import format_change
 from shopserve.release import NDCG_AT_10, ReleaseMetrics
 
 if TYPE_CHECKING:
-    from pipeline.lifecycle.steps import StepContext
+    from pipeline.lifecycle.layout import StepContext
     from training.ranker.pairs import CandidateList
 
 REPORT = "report.md"
@@ -83,10 +83,10 @@ def topk_curves(
 
 def recall_curves(ctx: StepContext, ks: Sequence[int]) -> dict[str, dict[str, list[float]]]:
     """Recall@K and NDCG@K of the MF model and the popularity baseline on held-out interactions."""
-    from pipeline.lifecycle.steps import RECALL_DIR
+    from pipeline.lifecycle.layout import RECALL_DIR
     from shopserve.artifacts import read_manifest
-    from shopserve.interactions import temporal_split, to_csr
-    from training.recall.train import MFParams, fit
+    from shopserve.interactions import temporal_split
+    from training.recall.train import MFParams, fit, to_csr
 
     manifest = read_manifest(ctx.path(RECALL_DIR))
     params = MFParams(**manifest.params["mf"])
@@ -145,7 +145,7 @@ def ranking_evaluation(
     """
     from tqdm import tqdm
 
-    from pipeline.lifecycle.steps import load_optimised
+    from pipeline.lifecycle.layout import load_optimised
     from training.ranker.build import prepare_data
     from training.ranker.evaluate import Bm25Scorer, cross_encoder_scorer
     from training.ranker.optimise import OrtScorer, select_variant
@@ -188,7 +188,7 @@ def current_key_metrics(ctx: StepContext, chosen: str) -> dict[str, Any]:
     Recall's come from its manifest in the run folder, the ranker's from the optimise step's
     evaluation rows (the ranker component is written only when packaging).
     """
-    from pipeline.lifecycle.steps import RANKER_OPTIMISE_DIR, RECALL_DIR, RESULT_FILE
+    from pipeline.lifecycle.layout import RANKER_OPTIMISE_DIR, RECALL_DIR, RESULT_FILE
     from shopserve.artifacts import read_manifest
 
     raw = json.loads((ctx.path(RANKER_OPTIMISE_DIR) / RESULT_FILE).read_text())
@@ -216,8 +216,8 @@ def evaluate_offline(ctx: StepContext, previous: Path | None) -> dict[str, Any]:
         ctx: The step context (run folder with data, recall and the optimised ranker).
         previous: The previous bundle's folder, whose key numbers the report compares against.
     """
+    from pipeline.lifecycle.layout import RANKER_OPTIMISE_DIR, RESULT_FILE
     from pipeline.lifecycle.registry import key_metrics
-    from pipeline.lifecycle.steps import RANKER_OPTIMISE_DIR, RESULT_FILE
 
     ks = list(ctx.config.ks())
     ranking, chosen, by_grade = ranking_evaluation(ctx, ks, ctx.progress)

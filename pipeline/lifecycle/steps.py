@@ -23,12 +23,27 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pipeline.lifecycle.layout import (  # the run folder's layout, shared with the report
+    DATA_DIR,
+    EVALUATION_FILE,
+    RANKER_OPTIMISE_DIR,
+    RANKER_TRAIN_DIR,
+    RECALL_DIR,
+    REPORT_DIR,
+    RESULT_FILE,
+    ROWS_FILE,
+    TEACHER_DIR,
+    UNPACKAGED,
+    StepContext,
+    load_optimised,
+    rows_from_json,
+    rows_to_json,
+)
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
     RANKER_COMPONENT,
@@ -41,20 +56,7 @@ from shopserve.release import ReleaseMetrics
 if TYPE_CHECKING:
     from pipeline.lifecycle.config import PipelineConfig
     from training.data.generator import Dataset
-    from training.ranker.build import BuildResult, RankerData, Row, TrainedTeacher
-
-#: Version written into component manifests inside a run folder; the package step replaces it.
-UNPACKAGED = "unpackaged"
-
-DATA_DIR = "data"
-RECALL_DIR = "recall"
-RANKER_TRAIN_DIR = "ranker-train"
-RANKER_OPTIMISE_DIR = "ranker-optimise"
-REPORT_DIR = "report"
-TEACHER_DIR = "teacher"
-ROWS_FILE = "rows.json"
-RESULT_FILE = "result.json"
-EVALUATION_FILE = "evaluation.json"
+    from training.ranker.build import RankerData, Row, TrainedTeacher
 
 #: Package extras: ``"module:function"`` names called by the package step once every component
 #: and the report are in the bundle and before ``bundle.json`` is written, each with the
@@ -64,38 +66,6 @@ EVALUATION_FILE = "evaluation.json"
 #: ``bundle.json``. Hook for monitoring: drift reference distributions are recorded here.
 #: The configuration's ``package.extras`` list adds more names for one run.
 PACKAGE_EXTRAS: tuple[str, ...] = ("pipeline.lifecycle.steps:record_drift_reference",)
-
-
-@dataclass
-class StepContext:
-    """What every step gets.
-
-    Attributes:
-        config: The pipeline configuration.
-        progress: Show progress bars (off with ``--quiet`` or ``--json``).
-        log: Where progress lines go (stderr).
-        state: The run's recorded state of earlier steps (e.g. the packaged version).
-    """
-
-    config: PipelineConfig
-    progress: bool = True
-    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
-    state: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def run_dir(self) -> Path:
-        """The run folder."""
-        return Path(self.config.run_dir)
-
-    def path(self, name: str) -> Path:
-        """A folder of the run."""
-        return self.run_dir / name
-
-    def dataset(self) -> Dataset:
-        """The generated data set of the ``data`` step."""
-        from training.data.generator import Dataset
-
-        return Dataset.load(self.path(DATA_DIR))
 
 
 @dataclass(frozen=True)
@@ -183,19 +153,6 @@ def step_train_recall(ctx: StepContext) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def rows_to_json(rows: list[Row]) -> list[dict[str, Any]]:
-    """Evaluation rows as JSON-ready dicts (inverse: :func:`rows_from_json`)."""
-    return [asdict(r) for r in rows]
-
-
-def rows_from_json(raw: list[dict[str, Any]]) -> list[Row]:
-    """Evaluation rows back from :func:`rows_to_json`."""
-    from training.ranker.build import Row
-    from training.ranker.evaluate import RerankReport
-
-    return [Row(**{**r, "report": RerankReport(**r["report"])}) for r in raw]
-
-
 def _ranker_data(ctx: StepContext) -> RankerData:
     from training.ranker.build import prepare_data
 
@@ -259,23 +216,6 @@ def step_optimise_ranker(ctx: StepContext) -> str:
             f"{chosen.ms_per_request:.1f} ms/request")
 
 
-def load_optimised(ctx: StepContext) -> BuildResult:
-    """The ``optimize ranker`` step's output as a ``BuildResult`` (no torch models: not needed)."""
-    from training.ranker.build import BuildResult
-    from training.ranker.modeling import load_tokenizer
-    from training.ranker.optimise import Variant
-
-    folder = ctx.path(RANKER_OPTIMISE_DIR)
-    raw = json.loads((folder / RESULT_FILE).read_text())
-    variants = [
-        Variant(**{**v, "path": folder / v["path"],
-                   "fp32_path": None if v["fp32_path"] is None else folder / v["fp32_path"]})
-        for v in raw["variants"]
-    ]
-    return BuildResult(rows_from_json(raw["rows"]), variants, None, None, load_tokenizer(),
-                       int(raw["max_length"]), [], dict(raw["data"]))  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------
@@ -329,7 +269,7 @@ def record_drift_reference(ctx: PackageContext) -> None:
     """Package extra: the ``drift`` component the transformer's drift monitor compares with."""
     from pipeline.lifecycle.drift_reference import record_reference
 
-    record_reference(ctx.bundle, ctx.dataset(), version=ctx.version)
+    record_reference(ctx.bundle, version=ctx.version)
 
 
 def step_package(ctx: StepContext) -> StepOutcome:

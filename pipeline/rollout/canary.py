@@ -38,6 +38,7 @@ from typing import Any
 
 from loadtest.runner import LoadRun, run_locust
 from loadtest.slo import DEFAULT_SLO_FILE, SLO, LoadStats, load_slo
+from pipeline.local import DEFAULT_BUNDLE
 from pipeline.rollout.gate import (
     ROLLBACK,
     Decision,
@@ -51,8 +52,6 @@ from pipeline.rollout.gate import (
 )
 
 DEFAULT_HOST = "http://127.0.0.1:8080"
-DEFAULT_BUNDLE = Path("artifacts/demo")
-LOOPBACK = "127.0.0.1"
 
 
 def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:

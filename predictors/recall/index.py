@@ -67,16 +67,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
-import scipy.sparse as sp
 
 from shopserve.artifacts import load_npz, save_npz
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
-Exclusion = sp.csr_matrix | sp.csr_array | list[np.ndarray] | None
+#: Rows a query must not get: a CSR-like object (``indptr``/``indices``: :class:`RowSets`, a scipy
+#: sparse matrix or array), a list of integer arrays, or None.
+Exclusion = Any
 
 META_FILE = "index.json"
 ITEMS_FILE = "items.npz"
@@ -216,12 +217,13 @@ def exclusion_csr(exclude: Exclusion, n_queries: int, n_items: int
     """
     if exclude is None:
         return None
-    if sp.issparse(exclude):
-        csr = sp.csr_matrix(exclude)
-        if csr.shape[0] != n_queries:
-            raise ValueError(f"exclude has {csr.shape[0]} rows for {n_queries} queries")
-        indptr = csr.indptr.astype(np.int64, copy=False)
-        indices = csr.indices.astype(np.int64, copy=False)
+    if hasattr(exclude, "tocsr"):  # any scipy sparse format, without importing scipy here
+        exclude = exclude.tocsr()
+    if hasattr(exclude, "indptr") and hasattr(exclude, "indices"):
+        indptr = np.asarray(exclude.indptr).astype(np.int64, copy=False)
+        indices = np.asarray(exclude.indices).astype(np.int64, copy=False)
+        if indptr.shape[0] - 1 != n_queries:
+            raise ValueError(f"exclude has {indptr.shape[0] - 1} rows for {n_queries} queries")
     else:
         rows = list(exclude)
         if len(rows) != n_queries:

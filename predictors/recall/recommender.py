@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from predictors.recall.index import IndexConfig, TopKIndex, build_index, load_index
 from shopserve.artifacts import (
@@ -26,7 +25,7 @@ from shopserve.artifacts import (
     load_npz,
 )
 from shopserve.errors import BundleError
-from shopserve.interactions import IdMap
+from shopserve.interactions import IdMap, RowSets
 
 COMPONENT = RECALL_COMPONENT
 FACTORS = "factors.npz"
@@ -52,7 +51,7 @@ class Recommender:
         items: Row <-> external item id.
         popularity_order: Item rows, most popular first (the fallback for unknown users).
         popularity_scores: Popularity of those rows, scaled to [0, 1].
-        seen: users x items CSR of training interactions.
+        seen: Per user row, the item rows of its training interactions.
         index: Top-k search over ``item_factors``.
         manifest: The loaded component's manifest.
     """
@@ -63,7 +62,7 @@ class Recommender:
     items: IdMap
     popularity_order: np.ndarray
     popularity_scores: np.ndarray
-    seen: sp.csr_matrix
+    seen: RowSets
     index: TopKIndex
     manifest: Manifest | None = None
 
@@ -85,11 +84,12 @@ class Recommender:
         users, items = IdMap(factors["user_ids"]), IdMap(factors["item_ids"])
         if user_factors.shape[0] != len(users) or item_factors.shape[0] != len(items):
             raise BundleError(f"{folder}: factor rows do not match the id maps")
-        seen = sp.csr_matrix(
-            (np.ones(seen_raw["indices"].shape[0], np.float32), seen_raw["indices"],
-             seen_raw["indptr"]),
-            shape=(len(users), len(items)),
-        )
+        seen = RowSets(seen_raw["indptr"].astype(np.int64), seen_raw["indices"].astype(np.int64))
+        if (len(seen) != len(users) or seen.indptr[0] != 0 or seen.indptr[-1] != seen.indices.size
+                or np.any(np.diff(seen.indptr) < 0)
+                or (seen.indices.size and not 0 <= seen.indices.min() <= seen.indices.max()
+                    < len(items))):
+            raise BundleError(f"{folder}: {SEEN} does not match the id maps")
         prebuilt = folder / index_dirname(index)
         top_k_index = (
             load_index(prebuilt, index) if index.kind != "exact" and prebuilt.is_dir()
@@ -145,7 +145,7 @@ class Recommender:
         return ids, scores
 
     def _seen_row(self, row: int) -> np.ndarray:
-        return self.seen.indices[self.seen.indptr[row] : self.seen.indptr[row + 1]]
+        return self.seen.row(row)
 
     def _external(self, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         valid = rows >= 0

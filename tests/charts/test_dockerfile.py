@@ -206,6 +206,16 @@ def test_installs_this_project() -> None:
         assert "-e ." not in text and "--editable" not in text
 
 
+def test_pipeline_image_finds_the_named_configs() -> None:
+    # An installed copy has no checkout around it: the image ships configs/ and says where.
+    instrs = chain(PIPELINE)
+    assert "configs" in copied(instrs)
+    env = " ".join(i.args for i in instrs if i.op == "ENV")
+    dest = next(i.args.split()[-1] for i in instrs if i.op == "COPY" and i.args.startswith("configs"))
+    assert f"SHOPSERVE_CONFIG_DIR={dest}" in env
+    assert "SHOPSERVE_CONFIG_DIR" in (ROOT / "pipeline" / "lifecycle" / "config.py").read_text()
+
+
 def test_final_stages_have_no_compilers_caches_or_secrets() -> None:
     for target in (SERVING, PIPELINE):
         instrs = chain(target)
@@ -213,7 +223,9 @@ def test_final_stages_have_no_compilers_caches_or_secrets() -> None:
         for word in ("build-essential", "gcc", "g++", "pip install"):
             assert word not in text, f"{target}: {word}"
         copies = [i.args for i in instrs if i.op == "COPY"]
-        assert copies == [f"--from=build-{target} /opt/venv /opt/venv"], copies
+        # The venv from its build stage; the pipeline image adds its configurations (data only).
+        extra = ["configs /opt/shopserve/configs"] if target == PIPELINE else []
+        assert copies == [f"--from=build-{target} /opt/venv /opt/venv", *extra], copies
     for name in ("build-serving", "build-pipeline"):
         assert "PIP_NO_CACHE_DIR=1" in " ".join(i.args for i in chain(name) if i.op == "ENV")
     assert all("rm -rf /var/lib/apt/lists/*" in i.args for i in instructions()

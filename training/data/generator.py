@@ -36,7 +36,18 @@ from typing import Any
 import numpy as np
 
 from shopserve.artifacts import load_npz, save_npz
-from shopserve.catalog_files import EVENT_TYPES, FORMAT_VERSION, META_FILE, TRUTH_FILE
+from shopserve.catalog_files import (
+    EVENT_TYPES,
+    EVENTS_FILE,
+    FORMAT_VERSION,
+    ITEMS_FILE,
+    META_FILE,
+    QRELS_FILE,
+    QUERIES_FILE,
+    REQUIRED_FILES,
+    TRUTH_FILE,
+    USERS_FILE,
+)
 from shopserve.catalog_files import item_text as _item_text
 from shopserve.interactions import IdMap, Interactions
 
@@ -554,9 +565,9 @@ class Qrels:
         return Qrels(self.query_id[keep], self.item_id[keep], self.grade[keep])
 
 
-_FILES = ("items", "users", "events", "queries", "qrels")
-_META = META_FILE
-_TRUTH = TRUTH_FILE
+#: Table -> file, as the catalog component's format names them (shopserve.catalog_files).
+_FILES = {"items": ITEMS_FILE, "users": USERS_FILE, "events": EVENTS_FILE, "queries": QUERIES_FILE,
+          "qrels": QRELS_FILE}
 
 
 @dataclass(frozen=True, eq=False)
@@ -745,9 +756,9 @@ class Dataset:
             "qrels": _columns(self.qrels),
         }
         for name, columns in tables.items():
-            save_npz(folder / f"{name}.npz", **columns)
+            save_npz(folder / _FILES[name], **columns)
         if self.truth is not None:
-            save_npz(folder / _TRUTH, user_vectors=self.truth.user_vectors,
+            save_npz(folder / TRUTH_FILE, user_vectors=self.truth.user_vectors,
                      item_vectors=self.truth.item_vectors, item_price_z=self.truth.item_price_z,
                      taste_strength=np.float32(self.truth.taste_strength))
         meta = {
@@ -755,7 +766,7 @@ class Dataset:
             "config": asdict(self.config),
             "summary": self.summary(),
         }
-        (folder / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, folder: Path | str) -> Dataset:
@@ -766,15 +777,15 @@ class Dataset:
             ValueError: the files were written by an incompatible format version.
         """
         folder = Path(folder)
-        missing = [n for n in (_META, *(f"{t}.npz" for t in _FILES)) if not (folder / n).is_file()]
+        missing = [n for n in REQUIRED_FILES if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder}: not a generated dataset, missing {missing}")
-        meta = json.loads((folder / _META).read_text())
+        meta = json.loads((folder / META_FILE).read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{folder}: dataset format {meta.get('format_version')}, expected {FORMAT_VERSION}"
             )
-        raw = {name: load_npz(folder / f"{name}.npz") for name in _FILES}
+        raw = {name: load_npz(folder / file) for name, file in _FILES.items()}
         ev = raw["events"]
         return cls(
             config=GeneratorConfig(**meta["config"]),
@@ -787,7 +798,7 @@ class Dataset:
             queries=Queries(**raw["queries"]),
             qrels=Qrels(**raw["qrels"]),
             meta={"summary": meta.get("summary", {})},
-            truth=_load_truth(folder / _TRUTH),
+            truth=_load_truth(folder / TRUTH_FILE),
         )
 
 

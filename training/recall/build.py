@@ -12,7 +12,7 @@ import numpy as np
 from predictors.recall.index import IndexConfig, build_index
 from predictors.recall.recommender import COMPONENT, FACTORS, SEEN, index_dirname
 from shopserve.artifacts import Manifest, save_npz, write_manifest
-from shopserve.interactions import IdMap, Interactions, temporal_split, to_csr
+from shopserve.interactions import IdMap, Interactions, temporal_split
 from training.recall.train import (
     DEFAULT_GRID,
     MFModel,
@@ -20,6 +20,7 @@ from training.recall.train import (
     evaluate_model,
     evaluate_popularity,
     fit,
+    to_csr,
     tune,
 )
 

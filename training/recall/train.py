@@ -22,10 +22,24 @@ from implicit.cpu.bpr import BayesianPersonalizedRanking
 from implicit.nearest_neighbours import bm25_weight
 from threadpoolctl import threadpool_limits
 
-from shopserve.interactions import IdMap, Interactions, temporal_split, to_csr
+from shopserve.interactions import IdMap, Interactions, temporal_split
 from shopserve.metrics import held_out_metrics
 
 Algorithm = Literal["als", "bpr"]
+
+
+def to_csr(log: Interactions, users: IdMap, items: IdMap) -> sp.csr_matrix:
+    """A users x items CSR matrix of summed weights; events of unknown users or items are dropped."""
+    rows = users.index(log.user_ids)
+    cols = items.index(log.item_ids)
+    keep = (rows >= 0) & (cols >= 0)
+    matrix = sp.csr_matrix(
+        (log.weights[keep].astype(np.float32), (rows[keep], cols[keep])),
+        shape=(len(users), len(items)),
+        dtype=np.float32,
+    )
+    matrix.sum_duplicates()
+    return matrix
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                  config=RecallBuildConfig(params=MFParams(factors=16, iterations=5),
                                           show_progress=False))
     build_ranker(dataset, bundle / "ranker", RankerBuildConfig.tiny(), version="test-1")
-    record_reference(bundle, dataset, samples=2000, score_queries=100)
+    record_reference(bundle, samples=2000, score_queries=100)
     recall = _start_recall(bundle, logs, free_port(), free_port())
     ranker = _start_ranker(bundle, logs, free_port(), free_port())
     search = _start_search(bundle, logs / "search.log", recall, ranker)

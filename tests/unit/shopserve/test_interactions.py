@@ -1,9 +1,10 @@
-"""Id maps, the time-based split and the training matrix."""
+"""Id maps, the time-based split, the per-user item sets (serving) and the training matrix (build)."""
 
 import numpy as np
 import pytest
 
-from shopserve.interactions import IdMap, Interactions, temporal_split, to_csr
+from shopserve.interactions import IdMap, Interactions, RowSets, temporal_split, to_rowsets
+from training.recall.train import to_csr
 
 
 def _log(users, items, times):
@@ -45,3 +46,20 @@ def test_csr_sums_duplicates_and_drops_unknown():
     users, items = IdMap.from_ids(np.array([1, 2])), IdMap.from_ids(np.array([5, 6]))
     matrix = to_csr(log, users, items)
     assert matrix.shape == (2, 2) and matrix.toarray().tolist() == [[2, 0], [0, 1]]
+
+
+def test_rowsets_hold_the_sorted_distinct_items_of_each_user():
+    log = _log([1, 1, 2, 3, 1], [6, 5, 6, 7, 5], [0, 1, 2, 3, 4])
+    users, items = IdMap.from_ids(np.array([1, 2, 4])), IdMap.from_ids(np.array([5, 6]))
+    sets = to_rowsets(log, users, items)
+    assert len(sets) == 3
+    assert [sets.row(r).tolist() for r in range(3)] == [[0, 1], [1], []]
+    # The same columns as the build's CSR (values aside).
+    csr = to_csr(log, users, items)
+    np.testing.assert_array_equal(sets.indptr, csr.indptr)
+    np.testing.assert_array_equal(sets.indices, csr.indices)
+
+
+def test_rowsets_of_nothing():
+    sets = RowSets.from_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), 2)
+    assert len(sets) == 2 and sets.row(0).size == 0 and sets.row(1).size == 0

@@ -72,3 +72,19 @@ def test_stop_before_load_and_twice_is_harmless() -> None:
     model.stop()
     model.stop()
     assert not model.ready
+
+
+def test_stop_waits_for_searches_in_flight() -> None:
+    async def scenario() -> None:
+        model = _model_with_upstreams()
+        clients = [u.client for u in model.upstreams]
+        model._in_flight = 1  # a search accepted before SIGTERM, still waiting on its upstreams
+        model.stop()
+        assert not model.ready
+        await asyncio.sleep(0.2)
+        assert model._closing is not None and not model._closing.done()
+        model._in_flight = 0
+        await asyncio.wait_for(model._closing, 1.0)
+        await _assert_closed(clients)
+
+    asyncio.run(scenario())

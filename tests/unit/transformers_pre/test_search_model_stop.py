@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
     "test_kserve_unload_stops_the_model_and_closes_its_channels",
     "test_stop_outside_an_event_loop_closes_the_channels",
     "test_stop_before_load_and_twice_is_harmless",
+    "test_stop_waits_for_searches_in_flight",
 ])
 def test_search_model_stop(check: str) -> None:
     done = subprocess.run(

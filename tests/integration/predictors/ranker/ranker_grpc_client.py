@@ -4,7 +4,7 @@
 collects the transformer's tests imports kserve, so the gRPC client speaks from here and prints its
 observations as JSON on stdout.
 
-Usage: ``python tests/integration/ranker_grpc_client.py HOST:PORT BATCH.npz``
+Usage: ``python tests/integration/predictors/ranker/ranker_grpc_client.py HOST:PORT BATCH.npz``
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from pipeline.rollout.kube import (
     standard_split,
 )
 from tests.fake_kube import NEW_BUNDLE, knative_search, merge_patch, standard_ranker, standard_recall
+from tests.requirements import require
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -335,8 +336,7 @@ def test_promoting_the_rendered_standard_canary_gives_a_valid_inferenceservice()
     for key in ("minReplicas", "maxReplicas"):
         assert predictor[key] == obj["spec"]["predictor"][key]
     schema = _crd_schema()
-    if schema is None:
-        pytest.skip("no KServe CRD schemas (set KSERVE_CRDS_DIR)")
+    require(schema is not None, "the KServe CRD schemas in ../shared/kserve-crds (or KSERVE_CRDS_DIR)")
     import jsonschema
 
     promoted_spec = {k: v for k, v in promoted.items() if k != "metadata"}

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from shopserve.interactions import IdMap, temporal_split, to_csr
+from shopserve.interactions import IdMap, temporal_split
 from shopserve.text import tokens
 from training.data.generator import (
     ANONYMOUS,
@@ -28,6 +28,7 @@ from training.data.generator import (
     generate,
     split_queries,
 )
+from training.recall.train import to_csr
 
 SPEC = {spec.name: spec for spec in CATEGORIES}
 
