@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shopserve.process import ChildProcess, read_tail
+from shopserve.process import POLL_INTERVAL_S, ChildProcess, read_tail
 
 LOOPBACK = "127.0.0.1"
 
@@ -114,7 +114,7 @@ class Stack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(missing)}\n"
                                    + "\n".join(self.tail(m) for m in missing))
-            time.sleep(0.2)
+            time.sleep(POLL_INTERVAL_S)
 
     def tail(self, name: str, lines: int = 30) -> str:
         """The last lines a component printed."""

@@ -42,7 +42,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 #: Seconds between two readiness probes.
-POLL_INTERVAL_S = 0.2
+POLL_INTERVAL_S = 0.05
 #: Bytes read from the end of a log for its tail (the tail of a multi-GB log stays cheap).
 _TAIL_BYTES = 64 * 1024
 

@@ -21,9 +21,13 @@ from transformers_pre.rewrite import QueryRewriter, load_synonyms, query_tokens
 
 def document_frequencies(corpus: bm25s.tokenization.Tokenized) -> dict[str, int]:
     """Items using each token of an indexed corpus."""
-    counts = np.zeros(len(corpus.vocab), dtype=np.int64)
-    for ids in corpus.ids:
-        counts[np.unique(np.asarray(ids, dtype=np.int64))] += 1
+    # One (document, token) pair per distinct token of each document, counted per token at once.
+    lengths = np.fromiter((len(ids) for ids in corpus.ids), dtype=np.int64, count=len(corpus.ids))
+    flat = np.fromiter((i for ids in corpus.ids for i in ids), dtype=np.int64,
+                       count=int(lengths.sum()))
+    documents = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    pairs = np.unique(documents * len(corpus.vocab) + flat)
+    counts = np.bincount(pairs % len(corpus.vocab), minlength=len(corpus.vocab))
     return {token: int(counts[i]) for token, i in corpus.vocab.items()}
 
 

@@ -61,3 +61,16 @@ def test_catalog_lexical_with_and_without_rewriting(world, tmp_path: Path) -> No
     exact, _ = catalog.lexical(word, 10, None, rewrite=False)
     assert plain.size == 0
     np.testing.assert_array_equal(corrected, exact)
+
+
+def test_document_frequencies_count_each_document_once(world) -> None:
+    import bm25s
+
+    from transformers_pre.catalog import document_frequencies
+
+    texts = [*world.item_text()[:200].tolist(), "red red red", ""]
+    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+    expected = {token: sum(token in set(bm25s.tokenize([t], stopwords="en", show_progress=False,
+                                                        return_ids=False)[0]) for t in texts)
+                for token in corpus.vocab}
+    assert document_frequencies(corpus) == expected
