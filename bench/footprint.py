@@ -36,12 +36,15 @@ PROCESSES = (
 
 
 def cpu_model() -> str:
-    """The CPU's model name and whether it has AVX-512 VNNI."""
+    """The CPU's model name and its vector flags (AVX2, AVX-512, AVX-512 VNNI)."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.startswith("model name")), platform.processor() or "unknown")
     flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return f"{name}; {psutil.cpu_count()} CPUs; AVX-512 VNNI: {'avx512_vnni' in flags.split()}"
+    present = set(flags.split())
+    vector = ", ".join(f"{label} {'yes' if flag in present else 'no'}" for label, flag in
+                       (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 VNNI", "avx512_vnni")))
+    return f"{name}; {psutil.cpu_count()} CPUs; {vector}"
 
 
 def libtorch_maps(pid: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -79,6 +80,14 @@ def stack_components(
     ]
 
 
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while the stack was starting."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
     for component in (CATALOG_COMPONENT, RECALL_COMPONENT, RANKER_COMPONENT):
@@ -86,32 +95,61 @@ def _cmd_up(args: argparse.Namespace) -> int:
             print(f"no {component} component in {bundle}; run `make up` or "
                   f"`shopserve build-demo --out {bundle}` first", file=sys.stderr)
             return 2
-    ports = StackPorts()
+    ports = StackPorts.free() if args.ports == "free" else StackPorts()
     components = stack_components(bundle, ports)
-    start = time.perf_counter()
-    with Stack(components, bundle.parent / "logs") as stack:
-        try:
-            ready = stack.start()
-        except RuntimeError as exc:
-            print(f"the stack did not start: {exc}", file=sys.stderr)
-            return 1
-        print(f"ready in {time.perf_counter() - start:.1f}s ("
-              + ", ".join(f"{n} {s:.1f}s" for n, s in ready.items()) + ")")
-        print(f"  search      http://127.0.0.1:{ports.search_http}  grpc :{ports.search_grpc}  "
-              "metrics /metrics")
-        print(f"  mf-recall   http://127.0.0.1:{ports.recall_http}  grpc :{ports.recall_grpc}  "
-              "metrics /metrics")
-        print(f"  bert-ranker http://127.0.0.1:{ports.ranker_http}  grpc :{ports.ranker_grpc}  "
-              f"metrics :{ports.ranker_metrics}/metrics (Triton)")
-        print(f"  logs in {stack.log_dir}")
-        _sample_search_request(bundle, components[-1].url)
-        if args.check:
-            return 0
-        print("\nPress Ctrl-C to stop.")
-        stack.wait()
-        print("stopping ...")
-    print("stopped.")
+    # Ctrl-C or SIGTERM while starting stops what has started (the children are in sessions of
+    # their own: nothing else would); once running, the supervisor handles both.
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    stack = Stack(components, bundle.parent / "logs")
+    reason, failure = "", ""
+    try:
+        reason = _run_up(args, bundle, ports, stack)
+    except _Interrupted as exc:
+        reason = f"{exc} while starting"
+    except RuntimeError as exc:  # CrashLoop, or a component that did not start the first time
+        failure = str(exc)
+    finally:
+        # A second Ctrl-C must not cut the stop short and leave servers behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if stack.processes:
+            print("stopping ...", flush=True)
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failure:
+        print(failure, file=sys.stderr)
+        print(f"stopped: {failure.splitlines()[0]}", flush=True)
+        return 1
+    print(f"stopped: {reason}", flush=True)
     return 0
+
+
+def _run_up(args: argparse.Namespace, bundle: Path, ports: StackPorts, stack: Stack) -> str:
+    """Start the stack, show it, supervise it; why it stopped (raises when it could not run)."""
+    start = time.perf_counter()
+    try:
+        ready = stack.start()
+    except RuntimeError as exc:
+        raise RuntimeError(f"the stack did not start: {exc}") from exc
+    print(f"ready in {time.perf_counter() - start:.1f}s ("
+          + ", ".join(f"{n} {s:.1f}s" for n, s in ready.items()) + ")")
+    print(f"  search      http://127.0.0.1:{ports.search_http}  grpc :{ports.search_grpc}  "
+          "metrics /metrics")
+    print(f"  mf-recall   http://127.0.0.1:{ports.recall_http}  grpc :{ports.recall_grpc}  "
+          "metrics /metrics")
+    print(f"  bert-ranker http://127.0.0.1:{ports.ranker_http}  grpc :{ports.ranker_grpc}  "
+          f"metrics :{ports.ranker_metrics}/metrics (Triton)")
+    print(f"  logs in {stack.log_dir}")
+    _sample_search_request(bundle, stack.components[-1].url)
+    if args.check:
+        return "--check: started and answered"
+    print(f"\nPress Ctrl-C to stop. A component that exits is restarted (backoff "
+          f"{stack.backoff_initial_s:g}s doubling to {stack.backoff_max_s:g}s; more than "
+          f"{stack.max_restarts} restarts within {stack.restart_window_s:g}s stop everything).",
+          flush=True)
+    reason = stack.supervise()
+    return f"{reason} received" if reason.startswith("SIG") else reason
 
 
 def _sample_search_request(bundle: Path, url: str) -> None:
@@ -138,8 +176,12 @@ def _sample_search_request(bundle: Path, url: str) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``up`` to the ``shopserve`` parser."""
-    up = sub.add_parser("up", help="run the local stack on a bundle")
+    up = sub.add_parser("up", help="run the local stack on a bundle, restarting a component that "
+                                   "exits (see Stack.supervise)")
     up.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     up.add_argument("--check", action="store_true",
                     help="start, send the sample request, then stop (for scripts)")
+    up.add_argument("--ports", choices=["default", "free"], default="default",
+                    help="default: the documented ports (DESIGN.md); free: any free loopback "
+                         "ports (a second stack beside the default one, tests)")
     up.set_defaults(func=_cmd_up)

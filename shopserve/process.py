@@ -353,6 +353,19 @@ class ChildProcess:
         return f"ChildProcess({self.name!r}, pid={self.pid}, {state})"
 
 
+def describe_exit(code: int | None) -> str:
+    """How a child ended, for messages: ``exit code 3``, ``signal SIGKILL`` (from a negative
+    ``Popen``-style code), or ``still running`` for None."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 def _exit_code(info: os.waitid_result) -> int:
     """A ``Popen``-style exit code: the status, or minus the signal that killed the child."""
     if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):

@@ -20,8 +20,10 @@ the reason and the KServe version, guarded by ``tests/unit/shopserve/test_kserve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,7 @@ from shopserve.protocol import (
     from_raw,
     v2_datatype,
 )
+from shopserve.settings import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +231,7 @@ def serve(
     bind_host: str = "0.0.0.0",
     grace_period: int = 10,
     event_loop: str = "auto",
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> None:
     """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
 
@@ -246,8 +250,12 @@ def serve(
         grace_period: Seconds to finish in-flight requests on shutdown.
         event_loop: ``auto`` (uvloop when installed, KServe's own default), ``uvloop`` or
             ``asyncio``.
+        max_request_bytes: Largest request body (REST) or message (gRPC) accepted: REST answers
+            413 while reading a larger body, gRPC ``RESOURCE_EXHAUSTED`` (see
+            :func:`limit_requests`).
     """
     _patch_kserve(bind_host)
+    limit_requests(max_request_bytes)
     server = ModelServer(
         http_port=http_port,
         grpc_port=grpc_port,
@@ -285,6 +293,139 @@ def _install_event_loop(event_loop: str) -> None:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+# --------------------------------------------------------------------------------------------------
+# Limits at the door: a request body over ``max_request_bytes`` is refused while it is read.
+# --------------------------------------------------------------------------------------------------
+#
+# Why: uvicorn and FastAPI read a whole body into memory before a route sees it, whatever its size;
+# four concurrent 200 MB bodies took search from 0.4 GB to 2.24 GB of RSS (past its 2Gi limit)
+# before each was refused with a 400. REST: a pure ASGI middleware on KServe's FastAPI app refuses
+# a declared ``Content-Length`` over the limit at once, without reading, and counts the bytes of an
+# undeclared (chunked) body as they stream, answering 413 as soon as the count passes the limit;
+# uvicorn then discards the rest of the body as it arrives instead of buffering it. gRPC: KServe's
+# ``grpc_max_receive_message_length`` option; gRPC itself answers ``RESOURCE_EXHAUSTED``.
+
+_Scope = dict[str, Any]
+_Message = dict[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+
+
+#: A v2 inference path, naming the model.
+_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+
+
+class _BodyTooLarge(Exception):
+    """Raised into the app from ``receive`` once a streamed body passes the limit."""
+
+
+class RequestSizeLimit:
+    """ASGI middleware: answer 413 ``{"error": ...}`` to a body over ``max_bytes``, before it is
+    buffered.
+
+    A ``Content-Length`` over the limit is refused before the app runs; a body without one is
+    counted chunk by chunk as the app receives it, and the 413 goes out the moment the count passes
+    the limit: the app's ``receive`` then raises and whatever it tries to send is dropped.
+    Non-HTTP scopes (lifespan, websockets) pass untouched.
+    """
+
+    def __init__(self, app: Callable[[_Scope, _Receive, _Send], Awaitable[None]],
+                 max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes}")
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error_body(self) -> bytes:
+        return json.dumps(
+            {"error": f"request body over {self.max_bytes} bytes (max_request_bytes)"}
+        ).encode()
+
+    async def _refuse(self, scope: _Scope, send: _Send) -> None:
+        # Counted with the model's answers, as ContractModel counts them, when the path names one.
+        model = _INFER_PATH.fullmatch(scope.get("path", ""))
+        if model:
+            REQUESTS_BY_CODE.labels(model.group(1), "413").inc()
+        body = self._error_body()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        """Run the app on ``scope`` with the body limit in force."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            log.warning("refused a request body of %d bytes (max_request_bytes %d)",
+                        declared, self.max_bytes)
+            await self._refuse(scope, send)
+            return
+        received = 0
+        refused = False
+        started = False
+
+        async def limited_receive() -> _Message:
+            nonlocal received, refused
+            if refused:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    log.warning("refused a streamed request body at %d bytes "
+                                "(max_request_bytes %d)", received, self.max_bytes)
+                    if not started:
+                        await self._refuse(scope, send)
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: _Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer; drop what the app makes of the failed read
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            if not refused:  # pragma: no cover - raised only after refusing
+                raise
+
+
+def _content_length(scope: _Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # uvicorn refuses a malformed length itself
+    return None
+
+
+def limit_requests(max_request_bytes: int) -> None:
+    """Put ``max_request_bytes`` in force on the REST and gRPC servers ``ModelServer`` builds.
+
+    REST: :class:`RequestSizeLimit` on KServe's FastAPI app (``kserve.model_server.app``, the app
+    its REST server serves), replacing one added before. gRPC: KServe's
+    ``grpc_max_receive_message_length`` option, read from its parsed arguments
+    (``kserve.model_server.args``) when ``ModelServer.start`` builds the gRPC server. With
+    ``workers`` > 1 KServe serves REST from spawned processes that import a fresh app, so there
+    only the gRPC limit holds.
+    """
+    if max_request_bytes < 1:
+        raise ValueError(f"max_request_bytes must be positive, not {max_request_bytes}")
+    app = _kserve_model_server.app
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestSizeLimit]
+    app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
+    _kserve_model_server.args.grpc_max_receive_message_length = max_request_bytes
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServerSettings")
 
+#: Default of ``max_request_bytes``: 1 MiB, far above a search or recall request (32 queries of
+#: 256 characters, 256 ids) and far below a pod's memory.
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+
 #: Flags the KServe controller passes to every container; unknown flags are ignored.
 KSERVE_FLAGS: dict[str, type] = {
     "model_name": str,
@@ -43,6 +47,9 @@ class ServerSettings(BaseSettings):
     """uvicorn worker processes; each holds its own copy of the model."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level; payloads are never logged at INFO."""
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    """Largest request accepted, in bytes: a REST body over it is refused with 413 while it is
+    read (before it is buffered), a gRPC message over it with ``RESOURCE_EXHAUSTED``."""
 
 
 class RecallSettings(ServerSettings):

@@ -6,6 +6,10 @@ flags are the KServe-style port overrides, so the same command line works under 
 (the optional ``torchserve`` extra; v2 REST infer only, see the README).
 SIGINT and SIGTERM stop the server cleanly (Triton drains in-flight requests); the exit code is
 the server's.
+
+On Triton, a watchdog thread probes ``bert-ranker`` every ``RANKER_HEALTH_INTERVAL_S`` (a tiny
+inference) and, when the model cannot answer (its stub process died, its session fails), unloads
+it, so readiness turns false, and loads it again; each recovery and its duration are logged.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from predictors.ranker.server import RankerSettings, TritonServer
+from predictors.ranker.server import ModelWatchdog, RankerSettings, TritonServer
 
 if TYPE_CHECKING:
     from predictors.ranker.torchserve import TorchServeServer
@@ -53,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = TritonServer(settings)
     name = settings.runtime
     stopping = False
+    watchdog: ModelWatchdog | None = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # Only signal Triton here: waiting inside a handler could deadlock with the main
@@ -71,12 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bert-ranker ready on %s: http %s, grpc %s, metrics %s",
             name, server.http_url, server.grpc_url, server.metrics_url,
         )
+        if isinstance(server, TritonServer) and settings.health_interval_s > 0:
+            watchdog = server.watchdog()
+            watchdog.start()
         code = server.wait()
     except Exception as exc:  # noqa: BLE001 - the boundary: log once, exit non-zero
         if not stopping:
             log.error("ranker failed: %s", exc)
         code = 1
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         # Waits for the server's drain (SIGKILL after exit_timeout_s + 10 s) and removes the workdir.
         server.stop()
     return 0 if stopping else code

@@ -15,11 +15,19 @@ Two environment details make the stub work (see DESIGN.md):
   (site-packages with numpy and onnxruntime) is handed over in ``PYTHONPATH``, and its ``bin``
   folder leads ``PATH``, as pytriton itself does.
 
+Triton runs with explicit model control (``--model-control-mode=explicit
+--load-model=bert-ranker``), so the launcher can reload the model: when the model's stub process
+dies, Triton keeps answering ready while every inference fails with 500 "Stub process ... is not
+healthy" (see DESIGN.md). :class:`ModelWatchdog` probes the model with a tiny real inference every
+``health_interval_s`` and, when the model cannot answer, unloads it (readiness turns false) and
+loads it again (a fresh stub and ONNX Runtime session).
+
 This module never imports kserve (it may share a process with ``tritonclient.grpc``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,8 +35,11 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -44,6 +55,7 @@ from predictors.ranker.triton_repo import (
 )
 from shopserve.artifacts import RANKER_COMPONENT, load_component
 from shopserve.process import ChildProcess
+from shopserve.protocol import RANKER, RANKER_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +122,10 @@ class RankerSettings(BaseSettings):
 
     verify_bundle: bool = True
     """Check the bundle's manifest checksums before serving (refuse a corrupt bundle)."""
+
+    health_interval_s: float = Field(1.0, ge=0)
+    """Triton only: seconds between the launcher's model health probes (a tiny inference); a model
+    that cannot answer is unloaded (not ready) and loaded again. 0 turns the watchdog off."""
 
 
 def triton_dist() -> Path:
@@ -213,12 +229,183 @@ def server_command(
         "--exit-on-error=true",
         f"--exit-timeout-secs={settings.exit_timeout_s}",
         "--disable-auto-complete-config",
+        # Explicit model control: the watchdog unloads and reloads a model whose stub died.
+        "--model-control-mode=explicit",
+        f"--load-model={RANKER_MODEL}",
         f"--log-verbose={settings.log_verbose}",
         # A unique shared-memory prefix, so two servers on one host (tests) never collide.
         f"--backend-config=python,shm-region-prefix-name=ranker{os.getpid()}_{settings.http_port}",
         "--backend-config=python,shm-default-byte-size=4194304",
         "--backend-config=python,shm-growth-byte-size=1048576",
     ]
+
+
+Verdict = Literal["ok", "dead", "failing", "unknown"]
+"""What one health probe says of the model: ``ok`` answered; ``dead`` its stub process is gone;
+``failing`` an error answer (not ready, session failure); ``unknown`` no answer (timeout, server
+down or busy: the process supervisor, not the watchdog, handles a dead server)."""
+
+#: Longest wait for an unloading model to report not ready before it is loaded again.
+NOT_READY_WAIT_S = 2.0
+
+#: Longest wait for a live model instance to finish unloading before the model is loaded again.
+UNLOAD_WAIT_S = 5.0
+
+#: Triton's message when a Python-backend model's stub process died.
+STUB_NOT_HEALTHY = "is not healthy"
+
+
+def classify_probe(status: int | None, body: str = "") -> Verdict:
+    """The verdict on one probe's answer: HTTP status (None: no answer) and body."""
+    if status is None:
+        return "unknown"
+    if status == 200:
+        return "ok"
+    if status >= 500 and STUB_NOT_HEALTHY in body:
+        return "dead"
+    return "failing"
+
+
+class ModelWatchdog:
+    """Decides, probe after probe, when to recover the model; runs the probing thread.
+
+    A ``dead`` verdict (stub process gone) recovers at once; ``failing`` after ``failures`` in a
+    row; ``unknown`` neither counts nor resets. A recovery that did not bring the model back is
+    retried no sooner than ``backoff_s`` later, doubled each time up to ``max_backoff_s``. Every
+    recovery and the time until the model answers again are logged.
+
+    Args:
+        probe: One health probe: HTTP status (None: no answer) and body.
+        recover: Brings the model back (e.g. unload then load); raises when it cannot.
+        interval_s: Seconds between probes.
+        failures: ``failing`` verdicts in a row that trigger a recovery.
+        backoff_s, max_backoff_s: Wait before a recovery is retried, and its cap.
+        clock: Monotonic clock (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], tuple[int | None, str]],
+        recover: Callable[[], None],
+        *,
+        interval_s: float = 1.0,
+        failures: int = 3,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = RANKER_MODEL,
+    ) -> None:
+        self.probe = probe
+        self.recover = recover
+        self.interval_s = interval_s
+        self.failures = failures
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+        self.name = name
+        #: Recoveries attempted so far.
+        self.recoveries = 0
+        #: The latest probe's verdict.
+        self.last_verdict: Verdict = "unknown"
+        #: Seconds from the first bad probe to the model answering again, per recovered outage.
+        self.recovery_times: list[float] = []
+        self._streak = 0
+        self._down_since: float | None = None
+        self._next_attempt = 0.0
+        self._backoff = backoff_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def observe(self, verdict: Verdict) -> bool:
+        """Take one probe's verdict; whether to recover the model now."""
+        now = self.clock()
+        if verdict == "ok":
+            if self._down_since is not None:
+                took = now - self._down_since
+                self.recovery_times.append(took)
+                log.warning("%s answers again, %.2f s after it was seen failing", self.name, took)
+            self._streak, self._down_since, self._backoff = 0, None, self.backoff_s
+            self._next_attempt = 0.0
+            return False
+        if verdict == "unknown":
+            return False
+        self._streak += 1
+        if self._down_since is None:
+            self._down_since = now
+        if verdict == "failing" and self._streak < self.failures:
+            return False
+        if self.recoveries and now < self._next_attempt:
+            return False
+        return True
+
+    def check(self) -> bool:
+        """One probe and, when called for, one recovery; whether a recovery was attempted."""
+        status, body = self.probe()
+        verdict = self.last_verdict = classify_probe(status, body)
+        if not self.observe(verdict):
+            return False
+        self.recoveries += 1
+        self._next_attempt = self.clock() + self._backoff
+        self._backoff = min(self._backoff * 2, self.max_backoff_s)
+        log.warning("%s cannot answer (%s: %s %s); recovering it (recovery %d)",
+                    self.name, verdict, status, body.strip()[:200], self.recoveries)
+        started = self.clock()
+        try:
+            self.recover()
+        except Exception as exc:  # noqa: BLE001 - keep watching; retried after the backoff
+            log.error("%s recovery failed after %.2f s: %s", self.name, self.clock() - started, exc)
+        else:
+            log.warning("%s reloaded in %.2f s", self.name, self.clock() - started)
+        return True
+
+    def run(self) -> None:
+        """Probe every ``interval_s`` until :meth:`stop`."""
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - a watchdog must not die of one bad probe
+                log.exception("%s health probe failed", self.name)
+
+    def start(self) -> None:
+        """Run :meth:`run` in a daemon thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name=f"{self.name}-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (waits for a probe or recovery in progress)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def probe_body() -> bytes:
+    """A tiny valid v2 JSON inference request for ``bert-ranker``: one pair of two tokens."""
+    values = {"input_ids": [1, 2], "attention_mask": [1, 1], "token_type_ids": [0, 0]}
+    return json.dumps({"inputs": [
+        {"name": t.name, "datatype": t.datatype, "shape": [1, 2], "data": values.get(t.name, [0, 0])}
+        for t in RANKER.inputs
+    ]}).encode()  # fmt: skip
+
+
+#: Loopback requests never go through a proxy the environment may name.
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_call(url: str, body: bytes | None = None, timeout_s: float = 5.0) -> tuple[int | None, str]:
+    """Status and body of a loopback GET (POST with ``body``); status None when nothing answered.
+
+    HTTP errors are answers, not exceptions.
+    """
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with _LOOPBACK.open(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return None, ""
 
 
 class LocalServer:
@@ -374,3 +561,60 @@ class TritonServer(LocalServer):
             return self._get(f"http://{self.http_url}/v2/health/ready")[0] == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
+    def probe_model(self) -> tuple[int | None, str]:
+        """One tiny real inference of ``bert-ranker``: status (None: no answer) and body."""
+        return http_call(f"http://{self.http_url}/v2/models/{RANKER_MODEL}/infer", probe_body())
+
+    def reload_model(self, wait_unload_s: float | None = None) -> None:
+        """Unload ``bert-ranker`` (readiness turns false), then load it again: a fresh stub.
+
+        Triton unloads asynchronously: the load waits until the model reports not ready and then
+        up to ``wait_unload_s`` (default :data:`UNLOAD_WAIT_S`) for the old instance to finish
+        unloading, so a live stub is finalized first. An instance whose stub died never finishes
+        unloading in Triton 2.51 (it stays ``UNLOADING``): the watchdog passes 0 for those.
+
+        Raises:
+            RuntimeError: Triton refused the unload or the load (the error is its message).
+        """
+        wait_unload_s = UNLOAD_WAIT_S if wait_unload_s is None else wait_unload_s
+        base = f"http://{self.http_url}/v2/repository/models/{RANKER_MODEL}"
+        self._repository_call(f"{base}/unload", 30.0)
+        ready_url = f"http://{self.http_url}/v2/models/{RANKER_MODEL}/ready"
+        deadline = time.monotonic() + NOT_READY_WAIT_S
+        while http_call(ready_url, timeout_s=1.0)[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        deadline = time.monotonic() + wait_unload_s
+        while time.monotonic() < deadline and not self._unloaded():
+            time.sleep(0.02)
+        self._repository_call(f"{base}/load", self.settings.startup_timeout_s)
+
+    def _unloaded(self) -> bool:
+        """Whether the repository index shows no version of ``bert-ranker`` ready or unloading."""
+        status, body = http_call(f"http://{self.http_url}/v2/repository/index", b"{}", 1.0)
+        if status != 200:
+            return False
+        try:
+            index = json.loads(body)
+        except ValueError:
+            return False
+        return not any(entry.get("name") == RANKER_MODEL
+                       and entry.get("state") in ("READY", "UNLOADING", "LOADING")
+                       for entry in index)
+
+    @staticmethod
+    def _repository_call(url: str, timeout_s: float) -> None:
+        status, body = http_call(url, b"{}", timeout_s)
+        if status != 200:
+            action = url.rsplit("/", 1)[1]
+            raise RuntimeError(f"{action} of {RANKER_MODEL}: {status} {body.strip()[:300]}")
+
+    def watchdog(self) -> ModelWatchdog:
+        """A watchdog that probes this server's model and reloads it when it cannot answer."""
+        def recover() -> None:
+            # A dead stub's instance never finishes unloading: do not wait for it.
+            self.reload_model(wait_unload_s=0.0 if watchdog.last_verdict == "dead" else None)
+
+        watchdog = ModelWatchdog(self.probe_model, recover,
+                                 interval_s=self.settings.health_interval_s or 1.0)
+        return watchdog

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     model = RecallModel(settings)
     model.load()
     serve([model], http_port=settings.http_port, grpc_port=settings.grpc_port,
-          workers=settings.workers, bind_host=settings.bind_host)
+          workers=settings.workers, bind_host=settings.bind_host,
+          max_request_bytes=settings.max_request_bytes)
 
 
 if __name__ == "__main__":

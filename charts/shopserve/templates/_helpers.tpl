@@ -114,10 +114,10 @@ env `<PREFIX><UPPER_SNAKE>` -> settings field `<snake_case>`. The settings the c
 tests/charts checks both directions against shopserve.settings.
 */}}
 {{- define "shopserve.search.settingsKeys" -}}
-workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries lexicalCandidates recallCandidates rankCandidates queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio
+workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries lexicalCandidates recallCandidates rankCandidates queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
-workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads
+workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads maxRequestBytes
 {{- end -}}
 
 {{/*
@@ -301,6 +301,7 @@ Standard-mode canary. Usage: include "shopserve.rankerPod" (list $ storageUri is
 {{- $torchserve := eq $root.Values.ranker.server "torchserve" -}}
 {{- with $root -}}
 {{ include "shopserve.podCommon" . }}
+{{- include "shopserve.terminationGrace" (list . .Values.ranker.termination) }}
 securityContext:
   {{- $uid := int .Values.ranker.runtime.runAsUser }}
   {{- toYaml (merge (dict "runAsUser" $uid "runAsGroup" $uid "fsGroup" $uid) (deepCopy .Values.podSecurityContext)) | nindent 2 }}
@@ -370,6 +371,7 @@ Usage: include "shopserve.recallPod" (list $ storageUri)
 {{- $storageUri := index . 1 -}}
 {{- with $root -}}
 {{ include "shopserve.podCommon" . }}
+{{- include "shopserve.terminationGrace" (list . .Values.recall.termination) }}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 labels:
@@ -402,21 +404,10 @@ containers:
         containerPort: {{ .Values.recall.containerPorts.http }}
         protocol: TCP
       {{- end }}
-    {{- if eq .Values.deploymentMode "Standard" }}
-    {{- /* Knative probes its single port itself; a probe on another port is rejected there. */}}
-    readinessProbe:
-      httpGet:
-        path: /v2/health/ready
-        port: {{ .Values.recall.containerPorts.http }}
-      periodSeconds: 5
-      failureThreshold: 3
-    livenessProbe:
-      httpGet:
-        path: /v2/health/live
-        port: {{ .Values.recall.containerPorts.http }}
-      periodSeconds: 10
-      failureThreshold: 6
-    {{- end }}
+    {{- /* Knative allows probes only on its single (gRPC) port: a TCP connect there. */}}
+    {{- $http := ternary .Values.recall.containerPorts.http 0 (eq .Values.deploymentMode "Standard") }}
+    {{- include "shopserve.probes" (list .Values.recall.probes $http .Values.recall.containerPorts.grpc) | indent 4 }}
+    {{- include "shopserve.preStop" (list . .Values.recall.termination) | indent 4 }}
     resources:
       {{- toYaml .Values.recall.resources | nindent 6 }}
     securityContext:
@@ -426,4 +417,54 @@ containers:
 volumes:
   {{- include "shopserve.tmpVolume" . | nindent 2 }}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Startup, readiness and liveness probes of a container, timings from `<component>.probes`.
+With an HTTP port: startup and readiness on `/v2/health/ready` (the model has loaded; send me
+traffic), liveness on `/v2/health/live` (restart me). Without one (a Knative predictor exposes
+only its gRPC port, and Knative rejects probes on other ports): a TCP connect on the gRPC port,
+which KServe and Triton open only once their models have loaded.
+Usage: include "shopserve.probes" (list .Values.search.probes httpPort grpcPort)  (httpPort 0: none)
+*/}}
+{{- define "shopserve.probes" -}}
+{{- $probes := index . 0 -}}
+{{- $http := index . 1 | int -}}
+{{- $grpc := index . 2 | int -}}
+{{- range $kind := list "startup" "readiness" "liveness" }}
+{{ $kind }}Probe:
+  {{- if $http }}
+  httpGet:
+    path: {{ ternary "/v2/health/live" "/v2/health/ready" (eq $kind "liveness") }}
+    port: {{ $http }}
+  {{- else }}
+  tcpSocket:
+    port: {{ $grpc }}
+  {{- end }}
+  {{- toYaml (index $probes $kind) | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Graceful stop in Standard mode: a preStop sleep on the container, so that the endpoints drop the
+pod before SIGTERM reaches the server, which then drains what it accepted. Knative forbids
+lifecycle hooks and terminationGracePeriodSeconds: its queue-proxy drains the pod itself.
+Usage: include "shopserve.preStop" (list $ .Values.search.termination)
+*/}}
+{{- define "shopserve.preStop" -}}
+{{- $root := index . 0 -}}
+{{- $t := index . 1 -}}
+{{- if and (eq $root.Values.deploymentMode "Standard") (gt (int $t.preStopSleepSeconds) 0) }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ $t.preStopSleepSeconds }}
+{{- end }}
+{{- end -}}
+{{- define "shopserve.terminationGrace" -}}
+{{- $root := index . 0 -}}
+{{- $t := index . 1 -}}
+{{- if eq $root.Values.deploymentMode "Standard" }}
+terminationGracePeriodSeconds: {{ $t.gracePeriodSeconds }}
+{{- end }}
 {{- end -}}

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from shopserve.protocol import SEARCH_MODEL
-from tests.bundles import build_tiny_bundle
 from tests.servers import ROOT, Server, free_port, start_server
 
 pytestmark = pytest.mark.integration
@@ -63,10 +62,9 @@ def _search(bundle: Path, logs: Path, name: str, recall: Server, ranker: Server,
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
-    bundle = tmp_path_factory.mktemp("bundle")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iterator[Rehearsal]:
+    bundle = tiny_bundle
     logs = tmp_path_factory.mktemp("logs")
-    build_tiny_bundle(bundle)
     servers: list[Server] = []
     try:
         http, grpc = free_port(), free_port()

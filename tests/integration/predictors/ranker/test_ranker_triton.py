@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from predictors.ranker.server import RankerSettings, TritonServer
+from predictors.ranker.server import RankerSettings, TritonServer, classify_probe
 from predictors.ranker.triton_repo import TOKENIZER_DIR, read_config
 from shopserve.artifacts import load_component
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, RANKER, RANKER_MODEL, SCORE
@@ -212,3 +213,35 @@ def test_metrics_endpoint_counts_inferences(
         text = response.read().decode()
     assert f'nv_inference_request_success{{model="{RANKER_MODEL}",version="1"}}' in text
     assert "nv_inference_request_failure" in text
+
+
+def test_watchdog_probe_answers_ok(server: TritonServer) -> None:
+    assert classify_probe(*server.probe_model()) == "ok"
+
+
+def test_reload_keeps_the_scores(
+    http: httpclient.InferenceServerClient, server: TritonServer, batch: dict[str, np.ndarray]
+) -> None:
+    before = http.infer(RANKER_MODEL, _inputs(batch)).as_numpy(SCORE)
+    server.reload_model()
+    assert http.is_model_ready(RANKER_MODEL) and http.is_server_ready()
+    np.testing.assert_array_equal(http.infer(RANKER_MODEL, _inputs(batch)).as_numpy(SCORE), before)
+
+
+def test_watchdog_reloads_a_model_whose_stub_was_killed(
+    http: httpclient.InferenceServerClient, server: TritonServer, batch: dict[str, np.ndarray]
+) -> None:
+    # Last in the module: it kills the shared server's model process (and brings it back).
+    before = http.infer(RANKER_MODEL, _inputs(batch)).as_numpy(SCORE)
+    assert server.process is not None
+    stubs = [p for p in psutil.Process(server.process.pid).children(recursive=True)
+             if p.name().startswith("triton_python") and p.status() != psutil.STATUS_ZOMBIE]
+    assert len(stubs) == 1, stubs  # the reload above left no second stub behind
+    stubs[0].kill()
+    status, body = server.probe_model()
+    assert (status, classify_probe(status, body)) == (500, "dead"), body
+    assert http.is_model_ready(RANKER_MODEL)  # what Triton itself says: the lie the watchdog fixes
+    watchdog = server.watchdog()
+    assert watchdog.check()  # recovered (unload, then load)
+    assert not watchdog.check()  # answers again
+    np.testing.assert_array_equal(http.infer(RANKER_MODEL, _inputs(batch)).as_numpy(SCORE), before)

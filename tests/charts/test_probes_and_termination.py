@@ -1,0 +1,121 @@
+"""Every container of every environment has startup, readiness and liveness probes, and a pod stops
+gracefully: ``terminationGracePeriodSeconds`` > preStop sleep + the server's own drain.
+
+Containers are those the chart writes: the transformer's and recall's ``containers`` and the Triton
+ServingRuntime's (the ranker predictor's ``model`` is merged into it by KServe, so it inherits its
+probes and preStop). Knative forbids lifecycle hooks and ``terminationGracePeriodSeconds`` (its
+queue-proxy drains a pod), so the graceful-stop fields are checked in Standard mode and asserted
+absent in Knative mode.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pipeline.rollout.manifests import RENDERS, Render
+from tests.charts.conftest import ROOT, Obj, by_kind, one
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def _serve_grace_period() -> int:
+    """``grace_period``'s default of ``shopserve.serving.serve``, read from the source (importing
+    the module would import kserve, which may not share this process with tritonclient.grpc)."""
+    tree = ast.parse((ROOT / "shopserve" / "serving.py").read_text())
+    serve = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "serve")
+    names = [a.arg for a in serve.args.kwonlyargs]
+    default = serve.args.kw_defaults[names.index("grace_period")]
+    assert isinstance(default, ast.Constant)
+    return int(default.value)
+
+
+def containers(objects: list[Obj]) -> Iterator[tuple[str, Obj, Obj | None]]:
+    """(where, container, its pod spec) of every container the chart renders; the pod spec of the
+    Triton runtime's container is the ranker predictor's (None when it has none here)."""
+    for isvc in by_kind(objects, "InferenceService"):
+        name = isvc["metadata"]["name"]
+        spec = isvc["spec"]
+        components = [("predictor", spec["predictor"])]
+        if "transformer" in spec:
+            components.append(("transformer", spec["transformer"]))
+        components += [(f"canary[{i}]", c["predictor"]) for i, c in enumerate(spec.get("canary", []))]
+        for component, pod in components:
+            for index, container in enumerate(pod.get("containers", [])):
+                yield f"{name}.{component}.containers[{index}]", container, pod
+    for runtime in by_kind(objects, "ServingRuntime"):
+        ranker = one(objects, "InferenceService", "search")["spec"]["predictor"]
+        for index, container in enumerate(runtime["spec"]["containers"]):
+            yield f"{runtime['metadata']['name']}.containers[{index}]", container, ranker
+
+
+@pytest.mark.parametrize("target", RENDERS, ids=lambda r: r.folder)
+def test_every_container_has_all_three_probes(target: Render,
+                                              rendered: dict[Render, list[Obj]]) -> None:
+    found = list(containers(rendered[target]))
+    assert len(found) >= 3  # transformer, recall, Triton
+    for where, container, _ in found:
+        for probe in PROBES:
+            assert probe in container, f"{target.folder}: {where} has no {probe}"
+            spec = container[probe]
+            assert spec.get("periodSeconds", 0) >= 1 and spec.get("failureThreshold", 0) >= 1
+        # Liveness ("restart me") never on the readiness endpoint ("send me traffic").
+        live = container["livenessProbe"].get("httpGet", {}).get("path")
+        assert live in (None, "/v2/health/live"), where
+        for probe in ("startupProbe", "readinessProbe"):
+            assert container[probe].get("httpGet", {}).get("path") in (None, "/v2/health/ready")
+        # The model load gets far longer than a liveness failure takes to restart the container.
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, where
+
+
+@pytest.mark.parametrize("target", RENDERS, ids=lambda r: r.folder)
+def test_probes_use_a_port_the_mode_allows(target: Render,
+                                           rendered: dict[Render, list[Obj]]) -> None:
+    for where, container, _ in containers(rendered[target]):
+        ports = [p["containerPort"] for p in container.get("ports", [])]
+        for probe in PROBES:
+            handler = container[probe].get("httpGet") or container[probe].get("tcpSocket")
+            assert handler, f"{where}.{probe}: httpGet or tcpSocket"
+            if target.mode == "Knative":
+                # Knative rejects a probe on any port but the container's single one.
+                assert handler["port"] == ports[0], f"{where}.{probe}"
+            else:
+                assert "httpGet" in container[probe], f"{where}.{probe}: HTTP in Standard mode"
+
+
+def _server_grace(where: str, container: Obj) -> int:
+    args = container.get("args", [])
+    timeouts = [a.split("=", 1)[1] for a in args if a.startswith("--exit-timeout-secs=")]
+    if "tritonserver" in args:
+        assert len(timeouts) == 1, f"{where}: Triton needs --exit-timeout-secs"
+        return int(timeouts[0])
+    return _serve_grace_period()
+
+
+@pytest.mark.parametrize("target", RENDERS, ids=lambda r: r.folder)
+def test_graceful_stop(target: Render, rendered: dict[Render, list[Obj]]) -> None:
+    for where, container, pod in containers(rendered[target]):
+        if target.mode == "Knative":
+            assert "lifecycle" not in container, f"{where}: Knative forbids lifecycle hooks"
+            assert pod is None or "terminationGracePeriodSeconds" not in pod, where
+            continue
+        sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert sleep >= 1, where
+        assert pod is not None
+        grace = pod["terminationGracePeriodSeconds"]
+        assert grace > sleep + _server_grace(where, container), (
+            f"{where}: terminationGracePeriodSeconds {grace} <= preStop {sleep} + server drain")
+
+
+def test_serve_grace_period_is_read() -> None:
+    assert _serve_grace_period() == 10
+
+
+def test_a_short_grace_period_is_caught(render: Any) -> None:
+    objects = render("dev", "Standard", "search.termination.gracePeriodSeconds=12")
+    with pytest.raises(AssertionError, match="terminationGracePeriodSeconds 12"):
+        test_graceful_stop(Render("dev", "Standard"), {Render("dev", "Standard"): objects})
