@@ -5,12 +5,15 @@ Subcommands (``shopserve <command> --help`` for each):
 * ``data``: generate the seeded catalog/behaviour/query world into a folder;
 * ``train recall``: tune, train, evaluate and package the MF recall component;
 * ``build-demo``: build the whole demo bundle (``make up`` runs it when the bundle is missing);
-* ``up``: start the local stack on a bundle, wait until ready, show a sample request, stop on Ctrl-C;
+* ``up``: start the local stack on a bundle, wait until ready, show a sample request, restart a
+  component that dies (giving up after repeated crashes), stop on Ctrl-C or SIGTERM;
 * ``train ranker``, ``optimize ranker``, ``evaluate``, ``package``: one pipeline step each;
 * ``pipeline run``: data -> train -> optimise -> evaluate -> package, cached and resumable;
 * ``bundles list|show|diff|verify``: the bundle registry and lineage;
 * ``deploy``: helm upgrade --install a bundle into dev, staging or prod (``--dry-run`` renders).
-* ``promote``, ``rollback``: one canary traffic step through the Kubernetes API (``pipeline.rollout.kube``).
+* ``promote``, ``rollback``: one canary traffic step through the Kubernetes API (``pipeline.rollout.kube``);
+* ``loadtest``, ``gate``: locust against a stack, the canary gate (``--local`` rehearses it);
+* ``monitor``: drift and SLO monitoring of a running stack.
 """
 
 from __future__ import annotations
