@@ -12,7 +12,7 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-ranker bench-stack bench-load bench-runtimes bench-footprint evaluate-stack pipeline pipeline-tiny
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-ranker bench-stack bench-load bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -81,6 +81,17 @@ bench-stack: $(STAMP) demo-bundle
 # (medians of 3 starts); CODE_ROOT=<another checkout> measures that code on the same bundle.
 bench-footprint: $(STAMP) demo-bundle
 	$(PY) -m bench.footprint --bundle $(DEMO_BUNDLE) $(if $(CODE_ROOT),--code-root $(CODE_ROOT) --label $(CODE_ROOT))
+
+# Fault drills on the supervised local stack under a steady load: kill -9 of the ranker server, its
+# model process and recall, SIGTERM of the transformer, a stopped ranker; one row per fault, exit 1
+# when a fault loses a request. RATE=<req/s> overrides the default of 4.
+drill: $(STAMP) demo-bundle
+	$(PY) -m pipeline.cli drill --bundle $(DEMO_BUNDLE) $(if $(RATE),--rate $(RATE))
+
+# The supervised local stack at half its measured capacity for MINUTES (default 10): failures,
+# degraded share and p99 per minute, each serving process's RSS at the start and the end.
+soak: $(STAMP) demo-bundle
+	$(PY) -m pipeline.cli soak --bundle $(DEMO_BUNDLE) $(if $(MINUTES),--minutes $(MINUTES)) $(if $(RATE),--rate $(RATE))
 
 # Quality of the whole pipeline through the running stack (BM25, BM25+MF, full, degraded).
 evaluate-stack: $(STAMP) demo-bundle

@@ -15,36 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 from pathlib import Path
 
-import psutil
-
 from pipeline.local import DEFAULT_BUNDLE, StackPorts, stack_components
+from pipeline.observe.harness import PROCESSES, cpu_model, find_process
 from pipeline.supervisor import Stack
-
-#: Processes of the stack, by how we find them: (row label, component, executable name or None
-#: for the component's own process).
-PROCESSES = (
-    ("search (transformers_pre)", "search", None),
-    ("recall (predictors.recall)", "recall", None),
-    ("ranker launcher (predictors.ranker)", "ranker", None),
-    ("tritonserver", "ranker", "tritonserver"),
-    ("Triton Python-backend model (stub)", "ranker", "triton_python_backend_stub"),
-)
-
-
-def cpu_model() -> str:
-    """The CPU's model name and its vector flags (AVX2, AVX-512, AVX-512 VNNI)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.startswith("model name")), platform.processor() or "unknown")
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    present = set(flags.split())
-    vector = ", ".join(f"{label} {'yes' if flag in present else 'no'}" for label, flag in
-                       (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 VNNI", "avx512_vnni")))
-    return f"{name}; {psutil.cpu_count()} CPUs; {vector}"
 
 
 def libtorch_maps(pid: int) -> int:
@@ -53,20 +29,6 @@ def libtorch_maps(pid: int) -> int:
         return sum("libtorch" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
     except OSError:
         return -1
-
-
-def find(stack: Stack, component: str, exe: str | None) -> psutil.Process | None:
-    """The component's own process, or its descendant whose executable is named ``exe``."""
-    root = psutil.Process(stack.processes[component].pid)
-    if exe is None:
-        return root
-    for child in root.children(recursive=True):
-        try:
-            if child.name() == exe or Path(child.exe()).name == exe:
-                return child
-        except psutil.Error:
-            continue
-    return None
 
 
 def measure_once(bundle: Path, log_dir: Path, code_root: Path | None) -> dict[str, dict[str, float]]:
@@ -78,7 +40,7 @@ def measure_once(bundle: Path, log_dir: Path, code_root: Path | None) -> dict[st
     with Stack(components, log_dir) as stack:
         ready = stack.start()
         for label, component, exe in PROCESSES:
-            proc = find(stack, component, exe)
+            proc = find_process(stack, component, exe)
             if proc is None:
                 continue
             rows[label] = {"rss_mb": proc.memory_info().rss / 2**20,

@@ -34,6 +34,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.rollout.kube_cli",     # promote, rollback
     "pipeline.rollout.canary",       # loadtest, gate
     "pipeline.observe.monitor",      # monitor
+    "pipeline.observe.drill",        # drill
+    "pipeline.observe.soak",         # soak
 )
 
 

@@ -410,6 +410,38 @@ def _content_length(scope: _Scope) -> int | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------------
+# The KServe patch: the one place shopserve changes KServe's internals. Written for KServe 0.21.0.
+# --------------------------------------------------------------------------------------------------
+#
+# Why: KServe 0.21.0 has no option for
+#   * the address its servers listen on: ``RESTServer.__init__`` builds its uvicorn config with
+#     ``host="0.0.0.0"`` and ``GRPCServer.start`` adds the port ``[::]:<port>``; we bind to
+#     127.0.0.1 locally (DESIGN.md: every local port on loopback);
+#   * REST exception handlers of ours: ``RESTServer.create_application`` registers KServe's own in
+#     ``_add_exception_handlers`` when the server starts, after any of ours, so for a class both
+#     handle (``InferenceError``: non-UTF-8 BYTES is bad input, 400, not KServe's 500) KServe's would
+#     win. ``ModelServer.register_exception_handler`` is for the event loop, not for HTTP;
+#   * a request-size limit: no middleware option on ``ModelServer`` and no constructor argument for
+#     ``grpc_max_receive_message_length``; :func:`limit_requests` adds our middleware to the app
+#     module global ``kserve.model_server.app`` and sets that option on ``kserve.model_server.args``,
+#     the parsed arguments ``ModelServer.start`` hands its gRPC server.
+# How: ``ModelServer.start`` builds its servers from the names ``RESTServer`` and ``GRPCServer`` in
+# ``kserve.model_server``; :func:`_patch_kserve` points those names at the subclasses below. The
+# gRPC one copies the body of ``GRPCServer.start`` (changing only the address), since the address
+# is built inside it.
+# Guard: tests/unit/shopserve/test_kserve_patch.py fails when an upgrade moves what this relies on
+# (the version, the names and signatures, the source of ``GRPCServer.start`` by its hash, the host
+# and handlers taking effect, the copied start serving on the host). After an upgrade, check
+# whether KServe gained options for these, and drop what it did.
+
+#: The KServe version the patch was written for.
+KSERVE_VERSION = "0.21.0"
+#: sha256 of ``inspect.getsource(kserve.protocol.grpc.server.GRPCServer.start)`` in that version,
+#: the body ``_bound_grpc_server`` copies.
+GRPC_START_SHA256 = "f4ea7b4eb6f0d9f7ac4947c7bda31531f4bf870529f9de0964a2dad2f6a7fb5e"
+
+
 def limit_requests(max_request_bytes: int) -> None:
     """Put ``max_request_bytes`` in force on the REST and gRPC servers ``ModelServer`` builds.
 
@@ -426,34 +458,6 @@ def limit_requests(max_request_bytes: int) -> None:
     app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestSizeLimit]
     app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
     _kserve_model_server.args.grpc_max_receive_message_length = max_request_bytes
-
-
-# --------------------------------------------------------------------------------------------------
-# The KServe patch: the one place shopserve changes KServe's internals. Written for KServe 0.21.0.
-# --------------------------------------------------------------------------------------------------
-#
-# Why: KServe 0.21.0 has no option for
-#   * the address its servers listen on: ``RESTServer.__init__`` builds its uvicorn config with
-#     ``host="0.0.0.0"`` and ``GRPCServer.start`` adds the port ``[::]:<port>``; we bind to
-#     127.0.0.1 locally (DESIGN.md: every local port on loopback);
-#   * REST exception handlers of ours: ``RESTServer.create_application`` registers KServe's own in
-#     ``_add_exception_handlers`` when the server starts, after any of ours, so for a class both
-#     handle (``InferenceError``: non-UTF-8 BYTES is bad input, 400, not KServe's 500) KServe's would
-#     win. ``ModelServer.register_exception_handler`` is for the event loop, not for HTTP.
-# How: ``ModelServer.start`` builds its servers from the names ``RESTServer`` and ``GRPCServer`` in
-# ``kserve.model_server``; :func:`_patch_kserve` points those names at the subclasses below. The
-# gRPC one copies the body of ``GRPCServer.start`` (changing only the address), since the address
-# is built inside it.
-# Guard: tests/unit/shopserve/test_kserve_patch.py fails when an upgrade moves what this relies on
-# (the version, the names and signatures, the source of ``GRPCServer.start`` by its hash, the host
-# and handlers taking effect, the copied start serving on the host). After an upgrade, check
-# whether KServe gained options for these, and drop what it did.
-
-#: The KServe version the patch was written for.
-KSERVE_VERSION = "0.21.0"
-#: sha256 of ``inspect.getsource(kserve.protocol.grpc.server.GRPCServer.start)`` in that version,
-#: the body ``_bound_grpc_server`` copies.
-GRPC_START_SHA256 = "f4ea7b4eb6f0d9f7ac4947c7bda31531f4bf870529f9de0964a2dad2f6a7fb5e"
 
 
 def _patch_kserve(bind_host: str) -> None:

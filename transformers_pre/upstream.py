@@ -130,11 +130,14 @@ class Upstream:
             raise UpstreamTimeout(f"{self.name} ({self.host}) gave no answer within "
                                   f"{self.timeout_s * 1000:.0f} ms") from None
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
+            # The async channel raises ``grpc.aio.AioRpcError``, which is no ``grpc.Call``: a
+            # deadline missed on it would otherwise read as "unavailable", not as a timeout.
+            call = exc if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else None
+            code = call.code() if call is not None else None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise UpstreamTimeout(f"{self.name} ({self.host}) gave no answer within "
                                       f"{self.timeout_s * 1000:.0f} ms") from None
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            details = call.details() if call is not None else str(exc)
             raise UpstreamUnavailable(
                 f"{self.name} ({self.host}) failed: {code.name if code else 'error'}: {details}"
             ) from None

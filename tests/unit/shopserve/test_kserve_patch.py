@@ -57,6 +57,8 @@ print(json.dumps({
     "rest_handlers": params(RESTServer._add_exception_handlers),
     "grpc_init": params(GRPCServer.__init__),
     "grpc_start": params(GRPCServer.start),
+    "limit_hooks": [type(model_server.app).__name__,
+                    hasattr(model_server.args, "grpc_max_receive_message_length")],
     "rest_config_host": serving._rest_server("127.0.0.2")(
         "kserve.model_server:app", None, None, 0)._server.config.host,
 }))
@@ -114,6 +116,11 @@ def test_model_server_builds_its_servers_from_the_patched_names(facts: dict[str,
     assert facts["module_names"] == [True, True]
     assert facts["start_globals"] == ["GRPCServer", "RESTServer", "asyncio"]
     assert facts["create_application_calls"] == ["_add_exception_handlers"]
+
+
+def test_the_request_limit_finds_kserves_app_and_grpc_option(facts: dict[str, Any]) -> None:
+    # limit_requests: our middleware on the module's FastAPI app, the gRPC limit in its args.
+    assert facts["limit_hooks"] == ["FastAPI", True]
 
 
 def test_the_overridden_methods_keep_their_signatures(facts: dict[str, Any]) -> None:

@@ -1,0 +1,181 @@
+"""The pure parts of ``shopserve drill`` and ``shopserve soak``: degraded reasons, recovery time,
+the loss rule, the per-window and per-minute summaries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.observe.drill import FAULTS, Row, format_row, lost, parse_faults, recovery_s, summarise
+from pipeline.observe.harness import (
+    REFUSED,
+    Record,
+    parse_degraded,
+    parse_env,
+    percentile,
+    refused_connection,
+    stage_of,
+)
+from pipeline.observe.soak import growth, interval, minute_bounds
+
+
+def ranked(t: float) -> Record:
+    return Record(t, 0.05, 200)
+
+
+def degraded(t: float, *reasons: str) -> Record:
+    return Record(t, 0.05, 200, "", reasons or ("ranker",))
+
+
+def refused(t: float) -> Record:
+    return Record(t, 0.001, None, REFUSED)
+
+
+def failed(t: float, status: int | None = 500, error: str = "") -> Record:
+    return Record(t, 0.5, status, error)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", ()),
+    (None, ()),
+    (3, ()),
+    ("ranker", ("ranker",)),
+    ("recall,ranker", ("recall", "ranker")),
+    (" ranker:timeout , recall ,", ("ranker:timeout", "recall")),
+])
+def test_parse_degraded(value: object, expected: tuple[str, ...]) -> None:
+    assert parse_degraded(value) == expected
+
+
+@pytest.mark.parametrize(("reason", "stage"), [
+    ("ranker", "ranker"), ("ranker:timeout", "ranker"), ("recall:unavailable", "recall")])
+def test_stage_of(reason: str, stage: str) -> None:
+    assert stage_of(reason) == stage
+
+
+@pytest.mark.parametrize(("record", "ok", "is_refused", "is_failed", "fully_ranked"), [
+    (ranked(0), True, False, False, True),
+    (degraded(0, "recall"), True, False, False, True),
+    (degraded(0, "ranker:timeout"), True, False, False, False),
+    (refused(0), False, True, False, False),
+    (failed(0, 503), False, False, True, False),
+    (failed(0, None, "ReadTimeout"), False, False, True, False),
+    (Record(0, 0.1, 200, "bad body"), False, False, True, False),
+])
+def test_record_kinds(record: Record, ok: bool, is_refused: bool, is_failed: bool,
+                      fully_ranked: bool) -> None:
+    assert (record.ok, record.refused, record.failed, record.fully_ranked) == (
+        ok, is_refused, is_failed, fully_ranked)
+
+
+def test_recovery_is_zero_when_nothing_was_degraded() -> None:
+    assert recovery_s([ranked(t) for t in range(10, 20)], 10.0, 3) == 0.0
+
+
+def test_recovery_starts_at_the_first_streak_after_the_first_bad_answer() -> None:
+    # Ranked answers before the degradation shows (a race with the fault) do not count, nor does
+    # a streak shorter than asked for.
+    records = ([ranked(10.1), degraded(10.5), degraded(11.0), ranked(11.5), degraded(12.0)]
+               + [ranked(12.5 + 0.5 * i) for i in range(3)])
+    assert recovery_s(records, 10.0, 3) == pytest.approx(2.5)
+
+
+def test_recovery_is_none_when_answers_never_recover() -> None:
+    records = [degraded(10.0), ranked(10.5), ranked(11.0), degraded(11.5)]
+    assert recovery_s(records, 10.0, 3) is None
+
+
+def test_recovery_ignores_records_before_the_fault_and_takes_a_predicate() -> None:
+    records = [degraded(5.0), ranked(10.0), degraded(10.2, "recall"), ranked(11.0), ranked(12.0)]
+    assert recovery_s(records, 10.0, 2) == 0.0
+    assert recovery_s(records, 10.0, 2, lambda r: r.ok and not r.degraded) == pytest.approx(1.0)
+
+
+def test_refused_connections_are_not_fully_ranked() -> None:
+    records = [refused(10.0), refused(10.5), ranked(11.0), ranked(11.5)]
+    assert recovery_s(records, 10.0, 2) == pytest.approx(1.0)
+
+
+def _row(failed_: int, refused_: int) -> Row:
+    return Row("x", 10, failed_, refused_, {}, 0.0, 0.0, 50.0)
+
+
+@pytest.mark.parametrize(("failed_", "refused_", "allowed", "expected"), [
+    (0, 0, False, 0),
+    (0, 3, False, 3),   # a ranker or recall fault may not refuse anything
+    (0, 3, True, 0),    # a restarting transformer may refuse new connections
+    (2, 3, True, 2),    # but must answer what it accepted
+    (2, 3, False, 5),
+])
+def test_loss_rule(failed_: int, refused_: int, allowed: bool, expected: int) -> None:
+    assert lost(_row(failed_, refused_), allowed) == expected
+
+
+def test_only_the_transformer_restart_may_refuse() -> None:
+    assert {n for n, f in FAULTS.items() if f.refusals_allowed} == {"transformer"}
+
+
+def test_summarise_counts_the_window_only() -> None:
+    records = [ranked(1.0), failed(10.0, 503), refused(10.1), degraded(10.2, "ranker"),
+               degraded(10.3, "recall", "ranker"), failed(10.4, None, "ReadTimeout"),
+               ranked(10.5), ranked(10.6), ranked(20.0)]
+    row = summarise("f", records, 10.0, 20.0, streak=2, restarts={"recall": 1})
+    assert (row.requests, row.failed, row.refused) == (7, 2, 1)
+    assert row.degraded == {"ranker": 2, "recall": 1}
+    assert row.errors == {"HTTP 503": 1, "ReadTimeout": 1}
+    assert row.ranked_again_s == pytest.approx(0.5)
+    line = format_row(row, lost(row, False))
+    assert line.startswith("| f | 7 | 2 | 1 | ranker 29% (2), recall 14% (1) | 0.5 |")
+    assert "recall 1" in line and line.endswith("| LOST 3 |")
+
+
+def test_parse_faults() -> None:
+    assert [f.name for f in parse_faults("recall, model")] == ["recall", "model"]
+    with pytest.raises(ValueError, match="unknown fault"):
+        parse_faults("recall,disk")
+    with pytest.raises(ValueError):
+        parse_faults("")
+
+
+def test_parse_env() -> None:
+    assert parse_env(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+    with pytest.raises(ValueError):
+        parse_env(["A"])
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert percentile(list(map(float, range(1, 101))), 0.99) == 99.0
+    assert math.isnan(percentile([], 0.99))
+
+
+@pytest.mark.parametrize(("total", "expected"), [
+    (20.0, [(0.0, 20.0)]),
+    (60.0, [(0.0, 60.0)]),
+    (150.0, [(0.0, 60.0), (60.0, 120.0), (120.0, 150.0)]),
+])
+def test_minute_bounds(total: float, expected: list[tuple[float, float]]) -> None:
+    assert minute_bounds(total) == expected
+
+
+def test_soak_interval_and_growth() -> None:
+    records = [ranked(0.5), degraded(1.0, "recall"), failed(2.0), refused(3.0), ranked(70.0)]
+    row = interval("0-1", records, 0.0, 60.0)
+    assert (row.requests, row.failed, row.refused, row.degraded) == (4, 1, 1, 1)
+    assert row.degraded_share == 0.25
+    assert growth(100.0, 105.0) == "+5.0%"
+    assert growth(None, 105.0) == "-"
+
+
+def test_a_refused_connection_is_found_down_the_exception_chain() -> None:
+    # What httpx raises for a closed port: anyio's OSError from the ConnectionRefusedError.
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+        except OSError as inner:
+            raise OSError("All connection attempts failed") from inner
+    except OSError as exc:
+        assert refused_connection(exc)
+    assert not refused_connection(OSError("All connection attempts failed"))
+    assert not refused_connection(TimeoutError("timed out"))
