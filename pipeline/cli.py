@@ -13,7 +13,8 @@ Subcommands (``shopserve <command> --help`` for each):
 * ``deploy``: helm upgrade --install a bundle into dev, staging or prod (``--dry-run`` renders).
 * ``promote``, ``rollback``: one canary traffic step through the Kubernetes API (``pipeline.rollout.kube``);
 * ``loadtest``, ``gate``: locust against a stack, the canary gate (``--local`` rehearses it);
-* ``monitor``: drift and SLO monitoring of a running stack.
+* ``monitor``: drift and SLO monitoring of a running stack;
+* ``drill``, ``soak``: fault drills and a soak of the supervised local stack under load.
 """
 
 from __future__ import annotations
