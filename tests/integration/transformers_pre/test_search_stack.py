@@ -117,13 +117,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                           show_progress=False))
     build_ranker(dataset, bundle / "ranker", RankerBuildConfig.tiny(), version="test-1")
     record_reference(bundle, samples=2000, score_queries=100)
-    recall = _start_recall(bundle, logs, free_port(), free_port())
-    ranker = _start_ranker(bundle, logs, free_port(), free_port())
-    search = _start_search(bundle, logs / "search.log", recall, ranker)
-    running = Stack(bundle, dataset, logs, recall, ranker, search)
-    yield running
-    for server in (running.search, running.ranker, running.recall):
-        server.stop()
+    started: list[Server] = []
+    try:  # a server that fails to start must not leave the ones before it running
+        started.append(_start_recall(bundle, logs, free_port(), free_port()))
+        started.append(_start_ranker(bundle, logs, free_port(), free_port()))
+        started.append(_start_search(bundle, logs / "search.log", *started))
+    except BaseException:
+        for server in reversed(started):
+            server.stop()
+        raise
+    running = Stack(bundle, dataset, logs, *started)
+    try:
+        yield running
+    finally:
+        # The servers running now: tests restart the ranker and recall.
+        for server in (running.search, running.ranker, running.recall):
+            server.stop()
 
 
 def _body(queries: list[str], users: list[int] | None = None, **parameters: object) -> dict:
