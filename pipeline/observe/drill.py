@@ -113,9 +113,15 @@ class Row:
 
 
 def summarise(fault: str, records: Sequence[Record], start: float, end: float, streak: int,
-              restarts: dict[str, int] | None = None) -> Row:
-    """The row of the window ``[start, end)`` (seconds of ``time.monotonic()``)."""
+              restarts: dict[str, int] | None = None, settled: float | None = None) -> Row:
+    """The row of the window ``[start, end)`` (seconds of ``time.monotonic()``).
+
+    Every request sent in the window counts for requests, failures and degradation; the recovery
+    times look only at those sent before ``settled`` (when the drill saw the stack settled and
+    moved on), since what was sent after that already belongs to the wait for the next fault.
+    """
     window = sorted((r for r in records if start <= r.start < end), key=lambda r: r.start)
+    judged = window if settled is None else [r for r in window if r.start <= settled]
     degraded: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for r in window:
@@ -125,8 +131,8 @@ def summarise(fault: str, records: Sequence[Record], start: float, end: float, s
             errors[r.error or f"HTTP {r.status}"] += 1
     return Row(
         fault, len(window), sum(r.failed for r in window), sum(r.refused for r in window),
-        dict(degraded), recovery_s(window, start, streak),
-        recovery_s(window, start, streak, lambda r: r.ok and not r.degraded),
+        dict(degraded), recovery_s(judged, start, streak),
+        recovery_s(judged, start, streak, lambda r: r.ok and not r.degraded),
         percentile([r.latency_s * 1000 for r in window if r.ok], 0.99),
         dict(restarts or {}), dict(errors))
 
@@ -265,16 +271,25 @@ def parse_faults(text: str) -> list[Fault]:
 # ------------------------------------------------------------------------------------ run
 
 
-def _settle(sup: Supervised, load: SteadyLoad, args: argparse.Namespace) -> None:
-    """Wait the quiet period, then until the stack is ready and answers fully ranked again."""
+def _settle(sup: Supervised, load: SteadyLoad, args: argparse.Namespace) -> float | None:
+    """Wait the quiet period, then until the stack is ready and answers fully ranked again.
+
+    Returns:
+        When the last request of the fully ranked run was sent (None when it never settled).
+    """
     time.sleep(args.quiet_seconds)
     deadline = time.monotonic() + args.settle_timeout
     while time.monotonic() < deadline and not sup.errors:
         last = load.snapshot()[-args.streak:]
-        if (len(last) == args.streak and all(r.fully_ranked for r in last)) and sup.ready():
-            return
+        oldest = load.oldest_in_flight()
+        # Settled: the last answers are fully ranked, no request sent before them is still out
+        # (it could come back degraded and break the run), and every component is ready.
+        if (len(last) == args.streak and all(r.fully_ranked for r in last)
+                and (oldest is None or oldest > last[0].start) and sup.ready()):
+            return last[-1].start
         time.sleep(0.5)
     _say(f"not settled {args.settle_timeout:g}s after the quiet period; going on")
+    return None
 
 
 def _say(message: str) -> None:
@@ -297,12 +312,13 @@ def run_drill(args: argparse.Namespace) -> int:
           f"fully ranked = {args.streak} consecutive answers without ranker degradation; "
           f"logs in {log_dir}", flush=True)
     windows: list[tuple[Fault | None, float, dict[str, int]]] = []
+    settled: list[float | None] = []
     try:
         with supervised_stack(bundle, log_dir, search_env) as sup:
             load = SteadyLoad(sup.url, mix, args.rate, timeout_s=args.request_timeout)
             load.start()
             windows.append((None, time.monotonic(), dict(sup.stack.restarts)))
-            _settle(sup, load, args)
+            settled.append(_settle(sup, load, args))
             for fault in faults:
                 if sup.errors:
                     break
@@ -313,7 +329,7 @@ def run_drill(args: argparse.Namespace) -> int:
                 except (RuntimeError, OSError) as exc:
                     note = f"could not inject: {exc}"
                 _say(f"{fault.name}: {note}")
-                _settle(sup, load, args)
+                settled.append(_settle(sup, load, args))
             end = time.monotonic()
             restarts_end = dict(sup.stack.restarts)
             records = load.stop()
@@ -329,7 +345,7 @@ def run_drill(args: argparse.Namespace) -> int:
                                 else (end, restarts_end))
         restarts = {n: restarts_after.get(n, 0) - restarts_before.get(n, 0) for n in restarts_after}
         row = summarise(fault.label if fault else BASELINE, records, start, stop, args.streak,
-                        restarts)
+                        restarts, settled[i] if i < len(settled) else None)
         loss = None if fault is None else lost(row, fault.refusals_allowed)
         total_lost += loss or 0
         print(format_row(row, loss))

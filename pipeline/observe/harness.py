@@ -149,6 +149,9 @@ class SteadyLoad:
         self.timeout_s = timeout_s
         self.rng = random.Random(seed)
         self.records: list[Record] = []
+        # Start times of the requests sent and not answered yet (read from other threads).
+        self._in_flight: dict[int, float] = {}
+        self._in_flight_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -188,8 +191,24 @@ class SteadyLoad:
             if pending:
                 await asyncio.gather(*pending)
 
+    def oldest_in_flight(self) -> float | None:
+        """When the oldest request still waiting for its answer was sent; None when none is."""
+        with self._in_flight_lock:
+            return min(self._in_flight.values(), default=None)
+
     async def _one(self, client: httpx.AsyncClient, body: Mapping[str, object]) -> None:
         start = time.monotonic()
+        key = id(asyncio.current_task())
+        with self._in_flight_lock:
+            self._in_flight[key] = start
+        try:
+            await self._send(client, body, start)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.pop(key, None)
+
+    async def _send(self, client: httpx.AsyncClient, body: Mapping[str, object], start: float
+                    ) -> None:
         try:
             response = await client.post(self.url, json=body)
         except httpx.ConnectError as exc:

@@ -179,3 +179,13 @@ def test_a_refused_connection_is_found_down_the_exception_chain() -> None:
         assert refused_connection(exc)
     assert not refused_connection(OSError("All connection attempts failed"))
     assert not refused_connection(TimeoutError("timed out"))
+
+
+def test_recovery_is_judged_up_to_when_the_drill_settled() -> None:
+    # Fully ranked all along, then one answer sent after the drill saw the stack settled comes
+    # back degraded: it counts in the row, not against the recovery.
+    records = [ranked(10 + i / 10) for i in range(12)] + [degraded(11.5)]
+    row = summarise("recall kill -9", records, 10.0, 12.0, streak=10, settled=11.1)
+    assert row.requests == 13 and row.degraded == {"ranker": 1}
+    assert row.ranked_again_s == 0.0
+    assert summarise("recall kill -9", records, 10.0, 12.0, streak=10).ranked_again_s is None
