@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -86,6 +87,21 @@ class _Interrupted(Exception):
 
 def _interrupt(signum: int, frame: object) -> None:
     raise _Interrupted(signal.Signals(signum).name)
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict.
+
+    Raises:
+        ValueError: one has no ``=``.
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,3 +106,24 @@ def start_server(
         child.stop()
         raise
     return Server(child, http_port, grpc_port)
+
+
+def start_recall(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Server:
+    """The recall predictor on a bundle's ``recall`` component (a fresh log per start)."""
+    return start_server(
+        "predictors.recall",
+        {"RECALL_BUNDLE_DIR": str(bundle / "recall"), "RECALL_HTTP_PORT": str(http_port),
+         "RECALL_GRPC_PORT": str(grpc_port)},
+        logs / f"recall-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
+    )
+
+
+def start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Server:
+    """The local Triton ranker on a bundle's ``ranker`` component (a fresh log per start)."""
+    return start_server(
+        "predictors.ranker",
+        {"RANKER_BUNDLE": str(bundle / "ranker"), "RANKER_HTTP_PORT": str(http_port),
+         "RANKER_GRPC_PORT": str(grpc_port), "RANKER_METRICS_PORT": str(free_port())},
+        logs / f"ranker-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
+        timeout=180,
+    )

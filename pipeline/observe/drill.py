@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.traffic import TrafficMix
+from pipeline.local import parse_env
 from pipeline.observe.harness import (
     STUB_EXE,
     TRITON_EXE,
@@ -47,7 +48,6 @@ from pipeline.observe.harness import (
     Supervised,
     add_stack_flags,
     cpu_model,
-    parse_env,
     percentile,
     supervised_stack,
     wait_for_process,
@@ -364,10 +364,6 @@ def run_drill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_drill(args: argparse.Namespace) -> int:
-    return run_drill(args)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``drill`` to the ``shopserve`` parser."""
     drill = sub.add_parser(
@@ -387,4 +383,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     drill.add_argument("--settle-timeout", type=float, default=120.0,
                        help="after the quiet period, wait at most this long for the stack to "
                             "be ready and answers fully ranked before the next fault")
-    drill.set_defaults(func=_cmd_drill)
+    drill.set_defaults(func=run_drill)

@@ -405,21 +405,6 @@ def cpu_model() -> str:
     return f"{name}; {psutil.cpu_count()} CPUs; {vector}"
 
 
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings as a dict.
-
-    Raises:
-        ValueError: one has no ``=``.
-    """
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
-
-
 def add_stack_flags(parser: argparse.ArgumentParser) -> None:
     """Flags the drill and the soak share."""
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)

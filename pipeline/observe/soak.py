@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.traffic import TrafficMix
+from pipeline.local import parse_env
 from pipeline.observe.harness import (
     PROCESSES,
     Record,
@@ -30,7 +31,6 @@ from pipeline.observe.harness import (
     add_stack_flags,
     closed_loop_capacity,
     cpu_model,
-    parse_env,
     percentile,
     rss_mb,
     supervised_stack,
@@ -169,10 +169,6 @@ def run_soak(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_soak(args: argparse.Namespace) -> int:
-    return run_soak(args)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``soak`` to the ``shopserve`` parser."""
     soak = sub.add_parser(
@@ -186,4 +182,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="requests/s (default: half the capacity measured first)")
     soak.add_argument("--capacity-seconds", type=float, default=10.0)
     soak.add_argument("--capacity-clients", type=int, default=4)
-    soak.set_defaults(func=_cmd_soak)
+    soak.set_defaults(func=run_soak)

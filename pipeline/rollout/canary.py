@@ -31,14 +31,14 @@ import argparse
 import contextlib
 import datetime as _dt
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from loadtest.runner import LoadRun, run_locust
 from loadtest.slo import DEFAULT_SLO_FILE, SLO, LoadStats, load_slo
-from pipeline.local import DEFAULT_BUNDLE
+from pipeline.local import DEFAULT_BUNDLE, parse_env
 from pipeline.rollout.gate import (
     ROLLBACK,
     Decision,
@@ -52,16 +52,6 @@ from pipeline.rollout.gate import (
 )
 
 DEFAULT_HOST = "http://127.0.0.1:8080"
-
-
-def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
 
 
 def _slo(args: argparse.Namespace) -> SLO:
@@ -222,7 +212,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     try:
         slo = _slo(args)
         plan = [int(p) for p in args.steps.split(",") if p.strip()]
-        search_env, canary_env = _env_pairs(args.search_env), _env_pairs(args.canary_env)
+        search_env, canary_env = parse_env(args.search_env), parse_env(args.canary_env)
     except (ValueError, FileNotFoundError) as exc:
         print(f"bad argument: {exc}", file=sys.stderr)
         return 2

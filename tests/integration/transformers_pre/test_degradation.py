@@ -41,7 +41,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from shopserve import metric_names
 from shopserve.catalog_files import CatalogFiles
 from shopserve.protocol import DEGRADED, ITEM_IDS, QUERY, SEARCH_MODEL, STAGE_MS, USER_ID
-from tests.servers import Server, free_port, start_server
+from tests.servers import Server, free_port, start_ranker, start_recall, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +71,11 @@ class Dependencies:
     ranker: Server
 
     def start_recall(self) -> None:
-        self.recall = _start_recall(self.bundle, self.logs, self.recall.http_port,
+        self.recall = start_recall(self.bundle, self.logs, self.recall.http_port,
                                     self.recall.grpc_port)
 
     def start_ranker(self) -> None:
-        self.ranker = _start_ranker(self.bundle, self.logs, self.ranker.http_port,
+        self.ranker = start_ranker(self.bundle, self.logs, self.ranker.http_port,
                                     self.ranker.grpc_port)
 
     def triton(self) -> psutil.Process:
@@ -93,25 +93,6 @@ class World:
     query: str
     user: int
     popular: list[int]
-
-
-def _start_recall(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Server:
-    return start_server(
-        "predictors.recall",
-        {"RECALL_BUNDLE_DIR": str(bundle / "recall"), "RECALL_HTTP_PORT": str(http_port),
-         "RECALL_GRPC_PORT": str(grpc_port)},
-        logs / f"recall-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
-    )
-
-
-def _start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Server:
-    return start_server(
-        "predictors.ranker",
-        {"RANKER_BUNDLE": str(bundle / "ranker"), "RANKER_HTTP_PORT": str(http_port),
-         "RANKER_GRPC_PORT": str(grpc_port), "RANKER_METRICS_PORT": str(free_port())},
-        logs / f"ranker-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
-        timeout=180,
-    )
 
 
 def _start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
@@ -148,9 +129,9 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def deps(tiny_bundle: Path, logs: Path) -> Iterator[Dependencies]:
-    recall = _start_recall(tiny_bundle, logs, free_port(), free_port())
+    recall = start_recall(tiny_bundle, logs, free_port(), free_port())
     try:
-        ranker = _start_ranker(tiny_bundle, logs, free_port(), free_port())
+        ranker = start_ranker(tiny_bundle, logs, free_port(), free_port())
     except BaseException:
         recall.stop()
         raise

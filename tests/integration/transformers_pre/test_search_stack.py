@@ -39,7 +39,7 @@ from shopserve.protocol import (
     TITLES,
     USER_ID,
 )
-from tests.servers import Server, free_port, start_server
+from tests.servers import Server, free_port, start_ranker, start_recall, start_server
 from training.data.generator import Dataset, GeneratorConfig, generate, split_queries
 from training.ranker.build import RankerBuildConfig, build_ranker
 from training.recall.build import RecallBuildConfig, build_recall
@@ -58,33 +58,14 @@ class Stack:
     search: Server
 
     def start_ranker(self) -> Server:
-        self.ranker = _start_ranker(self.bundle, self.logs, self.ranker.http_port,
+        self.ranker = start_ranker(self.bundle, self.logs, self.ranker.http_port,
                                     self.ranker.grpc_port)
         return self.ranker
 
     def start_recall(self) -> Server:
-        self.recall = _start_recall(self.bundle, self.logs, self.recall.http_port,
+        self.recall = start_recall(self.bundle, self.logs, self.recall.http_port,
                                     self.recall.grpc_port)
         return self.recall
-
-
-def _start_recall(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Server:
-    return start_server(
-        "predictors.recall",
-        {"RECALL_BUNDLE_DIR": str(bundle / "recall"), "RECALL_HTTP_PORT": str(http_port),
-         "RECALL_GRPC_PORT": str(grpc_port)},
-        logs / f"recall-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
-    )
-
-
-def _start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Server:
-    return start_server(
-        "predictors.ranker",
-        {"RANKER_BUNDLE": str(bundle / "ranker"), "RANKER_HTTP_PORT": str(http_port),
-         "RANKER_GRPC_PORT": str(grpc_port), "RANKER_METRICS_PORT": str(free_port())},
-        logs / f"ranker-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
-        timeout=180,
-    )
 
 
 def _start_search(bundle: Path, log: Path, recall: Server, ranker: Server) -> Server:
@@ -119,8 +100,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     record_reference(bundle, samples=2000, score_queries=100)
     started: list[Server] = []
     try:  # a server that fails to start must not leave the ones before it running
-        started.append(_start_recall(bundle, logs, free_port(), free_port()))
-        started.append(_start_ranker(bundle, logs, free_port(), free_port()))
+        started.append(start_recall(bundle, logs, free_port(), free_port()))
+        started.append(start_ranker(bundle, logs, free_port(), free_port()))
         started.append(_start_search(bundle, logs / "search.log", *started))
     except BaseException:
         for server in reversed(started):

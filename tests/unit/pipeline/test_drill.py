@@ -7,12 +7,12 @@ import math
 
 import pytest
 
+from pipeline.local import parse_env
 from pipeline.observe.drill import FAULTS, Row, format_row, lost, parse_faults, recovery_s, summarise
 from pipeline.observe.harness import (
     REFUSED,
     Record,
     parse_degraded,
-    parse_env,
     percentile,
     refused_connection,
     stage_of,
