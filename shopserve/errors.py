@@ -71,6 +71,11 @@ class UpstreamUnavailable(ShopserveError):
     status_code = StatusCode.UNAVAILABLE
 
 
+class CircuitOpen(UpstreamUnavailable):
+    """A dependency was skipped without a call: its circuit breaker is open after consecutive
+    failures (503, UNAVAILABLE)."""
+
+
 class UpstreamTimeout(ShopserveError):
     """A dependency did not answer within its time budget (504, DEADLINE_EXCEEDED)."""
 
@@ -94,6 +99,7 @@ ERRORS: tuple[type[ShopserveError], ...] = (
     ModelNotFound,
     ModelNotReady,
     UpstreamUnavailable,
+    CircuitOpen,
     UpstreamTimeout,
     InferenceFailed,
 )

@@ -123,8 +123,10 @@ CATEGORY = "category"
 MIN_PRICE = "min_price"
 MAX_PRICE = "max_price"
 EXCLUDE_PURCHASED = "exclude_purchased"
+ALLOW_DEGRADED = "allow_degraded"
 # Response parameter names.
 DEGRADED = "degraded"
+DEGRADED_REASONS = "degraded_reasons"
 STAGE_MS = "stage_ms"
 
 ANONYMOUS_USER = -1
@@ -141,7 +143,7 @@ SEARCH = ModelContract(
         TensorSpec(TITLES, "BYTES", (-1, -1)),
     ),
     parameters={TOP_N: int, CATEGORY: str, MIN_PRICE: float, MAX_PRICE: float,
-                EXCLUDE_PURCHASED: bool},
+                EXCLUDE_PURCHASED: bool, ALLOW_DEGRADED: bool},
 )
 
 RECALL = ModelContract(

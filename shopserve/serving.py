@@ -20,24 +20,30 @@ the reason and the KServe version, guarded by ``tests/unit/shopserve/test_kserve
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent import futures
 from typing import Any
 
 import numpy as np
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from grpc import aio
 from kserve import Model, ModelServer
 from kserve import model_server as _kserve_model_server
 from kserve.errors import InferenceError, inference_error_handler
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
+from kserve.protocol.rest.multiprocess import server as _kserve_multiprocess_server
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter, Gauge
 
@@ -236,26 +242,26 @@ def serve(
     """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
 
     KServe's own options do what they can (ports, workers, grace period, latency logging, event
-    loop); at SIGINT/SIGTERM, once REST has drained, KServe calls each model's ``stop()``, the
-    place to close what a model holds. What KServe has no option for (the bind address, our REST
-    error table) is :func:`_patch_kserve`.
+    loop, the model registry: :class:`ServedModels`); at SIGINT/SIGTERM KServe calls each model's
+    ``stop()``, the place to close what a model holds. What KServe has no option for (the bind
+    address, our REST error table, the size limit, readiness that tells the truth) is
+    :func:`_patch_kserve` and :class:`ServedDataPlane`.
 
     Args:
         models: Loaded models to register.
         http_port: REST port (v2 endpoints and ``/metrics``).
         grpc_port: gRPC ``GRPCInferenceService`` port.
-        workers: uvicorn worker processes (1 keeps one copy of the model in memory; with more,
-            KServe's multi-process server keeps its own error handlers and binding).
+        workers: uvicorn worker processes (1 keeps one copy of the model in memory; more spawn
+            REST workers with a copy each, behind the same address, errors and size limit).
         bind_host: Address to listen on: ``0.0.0.0`` in a pod, ``127.0.0.1`` on one machine.
         grace_period: Seconds to finish in-flight requests on shutdown.
         event_loop: ``auto`` (uvloop when installed, KServe's own default), ``uvloop`` or
             ``asyncio``.
         max_request_bytes: Largest request body (REST) or message (gRPC) accepted: REST answers
             413 while reading a larger body, gRPC ``RESOURCE_EXHAUSTED`` (see
-            :func:`limit_requests`).
+            :class:`RequestSizeLimit`).
     """
-    _patch_kserve(bind_host)
-    limit_requests(max_request_bytes)
+    _patch_kserve(bind_host, max_request_bytes)
     server = ModelServer(
         http_port=http_port,
         grpc_port=grpc_port,
@@ -266,7 +272,9 @@ def serve(
         # stage histograms and ``stage_ms`` already say, at a cost on every request.
         enable_latency_logging=False,
         event_loop=event_loop,
+        registered_models=ServedModels(),
     )
+    server.dataplane = ServedDataPlane(model_registry=server.registered_models)
     _install_event_loop(event_loop)
     server.start(list(models))
 
@@ -293,6 +301,84 @@ def _install_event_loop(event_loop: str) -> None:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+# --------------------------------------------------------------------------------------------------
+# Readiness that tells the truth: a server is ready only while every model it serves is.
+# --------------------------------------------------------------------------------------------------
+# KServe 0.21.0 answers ``/v2/health/ready`` (and gRPC ``ServerReady``) with ``True`` whatever its
+# models' state, and its repository API (``POST /v2/repository/models/{name}/unload``, gRPC
+# ``RepositoryModelUnload``) can remove the one model a shopserve server exists for: it then kept
+# answering ready while every inference answered 404, so a pod in that state stayed in rotation.
+# Here the server remembers the models it was started with (KServe's ``registered_models`` option
+# takes the registry), is ready only while each of them is registered and ready, answers 503 (gRPC
+# UNAVAILABLE) for an inference on one that was unloaded, 404 only for a name it never served, and
+# loads an unloaded one again on ``POST /v2/repository/models/{name}/load``, as Triton's explicit
+# model control does. During shutdown KServe unloads every model, so a stopping server also reports
+# not ready while it drains.
+
+
+class ServedModels(ModelRepository):
+    """KServe's model registry, remembering every model registered so it can be loaded again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served: dict[str, Model] = {}
+
+    def update(self, model: Any, name: str | None = None) -> None:
+        """Register ``model`` (KServe's registration path) and remember it as served here."""
+        super().update(model, name)
+        self.served[name or model.name] = model
+
+    def load(self, name: str) -> bool:
+        """Load a served model again after an unload (KServe's repository ``load``)."""
+        model = self.served.get(name)
+        if model is None:
+            return False  # KServe's extension answers that it could not be made ready
+        if name not in self.models:
+            log.info("loading model '%s' again (repository API)", name)
+            model.load()
+            self.models[name] = model
+        return bool(model.ready)
+
+    def is_unloaded(self, name: str) -> bool:
+        """Whether ``name`` was served here and is not registered now."""
+        return name in self.served and name not in self.models
+
+    async def all_ready(self) -> bool:
+        """Every served model registered and ready (False before any was registered)."""
+        if not self.served:
+            return False
+        return all([await self.is_model_ready(name) for name in self.served])
+
+
+class ServedDataPlane(DataPlane):
+    """KServe's data plane with readiness from :class:`ServedModels`."""
+
+    @property
+    def served_models(self) -> ServedModels:
+        """The registry, which :func:`serve` makes a :class:`ServedModels`."""
+        registry = self.model_registry
+        assert isinstance(registry, ServedModels)
+        return registry
+
+    async def ready(self) -> bool:
+        """Server readiness: every served model registered and ready."""
+        return await self.served_models.all_ready() and await super().ready()
+
+    async def model_ready(self, model_name: str, disable_predictor_health_check: bool = False
+                          ) -> bool:
+        """An unloaded served model is not ready (REST answers 503), not unknown (404)."""
+        if self.served_models.is_unloaded(model_name):
+            return False
+        return bool(await super().model_ready(model_name, disable_predictor_health_check))
+
+    async def get_model(self, name: str) -> Any:
+        """The model to infer with; an unloaded served model is :class:`ModelNotReady` (503)."""
+        if self.served_models.is_unloaded(name):
+            raise ModelNotReady(f"model '{name}' is not loaded (unloaded through the repository "
+                                f"API; POST /v2/repository/models/{name}/load loads it again)")
+        return await super().get_model(name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,96 +509,97 @@ def _content_length(scope: _Scope) -> int | None:
 #     handle (``InferenceError``: non-UTF-8 BYTES is bad input, 400, not KServe's 500) KServe's would
 #     win. ``ModelServer.register_exception_handler`` is for the event loop, not for HTTP;
 #   * a request-size limit: no middleware option on ``ModelServer`` and no constructor argument for
-#     ``grpc_max_receive_message_length``; :func:`limit_requests` adds our middleware to the app
-#     module global ``kserve.model_server.app`` and sets that option on ``kserve.model_server.args``,
-#     the parsed arguments ``ModelServer.start`` hands its gRPC server.
+#     ``grpc_max_receive_message_length``;
+#   * server readiness from the models: ``ModelServer.__init__`` builds a plain ``DataPlane``, whose
+#     ``ready()`` is always True; :func:`serve` replaces it with a :class:`ServedDataPlane`.
 # How: ``ModelServer.start`` builds its servers from the names ``RESTServer`` and ``GRPCServer`` in
-# ``kserve.model_server``; :func:`_patch_kserve` points those names at the subclasses below. The
-# gRPC one copies the body of ``GRPCServer.start`` (changing only the address), since the address
-# is built inside it.
+# ``kserve.model_server``, and with ``workers`` > 1 ``RESTServerMultiProcess`` builds its REST
+# server from the name ``RESTServer`` in ``kserve.protocol.rest.multiprocess.server`` and sends it,
+# pickled, to each spawned worker, which runs ``create_application`` there on a freshly imported
+# ``kserve.model_server.app``. :func:`_patch_kserve` points those names at the classes below,
+# with their settings bound by ``functools.partial``: module-level classes, so that the REST server
+# travels to spawned workers, and everything the app needs (host, handlers, the size-limit
+# middleware) is added in ``create_application``, which runs in whichever process serves. The gRPC
+# limit is KServe's ``grpc_max_receive_message_length`` option on ``kserve.model_server.args``,
+# the parsed arguments ``ModelServer.start`` hands its gRPC server. The gRPC server copies the body
+# of ``GRPCServer.start`` (changing only the address), since the address is built inside it.
 # Guard: tests/unit/shopserve/test_kserve_patch.py fails when an upgrade moves what this relies on
-# (the version, the names and signatures, the source of ``GRPCServer.start`` by its hash, the host
-# and handlers taking effect, the copied start serving on the host). After an upgrade, check
-# whether KServe gained options for these, and drop what it did.
+# (the version, the names and signatures, the source of ``GRPCServer.start`` by its hash, the host,
+# handlers, limit and readiness taking effect with one and with two workers, the copied start
+# serving on the host). After an upgrade, check whether KServe gained options for these, and drop
+# what it did.
 
 #: The KServe version the patch was written for.
 KSERVE_VERSION = "0.21.0"
 #: sha256 of ``inspect.getsource(kserve.protocol.grpc.server.GRPCServer.start)`` in that version,
-#: the body ``_bound_grpc_server`` copies.
+#: the body ``BoundGRPCServer.start`` copies.
 GRPC_START_SHA256 = "f4ea7b4eb6f0d9f7ac4947c7bda31531f4bf870529f9de0964a2dad2f6a7fb5e"
 
 
-def limit_requests(max_request_bytes: int) -> None:
-    """Put ``max_request_bytes`` in force on the REST and gRPC servers ``ModelServer`` builds.
-
-    REST: :class:`RequestSizeLimit` on KServe's FastAPI app (``kserve.model_server.app``, the app
-    its REST server serves), replacing one added before. gRPC: KServe's
-    ``grpc_max_receive_message_length`` option, read from its parsed arguments
-    (``kserve.model_server.args``) when ``ModelServer.start`` builds the gRPC server. With
-    ``workers`` > 1 KServe serves REST from spawned processes that import a fresh app, so there
-    only the gRPC limit holds.
-    """
+def _patch_kserve(bind_host: str, max_request_bytes: int) -> None:
+    """Make ``ModelServer.start`` build servers that listen on ``bind_host`` with our REST errors
+    and refuse request bodies (REST) or messages (gRPC) over ``max_request_bytes``."""
     if max_request_bytes < 1:
         raise ValueError(f"max_request_bytes must be positive, not {max_request_bytes}")
-    app = _kserve_model_server.app
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestSizeLimit]
-    app.add_middleware(RequestSizeLimit, max_bytes=max_request_bytes)
+    rest = functools.partial(ShopserveRESTServer, bind_host=bind_host or "0.0.0.0",
+                             max_request_bytes=max_request_bytes)
+    _kserve_model_server.RESTServer = rest  # type: ignore[misc]
+    _kserve_multiprocess_server.RESTServer = rest  # type: ignore[misc]
     _kserve_model_server.args.grpc_max_receive_message_length = max_request_bytes
-
-
-def _patch_kserve(bind_host: str) -> None:
-    """Make ``ModelServer.start`` build servers that listen on ``bind_host`` with our REST errors."""
-    _kserve_model_server.RESTServer = _rest_server(bind_host or "0.0.0.0")  # type: ignore[misc]
     if bind_host not in ("0.0.0.0", "::", ""):
-        _kserve_model_server.GRPCServer = _bound_grpc_server(bind_host)  # type: ignore[misc]
+        _kserve_model_server.GRPCServer = functools.partial(  # type: ignore[misc]
+            BoundGRPCServer, bind_host=bind_host)
 
 
-def _rest_server(host: str) -> type[RESTServer]:
-    class ShopserveRESTServer(RESTServer):
-        """KServe's REST server, listening on ``host``, with shopserve's error table."""
+class ShopserveRESTServer(RESTServer):
+    """KServe's REST server, listening on ``bind_host``, with shopserve's error table and the
+    request-size limit."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.config.host = host  # the uvicorn config its server was built with
+    def __init__(self, *args: Any, bind_host: str, max_request_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config.host = bind_host  # the uvicorn config its server (or its workers' socket) uses
+        self.max_request_bytes = max_request_bytes
 
-        def _add_exception_handlers(self, app: Any) -> None:
-            super()._add_exception_handlers(app)
-            # Registered after KServe's so that ours win for the classes both handle.
-            app.add_exception_handler(ShopserveError, _shopserve_error_handler)
-            app.add_exception_handler(RequestValidationError, _request_validation_handler)
-            app.add_exception_handler(InferenceError, _kserve_inference_error_handler)
+    def create_application(self) -> None:
+        """KServe's app set-up, then the size limit as the outermost middleware."""
+        super().create_application()
+        app = _kserve_model_server.app  # the app KServe just set up, in this process
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestSizeLimit]
+        app.add_middleware(RequestSizeLimit, max_bytes=self.max_request_bytes)
 
-    return ShopserveRESTServer
+    def _add_exception_handlers(self, app: Any) -> None:
+        super()._add_exception_handlers(app)
+        # Registered after KServe's so that ours win for the classes both handle.
+        app.add_exception_handler(ShopserveError, _shopserve_error_handler)
+        app.add_exception_handler(RequestValidationError, _request_validation_handler)
+        app.add_exception_handler(InferenceError, _kserve_inference_error_handler)
 
 
-def _bound_grpc_server(host: str) -> type[GRPCServer]:
-    from concurrent import futures
+class BoundGRPCServer(GRPCServer):
+    """KServe's gRPC server, listening on ``bind_host``; the rest as in ``GRPCServer.start``."""
 
-    from grpc import aio
+    def __init__(self, *args: Any, bind_host: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bind_host = bind_host
 
-    class BoundGRPCServer(GRPCServer):
-        """KServe's gRPC server, listening on ``host``; the rest as in ``GRPCServer.start``."""
-
-        async def start(self, max_workers: int) -> None:
-            # Copied from KServe 0.21.0 GRPCServer.start (GRPC_START_SHA256); only the address
-            # differs.
-            servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
-            self._server = aio.server(
-                futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
-                options=[
-                    ("grpc.max_send_message_length",
-                     self._kwargs.get("grpc_max_send_message_length")),
-                    ("grpc.max_receive_message_length",
-                     self._kwargs.get("grpc_max_receive_message_length")),
-                ],
-            )
-            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                servicer, self._server
-            )
-            self._server.add_insecure_port(f"{host}:{self._port}")
-            log.info("gRPC server listening on %s:%s", host, self._port)
-            await self._server.start()
-            await self._server.wait_for_termination()
-
-    return BoundGRPCServer
+    async def start(self, max_workers: int) -> None:
+        # Copied from KServe 0.21.0 GRPCServer.start (GRPC_START_SHA256); only the address
+        # differs.
+        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            options=[
+                ("grpc.max_send_message_length",
+                 self._kwargs.get("grpc_max_send_message_length")),
+                ("grpc.max_receive_message_length",
+                 self._kwargs.get("grpc_max_receive_message_length")),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            servicer, self._server
+        )
+        self._server.add_insecure_port(f"{self.bind_host}:{self._port}")
+        log.info("gRPC server listening on %s:%s", self.bind_host, self._port)
+        await self._server.start()
+        await self._server.wait_for_termination()

@@ -138,6 +138,11 @@ class SearchSettings(ServerSettings):
     """Time budget of one ranker call, retries included; past it the answer degrades."""
     upstream_retries: int = Field(default=1, ge=0, le=5)
     """Retries of an upstream call, only on connection errors and UNAVAILABLE (503)."""
+    breaker_failures: int = Field(default=3, ge=1)
+    """Consecutive failed calls (timeouts, errors) of one upstream that open its circuit breaker:
+    while open, calls to it are skipped and answers degrade at once (reason ``circuit_open``)."""
+    breaker_cooldown_ms: float = Field(default=1000.0, gt=0)
+    """How long an open circuit skips its upstream before one call tries it again."""
     lexical_candidates: int = Field(default=100, ge=1)
     """BM25 candidates per query."""
     recall_candidates: int = Field(default=100, ge=1)

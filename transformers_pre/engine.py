@@ -10,7 +10,10 @@
 
 Without a query it recommends: MF candidates for a known user, popularity otherwise, backfilled
 with popular items when filters leave too few. A failing dependency degrades the answer, it never
-fails it: the stage is named in ``degraded`` and the caller counts it.
+fails it: the stage is named in ``degraded`` with its :class:`DegradationReason`, and the caller
+counts it. Only a request that says it takes no degraded answer (``allow_degraded`` false: an
+offline evaluation, a canary analysis) fails instead, with the dependency's error: 504 for a
+timeout, 503 otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shopserve.errors import ShopserveError, UpstreamTimeout
+from shopserve.errors import CircuitOpen, ShopserveError, UpstreamTimeout
 from shopserve.protocol import ANONYMOUS_USER, EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, TOP_K, USER_ID
 from shopserve.settings import SearchSettings
 from shopserve.text import PairEncoder, PairTokenizer
@@ -58,6 +61,27 @@ class Dependency(StrEnum):
     RANKER = "ranker"
 
 
+class DegradationReason(StrEnum):
+    """Why a dependency was worked around: the ``reason`` label of the degradation counter and
+    the values of the response's ``degraded_reasons``."""
+
+    TIMEOUT = "timeout"
+    """The call ran past its time budget."""
+    UNAVAILABLE = "unavailable"
+    """The call failed (connection refused or dropped, an error status)."""
+    CIRCUIT_OPEN = "circuit_open"
+    """No call was made: the dependency's circuit breaker is open after consecutive failures."""
+
+    @classmethod
+    def of(cls, exc: ShopserveError) -> DegradationReason:
+        """The reason a dependency's error stands for."""
+        if isinstance(exc, UpstreamTimeout):
+            return cls.TIMEOUT
+        if isinstance(exc, CircuitOpen):
+            return cls.CIRCUIT_OPEN
+        return cls.UNAVAILABLE
+
+
 class InferClient(Protocol):
     """What the engine needs of an upstream model (see :class:`transformers_pre.upstream.Upstream`)."""
 
@@ -84,6 +108,8 @@ class SearchRequest:
         max_price: Only items at or below this price.
         exclude_purchased: Leave out items the user already bought.
         request_id: Forwarded upstream as ``x-request-id``.
+        allow_degraded: False fails the request with the dependency's error (503, or 504 for a
+            timeout) where it would otherwise answer degraded.
     """
 
     query: str
@@ -94,6 +120,7 @@ class SearchRequest:
     max_price: float | None = None
     exclude_purchased: bool = False
     request_id: str | None = None
+    allow_degraded: bool = True
 
 
 @dataclass
@@ -104,7 +131,8 @@ class SearchResult:
         rows: Catalog rows, best first (at most ``top_n``).
         scores: Final blended score per row.
         degraded: Stages that failed and were worked around.
-        failures: Exception per degraded stage (for metrics and logs).
+        failures: Exception per degraded stage (for metrics and logs; its reason:
+            :meth:`DegradationReason.of`).
         stage_ms: Milliseconds spent per stage.
         relevance: The ranker's relevance of the ranked head of ``rows`` (for drift monitoring);
             None when nothing was ranked (ranker off or degraded, recommendations).
@@ -202,7 +230,7 @@ class SearchEngine:
         with _Timer(timings, Stage.LEXICAL):
             lex_rows, lex_scores = self.catalog.lexical(
                 req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
-        mf_rows, mf_scores = await self._await_recall(recall_task, result)
+        mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
         with _Timer(timings, Stage.FILTER):
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
@@ -235,7 +263,7 @@ class SearchEngine:
     async def _recommend(self, req: SearchRequest, mask: np.ndarray | None,
                          recall_task: asyncio.Future[Any] | None, result: SearchResult
                          ) -> SearchResult:
-        mf_rows, mf_scores = await self._await_recall(recall_task, result)
+        mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
         with _Timer(result.stage_ms, Stage.FILTER):
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
@@ -266,15 +294,15 @@ class SearchEngine:
             req.request_id,
         )
 
-    async def _await_recall(self, task: asyncio.Future[Any] | None, result: SearchResult
-                            ) -> tuple[np.ndarray, np.ndarray]:
+    async def _await_recall(self, req: SearchRequest, task: asyncio.Future[Any] | None,
+                            result: SearchResult) -> tuple[np.ndarray, np.ndarray]:
         empty = (np.empty(0, np.int64), np.empty(0, np.float32))
         if task is None:
             return empty
         try:
             outputs = await task
         except ShopserveError as exc:
-            self._degrade(result, Dependency.RECALL, exc)
+            self._degrade(req, result, Dependency.RECALL, exc)
             return empty
         rows = self.catalog.rows(outputs[ITEM_IDS][0])
         scores = outputs[SCORES][0].astype(np.float32)
@@ -292,12 +320,15 @@ class SearchEngine:
             outputs = await self._timed(result.stage_ms, Stage.RANK,
                                         self.ranker.infer(batch, None, req.request_id))
         except ShopserveError as exc:
-            self._degrade(result, Dependency.RANKER, exc)
+            self._degrade(req, result, Dependency.RANKER, exc)
             return None
         return blend.sigmoid(outputs[SCORE].reshape(-1).astype(np.float32))
 
     @staticmethod
-    def _degrade(result: SearchResult, stage: str, exc: ShopserveError) -> None:
+    def _degrade(req: SearchRequest, result: SearchResult, stage: str, exc: ShopserveError
+                 ) -> None:
+        if not req.allow_degraded:
+            raise exc
         if stage not in result.degraded:
             result.degraded.append(stage)
         result.failures[stage] = exc
@@ -309,9 +340,3 @@ class SearchEngine:
             return await call
         finally:
             into[stage] = into.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
-
-
-def is_timeout(exc: ShopserveError) -> bool:
-    """Whether a degradation was a time-budget overrun (for the metric's reason label)."""
-    return isinstance(exc, UpstreamTimeout)
-

@@ -6,8 +6,11 @@ lists with ``degraded`` and ``stage_ms`` in the response parameters. Counts each
 times each stage in Prometheus.
 
 Response parameters are v2 scalars so REST and gRPC carry the same thing: ``degraded`` is a
-comma-separated list of stage names (empty when nothing degraded), ``stage_ms`` a JSON object of
-milliseconds per stage (the slowest row's, when the batch has several).
+comma-separated list of stage names (empty when nothing degraded), ``degraded_reasons`` a JSON
+object of the reason per degraded stage (``{"ranker": "timeout"}``; ``{}`` when nothing degraded),
+``stage_ms`` a JSON object of milliseconds per stage (the slowest row's, when the batch has
+several). The request parameter ``allow_degraded`` false turns a degradation into the
+dependency's error (503, or 504 for a timeout).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from shopserve.artifacts import (
 )
 from shopserve.errors import BundleError, InferenceFailed, InvalidInput
 from shopserve.protocol import (
+    ALLOW_DEGRADED,
     ANONYMOUS_USER,
     CATEGORY,
     DEGRADED,
+    DEGRADED_REASONS,
     EXCLUDE_PURCHASED,
     ITEM_IDS,
     MAX_PRICE,
@@ -55,13 +60,13 @@ from shopserve.text import PairTokenizer, normalise_query
 from transformers_pre.catalog import Catalog
 from transformers_pre.engine import (
     STAGES,
+    DegradationReason,
     Dependency,
     EngineConfig,
     SearchEngine,
     SearchRequest,
     SearchResult,
     Stage,
-    is_timeout,
 )
 from transformers_pre.monitoring import DRIFT, load_window
 from transformers_pre.upstream import Upstream
@@ -127,10 +132,12 @@ class SearchModel(ContractModel):
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
         config = EngineConfig.from_settings(s, max_length)
+        breaker = {"breaker_failures": s.breaker_failures,
+                   "breaker_cooldown_s": s.breaker_cooldown_ms / 1000}
         recall_upstream = Upstream(Dependency.RECALL, s.recall_host, s.recall_model,
-                                   s.recall_timeout_ms / 1000, s.upstream_retries)
+                                   s.recall_timeout_ms / 1000, s.upstream_retries, **breaker)
         ranker_upstream = Upstream(Dependency.RANKER, s.ranker_host, s.ranker_model,
-                                   s.ranker_timeout_ms / 1000, s.upstream_retries)
+                                   s.ranker_timeout_ms / 1000, s.upstream_retries, **breaker)
         self.upstreams = (recall_upstream, ranker_upstream)
         self.search_engine = SearchEngine(catalog, tokenizer, recall_upstream, ranker_upstream,
                                           config)
@@ -260,6 +267,7 @@ class SearchModel(ContractModel):
             raise InvalidInput(f"parameter '{MIN_PRICE}' ({min_price}) exceeds "
                                f"'{MAX_PRICE}' ({max_price})")
         exclude = parameter(params, EXCLUDE_PURCHASED, bool, False)
+        allow_degraded = parameter(params, ALLOW_DEGRADED, bool, True)
 
         start = time.perf_counter()
         texts = [self._query_text(raw, row) for row, raw in enumerate(queries.tolist())]
@@ -267,7 +275,7 @@ class SearchModel(ContractModel):
         requests = [
             SearchRequest(query=text, user_id=int(user), top_n=top_n, category=category,
                           min_price=min_price, max_price=max_price, exclude_purchased=exclude,
-                          request_id=request_id)
+                          request_id=request_id, allow_degraded=allow_degraded)
             for text, user in zip(texts, users.tolist(), strict=True)
         ]
         return requests, normalise_ms
@@ -300,11 +308,15 @@ class SearchModel(ContractModel):
             scores[i, :n] = result.scores
             titles[i, :n] = [t.encode("utf-8") for t in catalog.titles[result.rows].tolist()]
         degraded = sorted({stage for r in results for stage in r.degraded})
+        reasons = {stage: str(DegradationReason.of(exc))
+                   for r in results for stage, exc in r.failures.items()}
         stage_ms = {stage: round(max(r.stage_ms.get(stage, 0.0) for r in results), 3)
                     for stage in STAGES if any(stage in r.stage_ms for r in results)}
         return encode_response(
             payload, self.contract, {ITEM_IDS: item_ids, SCORES: scores, TITLES: titles},
-            {DEGRADED: ",".join(degraded), STAGE_MS: json.dumps(stage_ms)},
+            {DEGRADED: ",".join(degraded),
+             DEGRADED_REASONS: json.dumps(dict(sorted(reasons.items()))),
+             STAGE_MS: json.dumps(stage_ms)},
         )
 
     def _record_drift(self, requests: list[SearchRequest], results: list[SearchResult]) -> None:
@@ -326,7 +338,6 @@ class SearchModel(ContractModel):
             for stage, ms in result.stage_ms.items():
                 STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
             for stage, exc in result.failures.items():
-                reason = "timeout" if is_timeout(exc) else "unavailable"
-                DEGRADED_TOTAL.labels(stage, reason).inc()
+                DEGRADED_TOTAL.labels(stage, DegradationReason.of(exc)).inc()
                 log.warning("request %s degraded: %s", req.request_id or "-", exc)
 

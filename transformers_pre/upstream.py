@@ -24,7 +24,7 @@ import numpy as np
 from kserve import InferenceGRPCClient
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from shopserve.errors import UpstreamTimeout, UpstreamUnavailable
+from shopserve.errors import CircuitOpen, UpstreamTimeout, UpstreamUnavailable
 from shopserve.protocol import v2_datatype
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,12 @@ class Upstream:
 
         Raises:
             UpstreamTimeout: the deadline passed.
-            UpstreamUnavailable: the call failed for any other reason (named in the message), or
-                the circuit is open.
+            UpstreamUnavailable: the call failed for any other reason (named in the message).
+            CircuitOpen: the circuit is open: no call was made.
         """
         if self.circuit_open:
-            raise UpstreamUnavailable(f"{self.name} ({self.host}) skipped: circuit open after "
-                                      f"{self._failures} consecutive failures")
+            raise CircuitOpen(f"{self.name} ({self.host}) skipped: circuit open after "
+                              f"{self._failures} consecutive failures")
         try:
             outputs = await self._infer(inputs, parameters, request_id)
         except (UpstreamTimeout, UpstreamUnavailable):

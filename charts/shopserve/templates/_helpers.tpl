@@ -114,7 +114,7 @@ env `<PREFIX><UPPER_SNAKE>` -> settings field `<snake_case>`. The settings the c
 tests/charts checks both directions against shopserve.settings.
 */}}
 {{- define "shopserve.search.settingsKeys" -}}
-workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries lexicalCandidates recallCandidates rankCandidates queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
+workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries breakerFailures breakerCooldownMs lexicalCandidates recallCandidates rankCandidates queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
 workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads maxRequestBytes

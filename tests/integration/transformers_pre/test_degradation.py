@@ -3,13 +3,15 @@ loopback, on the session's tiny bundle.
 
 * a slow ranker (its ``tritonserver`` paused with SIGSTOP: connections stay open, nothing answers)
   costs one ranker budget and degrades with the reason ``timeout``, in the answer and the metric;
-* the circuit breaker opens after consecutive failures (the ranker is then skipped at once, not
-  waited for) and closes once the ranker answers again after the cooldown;
+* the circuit breaker (its settings not the defaults here) opens after consecutive failures (the
+  ranker is then skipped at once, not waited for, reason ``circuit_open``) and closes once the
+  ranker answers again after the cooldown;
 * recall and ranker down together: a search is answered from BM25 alone, a recommendation from
   popularity, 200 over REST and gRPC;
 * the statuses that are not 400, over REST and gRPC: 404 for an unknown model, 500 for a failure
-  (injected), no 504 for a timing-out upstream (it degrades); 503 for a model that is not loaded
-  is an expected failure for now (no real path reaches it, see its test);
+  (injected), 503 for a model unloaded through KServe's repository API (and not ready until it is
+  loaded again); a request that takes no degraded answer (``allow_degraded`` false) gets 504 for
+  a timing-out upstream and 503 for one that is down, where others get a degraded 200;
 * SIGTERM lets an accepted request finish before the server exits 0.
 
 Every test that stops or pauses a dependency restores it in a ``finally`` and waits until search
@@ -40,7 +42,16 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from shopserve import metric_names
 from shopserve.catalog_files import CatalogFiles
-from shopserve.protocol import DEGRADED, ITEM_IDS, QUERY, SEARCH_MODEL, STAGE_MS, USER_ID
+from shopserve.protocol import (
+    ALLOW_DEGRADED,
+    DEGRADED,
+    DEGRADED_REASONS,
+    ITEM_IDS,
+    QUERY,
+    SEARCH_MODEL,
+    STAGE_MS,
+    USER_ID,
+)
 from tests.servers import Server, free_port, start_ranker, start_recall, start_server
 
 pytestmark = pytest.mark.integration
@@ -49,11 +60,11 @@ pytestmark = pytest.mark.integration
 #: enough that the tiny ranker on a small shared CPU answers well within it.
 RANKER_TIMEOUT_MS = 1500
 RECALL_TIMEOUT_MS = 1500
-#: ``transformers_pre.upstream.Upstream``'s breaker (its defaults; not a setting): consecutive
-#: failures that open the circuit and how long it then skips the upstream. Not imported: that
-#: module imports kserve, which cannot share this process with ``tritonclient.grpc``.
-BREAKER_FAILURES = 3
-BREAKER_COOLDOWN_S = 1.0
+#: The module's search server's breaker settings (SEARCH_BREAKER_*; defaults 3 and 1000 ms, other
+#: values here so that the test shows the settings take effect): consecutive failures that open
+#: the circuit and how long it then skips the upstream.
+BREAKER_FAILURES = 2
+BREAKER_COOLDOWN_S = 1.5
 #: A rank stage this short was skipped, not waited for (a timeout lasts RANKER_TIMEOUT_MS).
 SKIPPED_MS = 200.0
 
@@ -102,7 +113,9 @@ def _start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
         "transformers_pre",
         {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall_host,
          "SEARCH_RANKER_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
-         "SEARCH_RECALL_TIMEOUT_MS": str(RECALL_TIMEOUT_MS), **env},
+         "SEARCH_RECALL_TIMEOUT_MS": str(RECALL_TIMEOUT_MS),
+         "SEARCH_BREAKER_FAILURES": str(BREAKER_FAILURES),
+         "SEARCH_BREAKER_COOLDOWN_MS": str(int(BREAKER_COOLDOWN_S * 1000)), **env},
         log,
         args=["--http_port", str(http_port), "--grpc_port", str(grpc_port),
               "--predictor_host", ranker_host, "--model_name", SEARCH_MODEL],
@@ -152,11 +165,11 @@ def search(deps: Dependencies, logs: Path) -> Iterator[Server]:
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _body(query: str, user: int, top_n: int = 5) -> dict:
+def _body(query: str, user: int, top_n: int = 5, **parameters: object) -> dict:
     return {"inputs": [
         {"name": QUERY, "shape": [1], "datatype": "BYTES", "data": [query]},
         {"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [user]},
-    ], "parameters": {"top_n": top_n}}
+    ], "parameters": {"top_n": top_n, **parameters}}
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,7 @@ class Answer:
 
     item_ids: list[int]
     degraded: str
+    reasons: dict[str, str]
     stage_ms: dict[str, float]
     seconds: float
 
@@ -177,8 +191,9 @@ def _rest(server: Server, query: str, user: int, top_n: int = 5) -> Answer:
     assert response.status_code == 200, response.text
     body = response.json()
     ids = next(o for o in body["outputs"] if o["name"] == ITEM_IDS)["data"]
-    return Answer(ids, body["parameters"][DEGRADED], json.loads(body["parameters"][STAGE_MS]),
-                  seconds)
+    params = body["parameters"]
+    return Answer(ids, params[DEGRADED], json.loads(params[DEGRADED_REASONS]),
+                  json.loads(params[STAGE_MS]), seconds)
 
 
 def _grpc(server: Server, query: str, user: int, top_n: int = 5) -> Answer:
@@ -196,6 +211,7 @@ def _grpc(server: Server, query: str, user: int, top_n: int = 5) -> Answer:
         client.close()
     params = result.get_response().parameters
     return Answer(result.as_numpy(ITEM_IDS)[0].tolist(), params[DEGRADED].string_param,
+                  json.loads(params[DEGRADED_REASONS].string_param),
                   json.loads(params[STAGE_MS].string_param), seconds)
 
 
@@ -245,14 +261,20 @@ def _rpc_error(server: Server, request: service_pb2.ModelInferRequest) -> grpc.R
     return info.value
 
 
-def _infer_request(model: str, query: str) -> service_pb2.ModelInferRequest:
+def _infer_request(model: str, query: str, user: int | None = None, allow_degraded: bool = True
+                   ) -> service_pb2.ModelInferRequest:
     data = query.encode()
-    return service_pb2.ModelInferRequest(
-        model_name=model,
-        inputs=[service_pb2.ModelInferRequest.InferInputTensor(name=QUERY, datatype="BYTES",
-                                                               shape=[1])],
-        raw_input_contents=[len(data).to_bytes(4, "little") + data],
-    )
+    tensor = service_pb2.ModelInferRequest.InferInputTensor
+    inputs, contents = [tensor(name=QUERY, datatype="BYTES", shape=[1])], [
+        len(data).to_bytes(4, "little") + data]
+    if user is not None:
+        inputs.append(tensor(name=USER_ID, datatype="INT64", shape=[1]))
+        contents.append(np.array([user], dtype=np.int64).tobytes())
+    request = service_pb2.ModelInferRequest(model_name=model, inputs=inputs,
+                                            raw_input_contents=contents)
+    if not allow_degraded:
+        request.parameters[ALLOW_DEGRADED].bool_param = False
+    return request
 
 
 # ------------------------------------------------------------------------------------- a slow ranker
@@ -268,6 +290,7 @@ def test_a_slow_ranker_costs_its_budget_and_degrades_with_reason_timeout(
     # 200 (never the table's 504 UpstreamTimeout: search degrades, DESIGN.md), BM25's answer.
     for answer in answers:
         assert answer.degraded == "ranker"
+        assert answer.reasons == {"ranker": "timeout"}
         assert len([i for i in answer.item_ids if i >= 0]) == 5
         # It waited out the ranker's budget, and no more: the deadline covers the retries.
         assert RANKER_TIMEOUT_MS * 0.9 <= answer.stage_ms["rank"] < RANKER_TIMEOUT_MS + 1000
@@ -282,7 +305,7 @@ def test_the_breaker_opens_after_consecutive_failures_and_closes_when_the_ranker
         deps: Dependencies, search: Server, world: World) -> None:
     _ranks_again(search, world)
     timeouts = _degraded_total(search, "ranker", "timeout")
-    skipped = _degraded_total(search, "ranker", "unavailable")
+    skipped = _degraded_total(search, "ranker", "circuit_open")
     with _paused(deps.triton()):  # SIGCONT in its finally
         failures = [_rest(search, world.query, -1) for _ in range(BREAKER_FAILURES)]
         open_ = [_rest(search, world.query, -1), _grpc(search, world.query, -1)]
@@ -291,15 +314,69 @@ def test_the_breaker_opens_after_consecutive_failures_and_closes_when_the_ranker
     assert [a.degraded for a in failures + open_] == ["ranker"] * (BREAKER_FAILURES + 2)
     assert all(a.stage_ms["rank"] >= RANKER_TIMEOUT_MS * 0.9 for a in failures)
     assert all(a.stage_ms["rank"] < SKIPPED_MS for a in open_), [a.stage_ms for a in open_]
+    assert [a.reasons for a in failures] == [{"ranker": "timeout"}] * BREAKER_FAILURES
+    assert [a.reasons for a in open_] == [{"ranker": "circuit_open"}] * 2
     assert _degraded_total(search, "ranker", "timeout") == timeouts + BREAKER_FAILURES
-    assert _degraded_total(search, "ranker", "unavailable") == skipped + 2
-    assert "skipped: circuit open after 3 consecutive failures" in search.log()
+    assert _degraded_total(search, "ranker", "circuit_open") == skipped + 2
+    assert (f"skipped: circuit open after {BREAKER_FAILURES} consecutive failures"
+            in search.log())
     # The ranker answers again; after the cooldown the next request probes it and closes the
     # circuit: ranked answers from then on.
     time.sleep(BREAKER_COOLDOWN_S)
     _ranks_again(search, world)
     assert _rest(search, world.query, -1).degraded == ""
     assert _grpc(search, world.query, -1).degraded == ""
+
+
+# ------------------------------------------------------------------------------------- no degraded answers
+
+
+def test_a_request_that_takes_no_degraded_answer_gets_504_for_a_timeout_then_503(
+        deps: Dependencies, search: Server, world: World) -> None:
+    _ranks_again(search, world)
+    strict = _body(world.query, -1, **{ALLOW_DEGRADED: False})
+    url = f"{search.http_url}/v2/models/{SEARCH_MODEL}/infer"
+    with _paused(deps.triton()):  # SIGCONT in its finally
+        timed_out = httpx.post(url, json=strict, timeout=30)
+        error = _rpc_error(search, _infer_request(SEARCH_MODEL, world.query, -1,
+                                                  allow_degraded=False))
+        # BREAKER_FAILURES timeouts opened the circuit: the ranker is not even tried now.
+        skipped = httpx.post(url, json=strict, timeout=30)
+        degraded = _rest(search, world.query, -1)  # the same search, degraded answers allowed
+    assert timed_out.status_code == 504, timed_out.text
+    assert f"ranker ({deps.ranker.grpc_address}) gave no answer within" in timed_out.json()["error"]
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "gave no answer within" in (error.details() or "")
+    assert skipped.status_code == 503, skipped.text
+    assert "circuit open" in skipped.json()["error"]
+    assert degraded.reasons == {"ranker": "circuit_open"}
+    _ranks_again(search, world)
+    assert httpx.post(url, json=strict, timeout=30).status_code == 200
+
+
+def test_a_request_that_takes_no_degraded_answer_gets_503_when_recall_is_down(
+        deps: Dependencies, search: Server, world: World) -> None:
+    _ranks_again(search, world)
+    try:
+        deps.recall.stop()
+        response = httpx.post(f"{search.http_url}/v2/models/{SEARCH_MODEL}/infer",
+                              json=_body("", world.user, **{ALLOW_DEGRADED: False}), timeout=30)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"].startswith("recall (")
+        error = _rpc_error(search, _infer_request(SEARCH_MODEL, "", world.user,
+                                                  allow_degraded=False))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # Without the parameter the same request is a recommendation from popularity.
+        answer = _rest(search, "", world.user)
+        assert answer.reasons["recall"] in ("unavailable", "circuit_open")
+        assert answer.item_ids == world.popular[:5]
+    finally:
+        if deps.recall.process.poll() is not None:
+            deps.start_recall()
+        _ranks_again(search, world)
+    codes = {labels["code"]: value for labels, value in _samples(search, metric_names.REQUESTS_TOTAL)
+             if labels["model"] == SEARCH_MODEL}
+    assert codes.get("503", 0) >= 2 and codes.get("504", 0) >= 2, codes
 
 
 # ------------------------------------------------------------------------------------- both down
@@ -375,23 +452,32 @@ def test_a_failure_is_500_and_internal_with_the_error_body(failing: Server, worl
     assert codes == {"500": 2.0, "400": 1.0}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no way to a 503 on search: the model is loaded before the servers listen, and KServe's "
-    "repository API (POST /v2/repository/models/search/unload, open to any client) removes it, "
-    "after which infer answers 404 and /v2/health/ready still 200 (shopserve.serving)"))
-def test_an_unloaded_model_is_503_and_unavailable_and_not_ready(
+def test_an_unloaded_model_is_503_and_unavailable_and_not_ready_until_loaded_again(
         tiny_bundle: Path, logs: Path, world: World) -> None:
+    # KServe's repository API (open to any client) can unload the one model the server exists
+    # for: readiness must then say "send me no traffic", and infer 503, not 404 (shopserve.serving).
     server = _start_search(tiny_bundle, logs / "search-unloaded.log", f"127.0.0.1:{free_port()}",
                            f"127.0.0.1:{free_port()}")
     try:
         assert httpx.post(f"{server.http_url}/v2/repository/models/{SEARCH_MODEL}/unload",
                           timeout=30).status_code == 200
         assert httpx.get(f"{server.http_url}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{server.http_url}/v2/health/live").status_code == 200
         response = httpx.post(f"{server.http_url}/v2/models/{SEARCH_MODEL}/infer",
                               json=_body(world.query, -1), timeout=30)
         assert response.status_code == 503, response.text
         error = _rpc_error(server, _infer_request(SEARCH_MODEL, world.query))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not loaded" in (error.details() or "")
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        try:
+            assert client.is_server_ready() is False
+        finally:
+            client.close()
+        assert httpx.post(f"{server.http_url}/v2/repository/models/{SEARCH_MODEL}/load",
+                          timeout=60).status_code == 200
+        assert httpx.get(f"{server.http_url}/v2/health/ready").status_code == 200
+        assert _rest(server, world.query, -1).item_ids
     finally:
         server.stop()
 

@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from shopserve.serving import RequestSizeLimit, limit_requests
+from shopserve.serving import RequestSizeLimit
 
 LIMIT = 2500
 CHUNK = 1000
@@ -195,13 +195,21 @@ def test_through_fastapi(content: Any, status: int) -> None:
         assert response.json() == {"model": "search", "bytes": LIMIT}
 
 
-def test_limit_requests_sets_rest_and_grpc_once() -> None:
+def test_the_patch_sets_the_rest_and_grpc_limits_once() -> None:
     from kserve import model_server
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
 
-    limit_requests(4096)
-    limit_requests(8192)  # a second serve() in one process replaces the first limit
+    from shopserve.serving import _patch_kserve
+
+    for limit in (4096, 8192):  # a second serve() in one process replaces the first limit
+        _patch_kserve("127.0.0.1", limit)
+        server = model_server.RESTServer("kserve.model_server:app",
+                                         DataPlane(model_registry=ModelRepository()), None, 0)
+        server.create_application()
+        assert server.config.host == "127.0.0.1"
     ours = [m for m in model_server.app.user_middleware if m.cls is RequestSizeLimit]
     assert len(ours) == 1 and ours[0].kwargs == {"max_bytes": 8192}
     assert model_server.args.grpc_max_receive_message_length == 8192
     with pytest.raises(ValueError, match="positive"):
-        limit_requests(0)
+        _patch_kserve("127.0.0.1", 0)

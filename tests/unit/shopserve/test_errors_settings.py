@@ -7,6 +7,7 @@ from grpc import StatusCode
 
 from shopserve.errors import (
     ERRORS,
+    CircuitOpen,
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
@@ -24,6 +25,7 @@ from shopserve.settings import RecallSettings, cli_overrides, load
         (ModelNotFound, HTTPStatus.NOT_FOUND, StatusCode.NOT_FOUND),
         (ModelNotReady, HTTPStatus.SERVICE_UNAVAILABLE, StatusCode.UNAVAILABLE),
         (UpstreamUnavailable, HTTPStatus.SERVICE_UNAVAILABLE, StatusCode.UNAVAILABLE),
+        (CircuitOpen, HTTPStatus.SERVICE_UNAVAILABLE, StatusCode.UNAVAILABLE),
         (UpstreamTimeout, HTTPStatus.GATEWAY_TIMEOUT, StatusCode.DEADLINE_EXCEEDED),
         (InferenceFailed, HTTPStatus.INTERNAL_SERVER_ERROR, StatusCode.INTERNAL),
     ],
@@ -36,7 +38,7 @@ def test_one_table_for_rest_and_grpc(error, http, grpc):
 
 
 def test_every_error_is_listed():
-    assert len(ERRORS) == 6
+    assert len(ERRORS) == 7
 
 
 def test_settings_precedence_defaults_env_cli(monkeypatch):

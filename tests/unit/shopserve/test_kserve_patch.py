@@ -29,6 +29,8 @@ from pipeline.supervisor import LOOPBACK, free_port
 from shopserve.process import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[3]
+#: The probe server's request-size limit, small enough to cross with a test body.
+MAX_REQUEST_BYTES = 64 * 1024
 
 # What the patch relies upon, read in a child that imports kserve (and never tritonclient.grpc).
 FACTS = r"""
@@ -36,7 +38,11 @@ import hashlib, inspect, json
 from importlib import metadata
 
 from kserve import model_server
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.rest.multiprocess import server as multiprocess_server
 from kserve.protocol.rest.server import RESTServer
 from shopserve import serving
 
@@ -59,38 +65,23 @@ print(json.dumps({
     "grpc_start": params(GRPCServer.start),
     "limit_hooks": [type(model_server.app).__name__,
                     hasattr(model_server.args, "grpc_max_receive_message_length")],
-    "rest_config_host": serving._rest_server("127.0.0.2")(
-        "kserve.model_server:app", None, None, 0)._server.config.host,
+    "multiprocess_names": [multiprocess_server.RESTServer is RESTServer,
+                           "RESTServer" in multiprocess_server.RESTServerMultiProcess.__init__
+                           .__code__.co_names],
+    "create_application_app": "kserve.model_server:app"
+                              in RESTServer.create_application.__code__.co_consts,
+    "model_server_init": params(model_server.ModelServer.__init__),
+    "dataplane": [params(DataPlane.__init__), params(DataPlane.ready),
+                  params(DataPlane.model_ready), params(DataPlane.get_model)],
+    "servicer_ready_calls": sorted((set(InferenceServicer.ServerReady.__code__.co_names)
+                                    | set(InferenceServicer.ModelReady.__code__.co_names))
+                                   & {"ready", "model_ready"}),
+    "repository": [params(ModelRepository.update), params(ModelRepository.load)],
+    "rest_config_host": serving.ShopserveRESTServer(
+        "kserve.model_server:app", None, None, 0, bind_host="127.0.0.2",
+        max_request_bytes=1)._server.config.host,
 }))
 """
-
-# A KServe server through ``serve()``: a model that refuses every request with our error and
-# prints when KServe calls its ``stop()``.
-PROBE_SERVER = r"""
-import sys
-from shopserve.errors import InvalidInput
-from shopserve.protocol import SEARCH
-from shopserve.serving import ContractModel, decode_inputs, serve
-
-class Probe(ContractModel):
-    def load(self):
-        self.ready = True
-        return True
-
-    async def predict(self, payload, headers=None, response_headers=None):
-        decode_inputs(self.v2_request(payload, True), self.contract)
-        raise InvalidInput("input 'query': refused by the probe")
-
-    def stop(self):
-        print("probe model stopped", flush=True)
-        super().stop()
-
-model = Probe(SEARCH)
-model.load()
-serve([model], http_port=int(sys.argv[1]), grpc_port=int(sys.argv[2]), bind_host="127.0.0.1",
-      grace_period=2)
-"""
-
 
 @pytest.fixture(scope="module")
 def facts() -> dict[str, Any]:
@@ -137,6 +128,23 @@ def test_the_rest_host_reaches_the_uvicorn_server(facts: dict[str, Any]) -> None
     assert facts["rest_config_host"] == "127.0.0.2"
 
 
+def test_spawned_rest_workers_build_the_patched_server(facts: dict[str, Any]) -> None:
+    # RESTServerMultiProcess takes RESTServer from its own module; the app it creates in each
+    # worker is imported by name, the one ShopserveRESTServer.create_application limits.
+    assert facts["multiprocess_names"] == [True, True]
+    assert facts["create_application_app"] is True
+
+
+def test_readiness_hooks_keep_their_shape(facts: dict[str, Any]) -> None:
+    # serve() passes ServedModels as registered_models and swaps in a ServedDataPlane.
+    assert "registered_models" in facts["model_server_init"]
+    assert facts["dataplane"] == [["self", "model_registry"], ["self"],
+                                  ["self", "model_name", "disable_predictor_health_check"],
+                                  ["self", "name"]]
+    assert facts["servicer_ready_calls"] == ["model_ready", "ready"]
+    assert facts["repository"] == [["self", "model", "name"], ["self", "name"]]
+
+
 def _listen_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Addresses with a TCP socket listening on ``port`` in this network namespace (Linux)."""
     found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
@@ -155,11 +163,14 @@ def _listen_addresses(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Ad
     return found
 
 
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChildProcess, int, int]]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1 worker", "2 workers"])
+def probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[ChildProcess, int, int]]:
+    """The probe server with one worker, then with two (REST from spawned worker processes)."""
     http_port, grpc_port = free_port(), free_port()
     child = ChildProcess(
-        "kserve-probe", [sys.executable, "-c", PROBE_SERVER, str(http_port), str(grpc_port)],
+        "kserve-probe", [sys.executable, "-m", "tests.unit.shopserve.kserve_probe", str(http_port),
+                         str(grpc_port), str(request.param), str(MAX_REQUEST_BYTES)],
         env={"PYTHONUNBUFFERED": "1"}, cwd=ROOT,
         log_path=tmp_path_factory.mktemp("logs") / "probe.log",
         ready=f"http://{LOOPBACK}:{http_port}/v2/health/ready", tail_lines=None,
@@ -218,6 +229,52 @@ def test_rest_answers_with_our_error_table(
                           headers=headers or {"content-type": "application/json"})
     assert response.status_code == 400, (case, response.text)
     assert response.json()["error"].startswith(error), (case, response.text)
+
+
+def test_a_body_over_the_limit_is_413_in_every_worker(probe: tuple[ChildProcess, int, int]
+                                                      ) -> None:
+    _, http_port, _ = probe
+    for _ in range(4):  # with two workers, requests land on both
+        response = httpx.post(f"http://{LOOPBACK}:{http_port}/v2/models/search/infer",
+                              content=b"x" * (MAX_REQUEST_BYTES + 1), timeout=10,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        assert "max_request_bytes" in response.json()["error"]
+
+
+# One worker: with two, each REST worker holds its own copy of the registry (KServe's
+# multi-process server), so an unload over REST reaches only the worker that took it.
+@pytest.mark.parametrize("probe", [1], indirect=True, ids=["1 worker"])
+def test_an_unloaded_model_makes_the_server_not_ready_until_it_is_loaded_again(
+    probe: tuple[ChildProcess, int, int],
+) -> None:
+    child, http_port, grpc_port = probe
+    base = f"http://{LOOPBACK}:{http_port}"
+    body = {"inputs": [{"name": "query", "shape": [1], "datatype": "BYTES", "data": ["shoes"]}]}
+    try:
+        assert httpx.post(f"{base}/v2/repository/models/search/unload", timeout=10).status_code == 200
+        assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 503
+        assert httpx.get(f"{base}/v2/models/search/ready", timeout=10).status_code == 503
+        infer = httpx.post(f"{base}/v2/models/search/infer", json=body, timeout=10)
+        assert infer.status_code == 503, infer.text
+        assert httpx.post(f"{base}/v2/models/nope/infer", json=body, timeout=10).status_code == 404
+        assert httpx.get(f"{base}/v2/health/live", timeout=10).status_code == 200
+        assert _grpc_call(grpc_port, "ServerReady", b"") == b""  # ready=false: the empty message
+    finally:
+        load = httpx.post(f"{base}/v2/repository/models/search/load", timeout=30)
+    assert load.status_code == 200, load.text
+    assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 200
+    assert _grpc_call(grpc_port, "ServerReady", b"") == b"\x08\x01"
+    assert child.log().count("probe model loaded") == 2
+    assert httpx.post(f"{base}/v2/models/search/infer", json=body, timeout=10).status_code == 400
+
+
+def _grpc_call(port: int, method: str, request: bytes) -> bytes:
+    """A raw unary call on KServe's gRPC service (no proto module beside kserve here)."""
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                   request_serializer=None, response_deserializer=None)
+        return bytes(call(request, timeout=10))
 
 
 def test_kserve_calls_model_stop_at_shutdown(probe: tuple[ChildProcess, int, int]) -> None:
