@@ -34,6 +34,17 @@ FORMAT_VERSION = 1
 CATALOG_COMPONENT = "catalog"
 RECALL_COMPONENT = "recall"
 RANKER_COMPONENT = "ranker"
+#: The sequential recommender (``seq-recommender``): a Triton repository like the ranker's, the
+#: catalog item id of each model index, and the item embeddings; optional: a bundle without it
+#: serves recommendations from MF and popularity.
+SEQUENCE_COMPONENT = "sequence"
+#: Inside the sequence component: catalog item id per model index (int64; index 0, the padding,
+#: holds -1) and the model's item embeddings (float32 [n_items + 1, dim], row 0 the padding).
+SEQUENCE_ITEM_IDS_FILE = "item_ids.npy"
+SEQUENCE_EMBEDDINGS_FILE = "item_embeddings.npy"
+#: Sequence manifest parameters: the fixed input length, and K of the model's top-K output.
+SEQUENCE_LENGTH = "sequence_length"
+SEQUENCE_TOP_K = "top_k"
 #: Drift reference distributions (``shopserve.drift``), recorded from the catalog's queries and
 #: the ranker's scores; optional: a bundle without it serves with drift reported as unavailable.
 DRIFT_COMPONENT = "drift"

@@ -102,11 +102,24 @@ class ModelContract:
 SEARCH_MODEL = "search"
 RECALL_MODEL = "mf-recall"
 RANKER_MODEL = "bert-ranker"
+SEQUENCE_MODEL = "seq-recommender"
 
 # Tensor names.
 QUERY = "query"
 USER_ID = "user_id"
 ITEM_ID = "item_id"
+#: search: the shopper's latest interactions in this session (catalog item ids, newest last,
+#: padded with -1).
+RECENT_ITEMS = "recent_items"
+#: seq-recommender: the same history as the sequence model's item indices (1..n_items, newest
+#: last, left-padded with 0 to the model's fixed length).
+ITEM_SEQUENCE = "item_sequence"
+#: seq-recommender: the top-K next-item indices (items of the input sequence and padding excluded),
+#: their scores, and the session vector (the model's last hidden state: a candidate item's score is
+#: its dot product with the item's embedding, ``item_embeddings.npy`` of the bundle's component).
+NEXT_ITEMS = "next_items"
+NEXT_SCORES = "next_scores"
+SESSION_EMBEDDING = "session_embedding"
 ITEM_IDS = "item_ids"
 SCORES = "scores"
 TITLES = "titles"
@@ -170,7 +183,18 @@ RANKER = ModelContract(
     outputs=(TensorSpec(SCORE, "FP32", (-1, 1)),),
 )
 
-CONTRACTS: Mapping[str, ModelContract] = {c.name: c for c in (SEARCH, RECALL, RANKER)}
+SEQUENCE = ModelContract(
+    name=SEQUENCE_MODEL,
+    inputs=(TensorSpec(ITEM_SEQUENCE, "INT64", (-1, -1)),),
+    outputs=(
+        TensorSpec(NEXT_ITEMS, "INT64", (-1, -1)),
+        TensorSpec(NEXT_SCORES, "FP32", (-1, -1)),
+        TensorSpec(SESSION_EMBEDDING, "FP32", (-1, -1)),
+    ),
+)
+
+CONTRACTS: Mapping[str, ModelContract] = {
+    c.name: c for c in (SEARCH, RECALL, RANKER, SEQUENCE)}
 
 
 # --------------------------------------------------------------------------------------------------
