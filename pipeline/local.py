@@ -76,6 +76,8 @@ def stack_components(
             "SEARCH_GRPC_PORT": str(ports.search_grpc),
             "SEARCH_RECALL_HOST": f"127.0.0.1:{ports.recall_grpc}",
             "SEARCH_RANKER_HOST": f"127.0.0.1:{ports.ranker_grpc}",
+            # The local Triton serves the sequence recommender beside the ranker.
+            "SEARCH_SEQUENCE_HOST": f"127.0.0.1:{ports.ranker_grpc}",
             **(search_env or {}),
         }),
     ]

@@ -48,6 +48,8 @@ SEARCH_FAULTS_INJECTED_TOTAL = "shopserve_search_faults_injected_total"
 SEARCH_BATCH_SIZE = "shopserve_search_batch_size"
 #: Histogram: (query, title) pairs per ranker call, the batch Triton receives.
 SEARCH_RANKER_BATCH_SIZE = "shopserve_search_ranker_batch_size"
+#: Counter: ids in a request's ``recent_items`` the catalog does not know (ignored).
+SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL = "shopserve_search_unknown_recent_items_total"
 
 # ------------------------------------------------------------------------------ drift (transformer)
 
@@ -91,7 +93,7 @@ SHOPSERVE_METRICS: tuple[str, ...] = (
     REQUESTS_TOTAL, MODEL_INFO,
     SEARCH_STAGE_SECONDS, SEARCH_REQUEST_SECONDS, SEARCH_ROWS_TOTAL, SEARCH_DEGRADED_TOTAL,
     SEARCH_FAULTS_INJECTED_TOTAL,
-    SEARCH_BATCH_SIZE, SEARCH_RANKER_BATCH_SIZE,
+    SEARCH_BATCH_SIZE, SEARCH_RANKER_BATCH_SIZE, SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL,
     DRIFT_PSI, DRIFT_WINDOW_SAMPLES, DRIFT_REFERENCE_LOADED,
     RECALL_REQUESTS_TOTAL, RECALL_POPULARITY_FALLBACK_TOTAL, RECALL_SEARCH_SECONDS,
     RECALL_BATCH_SIZE,

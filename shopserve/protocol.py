@@ -67,7 +67,8 @@ class TensorSpec:
         name: Tensor name on the wire.
         datatype: v2 datatype name (``INT64``, ``FP32``, ``BYTES``, ...).
         shape: Dims; ``-1`` is variable (the first dim is the batch).
-        optional: For inputs, whether the request may leave it out.
+        optional: For inputs, whether the request may leave it out; for outputs, whether the
+            response carries it only when asked (``explanations`` with ``explain``).
     """
 
     name: str
@@ -123,6 +124,9 @@ SESSION_EMBEDDING = "session_embedding"
 ITEM_IDS = "item_ids"
 SCORES = "scores"
 TITLES = "titles"
+#: search, with ``explain``: per result a JSON object of its weighted score terms (they sum to its
+#: score) and the retrieval sources that found it.
+EXPLANATIONS = "explanations"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"
@@ -137,6 +141,7 @@ MIN_PRICE = "min_price"
 MAX_PRICE = "max_price"
 EXCLUDE_PURCHASED = "exclude_purchased"
 ALLOW_DEGRADED = "allow_degraded"
+EXPLAIN = "explain"
 # Response parameter names.
 DEGRADED = "degraded"
 DEGRADED_REASONS = "degraded_reasons"
@@ -149,14 +154,16 @@ SEARCH = ModelContract(
     inputs=(
         TensorSpec(QUERY, "BYTES", (-1,)),
         TensorSpec(USER_ID, "INT64", (-1,), optional=True),
+        TensorSpec(RECENT_ITEMS, "INT64", (-1, -1), optional=True),
     ),
     outputs=(
         TensorSpec(ITEM_IDS, "INT64", (-1, -1)),
         TensorSpec(SCORES, "FP32", (-1, -1)),
         TensorSpec(TITLES, "BYTES", (-1, -1)),
+        TensorSpec(EXPLANATIONS, "BYTES", (-1, -1), optional=True),
     ),
     parameters={TOP_N: int, CATEGORY: str, MIN_PRICE: float, MAX_PRICE: float,
-                EXCLUDE_PURCHASED: bool, ALLOW_DEGRADED: bool},
+                EXCLUDE_PURCHASED: bool, ALLOW_DEGRADED: bool, EXPLAIN: bool},
 )
 
 RECALL = ModelContract(

@@ -131,9 +131,12 @@ def encode_response(
     outputs: Mapping[str, np.ndarray],
     parameters: Mapping[str, Any] | None = None,
 ) -> InferResponse:
-    """A v2 response with the contract's outputs, in the contract's order and datatypes."""
+    """A v2 response with the contract's outputs, in the contract's order and datatypes (an
+    optional output only when ``outputs`` has it)."""
     infer_outputs = []
     for spec in contract.outputs:
+        if spec.optional and spec.name not in outputs:
+            continue
         array = np.asarray(outputs[spec.name])
         if v2_datatype(array) != spec.datatype:
             raise TypeError(f"output '{spec.name}' is {v2_datatype(array)}, not {spec.datatype}")

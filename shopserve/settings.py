@@ -132,10 +132,18 @@ class SearchSettings(ServerSettings):
     """``host:port`` of the ranker's (Triton) v2 gRPC endpoint; ``--predictor_host`` sets it."""
     ranker_model: str = "bert-ranker"
     """Model name of the ranker."""
+    sequence_host: str = "127.0.0.1:8001"
+    """``host:port`` of the sequence recommender's v2 gRPC endpoint (locally the ranker's Triton,
+    which serves both models)."""
+    sequence_model: str = "seq-recommender"
+    """Model name of the sequence recommender."""
     recall_timeout_ms: float = Field(default=100.0, gt=0)
     """Time budget of one recall call, retries included."""
     ranker_timeout_ms: float = Field(default=300.0, gt=0)
     """Time budget of one ranker call, retries included; past it the answer degrades."""
+    sequence_timeout_ms: float = Field(default=100.0, gt=0)
+    """Time budget of one sequence-model call, retries included; past it the answer degrades (MF
+    and popularity, no session signal)."""
     upstream_retries: int = Field(default=1, ge=0, le=5)
     """Retries of an upstream call, only on connection errors and UNAVAILABLE (503)."""
     breaker_failures: int = Field(default=3, ge=1)
@@ -149,6 +157,13 @@ class SearchSettings(ServerSettings):
     """MF candidates per request."""
     rank_candidates: int = Field(default=50, ge=1)
     """Candidates sent to the ranker (the best by first-stage score); the rest keep that score."""
+    sequence_candidates: int = Field(default=100, ge=1)
+    """Next items of the sequence model a recommendation takes as candidates."""
+    sequence_enabled: bool = True
+    """Ask the sequence model when a request has recent items (and the bundle has the model); off,
+    recent items only leave what was just seen out of recommendations (not a degradation)."""
+    max_recent_items: int = Field(default=50, ge=1)
+    """Longest ``recent_items`` row accepted (the model reads its newest ``sequence_length``)."""
     query_rewrite: bool = True
     """Correct spelling and map mined synonyms to catalog terms before BM25 (exact terms untouched)."""
     ranker_enabled: bool = True
@@ -162,6 +177,8 @@ class SearchSettings(ServerSettings):
     """Blend weight of the MF personalisation score."""
     weight_popularity: float = 0.05
     """Blend weight of the popularity prior."""
+    weight_session: float = 0.2
+    """Blend weight of the sequence model's score of an item after the shopper's recent items."""
     default_top_n: int = Field(default=10, ge=1)
     """Results returned when the request names no ``top_n``."""
     max_top_n: int = Field(default=100, ge=1)

@@ -6,19 +6,46 @@ Scores are brought to comparable [0, 1] scales before they are mixed:
   the request's best BM25 score stands in for it;
 * personalisation: the MF inner product, min-max scaled over the request's candidates (0 where the
   user has none: anonymous, unknown, or recall down);
-* popularity: the catalog prior, already scaled to [0, 1].
+* popularity: the catalog prior, already scaled to [0, 1];
+* session: the sequence model's score of the item after the shopper's recent items (its session
+  vector's dot product with the item's embedding), min-max scaled over the candidates (0 without
+  recent items, or with the sequence model down).
 
 ``final = w_relevance * relevance + w_lexical * lexical + w_personal * personal
-+ w_popularity * popularity``, where ``lexical`` is the scaled BM25 score. It keeps the evidence of
-the (rewritten) query's exact terms beside the ranker's judgement of the raw query; when the
-ranker is unavailable BM25 already is the relevance and ``w_lexical`` is not added again.
++ w_popularity * popularity + w_session * session``, where ``lexical`` is the scaled BM25 score. It
+keeps the evidence of the (rewritten) query's exact terms beside the ranker's judgement of the raw
+query; when the ranker is unavailable BM25 already is the relevance and ``w_lexical`` is not added
+again. :func:`blend_parts` gives each weighted term apart (the ``explain`` answer); their sum is
+the final score.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import IntFlag
 
 import numpy as np
+
+
+class Source(IntFlag):
+    """Which retrieval source found a candidate (several may have)."""
+
+    LEXICAL = 1
+    """BM25 over titles and attributes."""
+    RECALL = 2
+    """The MF recall predictor's candidates for the shopper."""
+    SEQUENCE = 4
+    """The sequence model's next items after the shopper's recent items."""
+    POPULAR = 8
+    """The popularity backfill."""
+
+    def names(self) -> list[str]:
+        """Lower-case names of the sources set, in declaration order."""
+        return [str(s.name).lower() for s in Source if s in self]
+
+
+#: The weighted terms of a final score, in the order they are summed.
+PARTS = ("relevance", "lexical", "personal", "popularity", "session")
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,7 @@ class Weights:
     personal: float = 0.1
     popularity: float = 0.05
     lexical: float = 1.0
+    session: float = 0.2
 
 
 @dataclass
@@ -39,18 +67,35 @@ class Candidates:
         rows: Catalog rows, unique.
         lexical: BM25 score per row (0 when not a lexical hit).
         personal: Raw MF score per row (nan when unknown).
+        sources: :class:`Source` flags per row.
+        session: Raw sequence-model score per row (nan when unknown or without a session).
     """
 
     rows: np.ndarray
     lexical: np.ndarray
     personal: np.ndarray
+    sources: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
+    session: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+
+    def __post_init__(self) -> None:
+        n = self.rows.shape[0]
+        if self.sources.shape[0] != n:
+            self.sources = np.zeros(n, dtype=np.uint8)
+        if self.session.shape[0] != n:
+            self.session = np.full(n, np.nan, dtype=np.float32)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
     def take(self, keep: np.ndarray) -> Candidates:
         """The subset selected by a boolean mask or index array."""
-        return Candidates(self.rows[keep], self.lexical[keep], self.personal[keep])
+        return Candidates(self.rows[keep], self.lexical[keep], self.personal[keep],
+                          self.sources[keep], self.session[keep])
+
+    def with_session(self, session: np.ndarray) -> Candidates:
+        """The same candidates with raw sequence-model scores per row."""
+        return Candidates(self.rows, self.lexical, self.personal, self.sources,
+                          session.astype(np.float32, copy=False))
 
 
 def union(
@@ -77,7 +122,24 @@ def union(
     pos = np.searchsorted(rows, personal_rows)
     found = (pos < rows.shape[0]) & (rows[np.minimum(pos, rows.shape[0] - 1)] == personal_rows)
     personal[pos[found]] = personal_scores[found]
-    return Candidates(rows, lexical, personal)
+    sources = np.zeros(rows.shape[0], dtype=np.uint8)
+    sources[np.searchsorted(rows, lexical_rows)] |= Source.LEXICAL
+    sources[np.searchsorted(rows, extra.astype(np.int64))] |= Source.RECALL
+    return Candidates(rows, lexical, personal, sources)
+
+
+def add_rows(c: Candidates, rows: np.ndarray, source: Source) -> Candidates:
+    """``c`` with ``rows`` added (no lexical or MF score of their own) and marked as found by
+    ``source``."""
+    merged = np.union1d(c.rows, rows.astype(np.int64))
+    at = np.searchsorted(merged, c.rows)
+    lexical = np.zeros(merged.shape[0], dtype=np.float32)
+    personal = np.full(merged.shape[0], np.nan, dtype=np.float32)
+    session = np.full(merged.shape[0], np.nan, dtype=np.float32)
+    sources = np.zeros(merged.shape[0], dtype=np.uint8)
+    lexical[at], personal[at], session[at], sources[at] = c.lexical, c.personal, c.session, c.sources
+    sources[np.searchsorted(merged, rows)] |= source
+    return Candidates(merged, lexical, personal, sources, session)
 
 
 def scale_max(values: np.ndarray) -> np.ndarray:
@@ -102,22 +164,57 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def first_stage(c: Candidates, popularity: np.ndarray, w: Weights) -> np.ndarray:
-    """Score before ranking: scaled BM25 as relevance, plus personalisation and popularity."""
-    return (w.relevance * scale_max(c.lexical) + w.personal * scale_min_max(c.personal)
-            + w.popularity * popularity).astype(np.float32)
+    """Score before ranking: scaled BM25 as relevance, plus personalisation, popularity and
+    session."""
+    return total(first_stage_parts(c, popularity, w))
+
+
+def first_stage_parts(c: Candidates, popularity: np.ndarray, w: Weights
+                      ) -> dict[str, np.ndarray]:
+    """The weighted terms of :func:`first_stage` (see :data:`PARTS`)."""
+    zero = np.zeros(len(c), dtype=np.float32)
+    return {"relevance": (w.relevance * scale_max(c.lexical)).astype(np.float32), "lexical": zero,
+            **_shared_parts(c, popularity, w)}
 
 
 def blend(
     c: Candidates, popularity: np.ndarray, w: Weights, relevance: np.ndarray | None
 ) -> np.ndarray:
     """Final score; ``relevance`` is the ranker's sigmoid relevance, or None to use BM25."""
+    return total(blend_parts(c, popularity, w, relevance))
+
+
+def blend_parts(c: Candidates, popularity: np.ndarray, w: Weights, relevance: np.ndarray | None
+                ) -> dict[str, np.ndarray]:
+    """The weighted terms of :func:`blend` (see :data:`PARTS`)."""
     lexical = scale_max(c.lexical)
     if relevance is None:
-        rel = w.relevance * lexical
+        rel = (w.relevance * lexical).astype(np.float32)
+        lex = np.zeros(len(c), dtype=np.float32)
     else:
-        rel = w.relevance * relevance + w.lexical * lexical
-    return (rel + w.personal * scale_min_max(c.personal) + w.popularity * popularity
-            ).astype(np.float32)
+        rel = (w.relevance * relevance).astype(np.float32)
+        lex = (w.lexical * lexical).astype(np.float32)
+    return {"relevance": rel, "lexical": lex, **_shared_parts(c, popularity, w)}
+
+
+def recommend_parts(c: Candidates, popularity: np.ndarray, w: Weights) -> dict[str, np.ndarray]:
+    """The weighted terms of a recommendation (no query: no relevance, no lexical)."""
+    zero = np.zeros(len(c), dtype=np.float32)
+    return {"relevance": zero, "lexical": zero, **_shared_parts(c, popularity, w)}
+
+
+def _shared_parts(c: Candidates, popularity: np.ndarray, w: Weights) -> dict[str, np.ndarray]:
+    return {"personal": (w.personal * scale_min_max(c.personal)).astype(np.float32),
+            "popularity": (w.popularity * popularity).astype(np.float32),
+            "session": (w.session * scale_min_max(c.session)).astype(np.float32)}
+
+
+def total(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """The final score: the parts summed in :data:`PARTS` order (float32)."""
+    out = parts[PARTS[0]].astype(np.float32, copy=True)
+    for name in PARTS[1:]:
+        out += parts[name]
+    return out
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:

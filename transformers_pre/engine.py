@@ -3,17 +3,22 @@
 ``SearchEngine.search`` runs, for one request row:
 
 1. filter mask (category, price range, purchases to exclude);
-2. lexical candidates (BM25) and, concurrently, personalised candidates from ``mf-recall``;
-3. the union of both, filtered;
+2. lexical candidates (BM25) and, concurrently, personalised candidates from ``mf-recall`` and,
+   when the shopper sent recent items, the session from ``seq-recommender``;
+3. the union of lexical and MF candidates, filtered;
 4. tokenised (query, title) pairs of the best ``rank_candidates`` scored by ``bert-ranker``;
-5. the blend of relevance, personalisation and popularity; top N.
+5. the blend of relevance, personalisation, popularity and session (the sequence model's score
+   of each candidate after the recent items); top N.
 
-Without a query it recommends: MF candidates for a known user, popularity otherwise, backfilled
-with popular items when filters leave too few. A failing dependency degrades the answer, it never
+Without a query it recommends: the sequence model's next items after the recent items and MF
+candidates for a known shopper, popularity otherwise, backfilled with popular items when filters
+leave too few; items just seen are left out. A failing dependency degrades the answer, it never
 fails it: the stage is named in ``degraded`` with its :class:`DegradationReason`, and the caller
 counts it. Only a request that says it takes no degraded answer (``allow_degraded`` false: an
 offline evaluation, a canary analysis) fails instead, with the dependency's error: 504 for a
 timeout, 503 otherwise.
+
+Every result keeps its weighted score terms and the sources that found it, for ``explain``.
 """
 
 from __future__ import annotations
@@ -28,11 +33,28 @@ from typing import Any, Protocol
 import numpy as np
 
 from shopserve.errors import CircuitOpen, ShopserveError, UpstreamTimeout
-from shopserve.protocol import ANONYMOUS_USER, EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, TOP_K, USER_ID
+from shopserve.protocol import (
+    ANONYMOUS_USER,
+    EXCLUDE_SEEN,
+    ITEM_IDS,
+    ITEM_SEQUENCE,
+    NEXT_ITEMS,
+    NEXT_SCORES,
+    SCORE,
+    SCORES,
+    SESSION_EMBEDDING,
+    TOP_K,
+    USER_ID,
+)
 from shopserve.settings import SearchSettings
 from shopserve.text import PairEncoder, PairTokenizer
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
+from transformers_pre.session import SessionModel
+
+#: The explanation term that keeps an unranked tail or a popularity backfill below the results
+#: before it: the final score minus the sum of the weighted terms (0 for other results).
+ADJUSTMENT = "adjustment"
 
 
 class Stage(StrEnum):
@@ -42,6 +64,7 @@ class Stage(StrEnum):
     NORMALISE = "normalise"
     LEXICAL = "lexical"
     RECALL = "recall"
+    SEQUENCE = "sequence"
     FILTER = "filter"
     TOKENISE = "tokenise"
     RANK = "rank"
@@ -59,6 +82,7 @@ class Dependency(StrEnum):
 
     RECALL = "recall"
     RANKER = "ranker"
+    SEQUENCE = "sequence"
 
 
 class DegradationReason(StrEnum):
@@ -110,6 +134,9 @@ class SearchRequest:
         request_id: Forwarded upstream as ``x-request-id``.
         allow_degraded: False fails the request with the dependency's error (503, or 504 for a
             timeout) where it would otherwise answer degraded.
+        recent: Catalog rows of the shopper's recent items in this session, newest last (the
+            ones the catalog knows).
+        explain: Keep each result's score terms and sources.
     """
 
     query: str
@@ -121,6 +148,8 @@ class SearchRequest:
     exclude_purchased: bool = False
     request_id: str | None = None
     allow_degraded: bool = True
+    recent: tuple[int, ...] = ()
+    explain: bool = False
 
 
 @dataclass
@@ -137,6 +166,10 @@ class SearchResult:
         relevance: The ranker's relevance of the ranked head of ``rows`` (for drift monitoring);
             None when nothing was ranked (ranker off or degraded, recommendations).
         ranker_pairs: (query, title) pairs sent to the ranker (0 when it was not called).
+        parts: Per result, each weighted score term (``blend.PARTS``) and ``adjustment``, what
+            keeps an unranked tail or a backfill below the head (0 elsewhere); they sum to
+            ``scores``. Filled only for ``explain``.
+        sources: Per result, the :class:`~transformers_pre.blend.Source` flags that found it.
     """
 
     rows: np.ndarray
@@ -146,6 +179,8 @@ class SearchResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
     relevance: np.ndarray | None = None
     ranker_pairs: int = 0
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
 
 
 @dataclass(frozen=True)
@@ -155,6 +190,7 @@ class EngineConfig:
     lexical_candidates: int = 100
     recall_candidates: int = 100
     rank_candidates: int = 50
+    sequence_candidates: int = 100
     query_rewrite: bool = True
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
@@ -172,9 +208,10 @@ class EngineConfig:
         fields: dict[str, Any] = {
             "lexical_candidates": s.lexical_candidates, "recall_candidates": s.recall_candidates,
             "rank_candidates": s.rank_candidates, "ranker_enabled": s.ranker_enabled,
+            "sequence_candidates": s.sequence_candidates,
             "query_rewrite": s.query_rewrite, "max_length": max_length,
             "weights": blend.Weights(s.weight_relevance, s.weight_personal, s.weight_popularity,
-                                     s.weight_lexical),
+                                     s.weight_lexical, s.weight_session),
         }
         return cls(**{**fields, **overrides})
 
@@ -191,8 +228,18 @@ class _Timer:
             time.perf_counter() - self.start) * 1000.0
 
 
+@dataclass(frozen=True)
+class Session:
+    """The sequence model's answer for one shopper: its next items as catalog rows, their scores,
+    and the session vector."""
+
+    next_rows: np.ndarray
+    next_scores: np.ndarray
+    vector: np.ndarray
+
+
 class SearchEngine:
-    """Search and recommendation over a catalog, with recall and ranker upstream.
+    """Search and recommendation over a catalog, with recall, ranker and sequence model upstream.
 
     Args:
         catalog: Items, BM25 index, purchases.
@@ -200,16 +247,22 @@ class SearchEngine:
         recall: Client of ``mf-recall``.
         ranker: Client of ``bert-ranker``.
         config: Candidate counts, weights, max sequence length.
+        sequence: Client of ``seq-recommender``; None without a sequence model (recent items then
+            only leave what was just seen out of recommendations).
+        session_model: The bundle's sequence component (rows <-> model indices, embeddings).
     """
 
     def __init__(self, catalog: Catalog, tokenizer: PairTokenizer, recall: InferClient,
-                 ranker: InferClient, config: EngineConfig) -> None:
+                 ranker: InferClient, config: EngineConfig, sequence: InferClient | None = None,
+                 session_model: SessionModel | None = None) -> None:
         self.catalog = catalog
         # Titles tokenised once: a request tokenises only its query (shopserve.text.PairEncoder).
         self.pairs = PairEncoder(tokenizer, catalog.titles, config.max_length)
         self.recall = recall
         self.ranker = ranker
         self.config = config
+        self.sequence = sequence if session_model is not None else None
+        self.session_model = session_model
 
     async def search(self, req: SearchRequest, stage_ms: dict[str, float] | None = None
                      ) -> SearchResult:
@@ -221,16 +274,36 @@ class SearchEngine:
             exclude = (self.catalog.purchased_rows(req.user_id)
                        if req.exclude_purchased and req.user_id != ANONYMOUS_USER else None)
             mask = self.catalog.filter_mask(req.category, req.min_price, req.max_price, exclude)
-        known_user = req.user_id != ANONYMOUS_USER
-        recall_task = (asyncio.ensure_future(self._timed(timings, Stage.RECALL, self._recall(req)))
-                       if known_user else None)
-        if not req.query:
-            return await self._recommend(req, mask, recall_task, result)
+        tasks: list[asyncio.Future[Any]] = []
+        recall_task = sequence_task = None
+        if req.user_id != ANONYMOUS_USER:
+            recall_task = asyncio.ensure_future(
+                self._timed(timings, Stage.RECALL, self._recall(req)))
+            tasks.append(recall_task)
+        if self.sequence is not None and self.session_model is not None and (
+                self.session_model.knows_any(req.recent)):
+            sequence_task = asyncio.ensure_future(
+                self._timed(timings, Stage.SEQUENCE, self._sequence(req)))
+            tasks.append(sequence_task)
+        try:
+            if not req.query:
+                return await self._recommend(req, mask, recall_task, sequence_task, result)
+            return await self._search(req, mask, recall_task, sequence_task, result)
+        finally:
+            for task in tasks:  # only left running when a request that allows no degradation failed
+                task.cancel()
 
+    async def _search(self, req: SearchRequest, mask: np.ndarray | None,
+                      recall_task: asyncio.Future[Any] | None,
+                      sequence_task: asyncio.Future[Any] | None, result: SearchResult
+                      ) -> SearchResult:
+        timings = result.stage_ms
+        w = self.config.weights
         with _Timer(timings, Stage.LEXICAL):
             lex_rows, lex_scores = self.catalog.lexical(
                 req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
         mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
+        session = await self._await_sequence(req, sequence_task, result)
         with _Timer(timings, Stage.FILTER):
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
@@ -238,15 +311,22 @@ class SearchEngine:
             candidates = blend.union(lex_rows, lex_scores, mf_rows, mf_scores)
         if not len(candidates):
             return result
+        if session is not None:
+            assert self.session_model is not None
+            candidates = candidates.with_session(
+                self.session_model.scores(session.vector, candidates.rows))
         popularity = self.catalog.popularity[candidates.rows]
-        first = blend.first_stage(candidates, popularity, self.config.weights)
+        first = blend.first_stage(candidates, popularity, w)
         shortlist = blend.top_n(first, self.config.rank_candidates)
         relevance = await self._rank(req, candidates.rows[shortlist], result)
         with _Timer(timings, Stage.BLEND):
             ranked = candidates.take(shortlist)
-            scores = blend.blend(ranked, popularity[shortlist], self.config.weights, relevance)
+            parts = blend.blend_parts(ranked, popularity[shortlist], w, relevance)
+            scores = blend.total(parts)
             order = blend.top_n(scores, req.top_n)
-            rows, final = ranked.rows[order], scores[order]
+            rows, final, sources = ranked.rows[order], scores[order], ranked.sources[order]
+            kept = {name: part[order] for name, part in parts.items()}
+            kept[ADJUSTMENT] = np.zeros(order.size, dtype=np.float32)
             if relevance is not None:
                 result.relevance = relevance[order]
             if rows.size < req.top_n and len(candidates) > shortlist.size:
@@ -255,35 +335,69 @@ class SearchEngine:
                 rest = rest[blend.top_n(first[rest], req.top_n - rows.size)]
                 floor = float(final.min()) if final.size else 0.0
                 tail = np.minimum(first[rest], np.nextafter(np.float32(floor), np.float32(-1)))
+                tail = tail.astype(np.float32)
                 rows = np.concatenate([rows, candidates.rows[rest]])
-                final = np.concatenate([final, tail.astype(np.float32)])
-            result.rows, result.scores = rows, final
+                final = np.concatenate([final, tail])
+                sources = np.concatenate([sources, candidates.sources[rest]])
+                if req.explain:
+                    tail_parts = blend.first_stage_parts(candidates.take(rest), popularity[rest], w)
+                    tail_parts[ADJUSTMENT] = tail - blend.total(tail_parts)
+                    kept = {name: np.concatenate([kept[name], tail_parts[name]]) for name in kept}
+            result.rows, result.scores, result.sources = rows, final, sources
+            if req.explain:
+                result.parts = kept
         return result
 
     async def _recommend(self, req: SearchRequest, mask: np.ndarray | None,
-                         recall_task: asyncio.Future[Any] | None, result: SearchResult
+                         recall_task: asyncio.Future[Any] | None,
+                         sequence_task: asyncio.Future[Any] | None, result: SearchResult
                          ) -> SearchResult:
+        w = self.config.weights
         mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
+        session = await self._await_sequence(req, sequence_task, result)
+        recent = np.asarray(req.recent, dtype=np.int64)
         with _Timer(result.stage_ms, Stage.FILTER):
-            if mask is not None and mf_rows.size:
-                keep = mask[mf_rows]
-                mf_rows, mf_scores = mf_rows[keep], mf_scores[keep]
+            none = np.empty(0, np.int64)
+            candidates = blend.union(none, np.empty(0, np.float32), mf_rows, mf_scores)
+            if session is not None:
+                candidates = blend.add_rows(
+                    candidates, session.next_rows[: self.config.sequence_candidates],
+                    blend.Source.SEQUENCE)
+            keep = ~np.isin(candidates.rows, recent)  # what was just seen is not recommended
+            if mask is not None:
+                keep &= mask[candidates.rows]
+            candidates = candidates.take(keep)
+            if session is not None:
+                assert self.session_model is not None
+                candidates = candidates.with_session(
+                    self.session_model.scores(session.vector, candidates.rows))
         with _Timer(result.stage_ms, Stage.BLEND):
-            w = self.config.weights
-            scores = (w.personal * blend.scale_min_max(mf_scores)
-                      + w.popularity * self.catalog.popularity[mf_rows]).astype(np.float32)
+            parts = blend.recommend_parts(candidates, self.catalog.popularity[candidates.rows], w)
+            scores = blend.total(parts)
             order = blend.top_n(scores, req.top_n)
-            rows, final = mf_rows[order], scores[order]
+            rows, final, sources = candidates.rows[order], scores[order], candidates.sources[order]
+            kept = {name: part[order] for name, part in parts.items()}
+            kept[ADJUSTMENT] = np.zeros(order.size, dtype=np.float32)
             if rows.size < req.top_n:
                 # Backfill with popular items (the whole answer for anonymous shoppers).
-                popular = self.catalog.popular(req.top_n + rows.size, mask)
-                popular = popular[~np.isin(popular, rows)][: req.top_n - rows.size]
+                popular = self.catalog.popular(req.top_n + rows.size + recent.size, mask)
+                popular = popular[~np.isin(popular, rows) & ~np.isin(popular, recent)]
+                popular = popular[: req.top_n - rows.size]
                 floor = float(final.min()) if final.size else w.popularity
-                tail = np.minimum(w.popularity * self.catalog.popularity[popular],
-                                  np.nextafter(np.float32(floor), np.float32(-1)))
+                prior = (w.popularity * self.catalog.popularity[popular]).astype(np.float32)
+                tail = np.minimum(prior, np.nextafter(np.float32(floor), np.float32(-1)))
+                tail = tail.astype(np.float32)
                 rows = np.concatenate([rows, popular])
-                final = np.concatenate([final, tail.astype(np.float32)])
-            result.rows, result.scores = rows, final
+                final = np.concatenate([final, tail])
+                sources = np.concatenate(
+                    [sources, np.full(popular.size, blend.Source.POPULAR, dtype=np.uint8)])
+                zero = np.zeros(popular.size, dtype=np.float32)
+                backfill = {name: zero for name in kept}
+                backfill["popularity"], backfill[ADJUSTMENT] = prior, tail - prior
+                kept = {name: np.concatenate([kept[name], backfill[name]]) for name in kept}
+            result.rows, result.scores, result.sources = rows, final, sources
+            if req.explain:
+                result.parts = kept
         return result
 
     async def _recall(self, req: SearchRequest) -> dict[str, np.ndarray]:
@@ -308,6 +422,25 @@ class SearchEngine:
         scores = outputs[SCORES][0].astype(np.float32)
         keep = rows >= 0  # drops padding (-1) and items the catalog no longer has
         return rows[keep], scores[keep]
+
+    async def _sequence(self, req: SearchRequest) -> dict[str, np.ndarray]:
+        assert self.sequence is not None and self.session_model is not None
+        return await self.sequence.infer(
+            {ITEM_SEQUENCE: self.session_model.sequence(req.recent)}, None, req.request_id)
+
+    async def _await_sequence(self, req: SearchRequest, task: asyncio.Future[Any] | None,
+                              result: SearchResult) -> Session | None:
+        if task is None:
+            return None
+        try:
+            outputs = await task
+        except ShopserveError as exc:
+            self._degrade(req, result, Dependency.SEQUENCE, exc)
+            return None
+        assert self.session_model is not None
+        rows, kept = self.session_model.rows(outputs[NEXT_ITEMS][0])
+        scores = outputs[NEXT_SCORES][0].astype(np.float32)[kept]
+        return Session(rows, scores, outputs[SESSION_EMBEDDING][0].astype(np.float32))
 
     async def _rank(self, req: SearchRequest, rows: np.ndarray, result: SearchResult
                     ) -> np.ndarray | None:

@@ -29,9 +29,11 @@ from prometheus_client import Counter, Histogram
 from shopserve import metric_names
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
+    MANIFEST,
     MAX_SEQUENCE_LENGTH,
     RANKER_COMPONENT,
     RANKER_TOKENIZER_DIR,
+    SEQUENCE_COMPONENT,
     load_component,
 )
 from shopserve.errors import BundleError, InferenceFailed, InvalidInput
@@ -42,10 +44,13 @@ from shopserve.protocol import (
     DEGRADED,
     DEGRADED_REASONS,
     EXCLUDE_PURCHASED,
+    EXPLAIN,
+    EXPLANATIONS,
     ITEM_IDS,
     MAX_PRICE,
     MIN_PRICE,
     QUERY,
+    RECENT_ITEMS,
     SCORES,
     SEARCH,
     STAGE_MS,
@@ -57,6 +62,7 @@ from shopserve.protocol import (
 from shopserve.serving import MODEL_INFO, ContractModel, decode_inputs, encode_response, request_parameters
 from shopserve.settings import SearchSettings
 from shopserve.text import PairTokenizer, normalise_query
+from transformers_pre.blend import Source
 from transformers_pre.catalog import Catalog
 from transformers_pre.engine import (
     STAGES,
@@ -69,6 +75,7 @@ from transformers_pre.engine import (
     Stage,
 )
 from transformers_pre.monitoring import DRIFT, load_window
+from transformers_pre.session import SessionModel
 from transformers_pre.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -98,6 +105,10 @@ RANKER_BATCH_SIZE = Histogram(
 FAULTS_INJECTED = Counter(
     metric_names.SEARCH_FAULTS_INJECTED_TOTAL,
     "Faults injected on purpose (settings fault_delay_ms, fault_error_ratio), by kind.", ["kind"],
+)
+UNKNOWN_RECENT_ITEMS = Counter(
+    metric_names.SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL,
+    "Ids in recent_items that the catalog does not know (ignored; the request is answered).",
 )
 DEGRADED_TOTAL = Counter(
     metric_names.SEARCH_DEGRADED_TOTAL,
@@ -131,6 +142,7 @@ class SearchModel(ContractModel):
             DRIFT.window = load_window(bundle, s.drift_window, s.drift_min_samples)
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
+        session_model = self._load_session_model(bundle, catalog)
         config = EngineConfig.from_settings(s, max_length)
         breaker = {"breaker_failures": s.breaker_failures,
                    "breaker_cooldown_s": s.breaker_cooldown_ms / 1000}
@@ -138,9 +150,15 @@ class SearchModel(ContractModel):
                                    s.recall_timeout_ms / 1000, s.upstream_retries, **breaker)
         ranker_upstream = Upstream(Dependency.RANKER, s.ranker_host, s.ranker_model,
                                    s.ranker_timeout_ms / 1000, s.upstream_retries, **breaker)
-        self.upstreams = (recall_upstream, ranker_upstream)
+        sequence_upstream = None
+        if session_model is not None:
+            sequence_upstream = Upstream(Dependency.SEQUENCE, s.sequence_host, s.sequence_model,
+                                         s.sequence_timeout_ms / 1000, s.upstream_retries,
+                                         **breaker)
+        self.upstreams = tuple(u for u in (recall_upstream, ranker_upstream, sequence_upstream)
+                               if u is not None)
         self.search_engine = SearchEngine(catalog, tokenizer, recall_upstream, ranker_upstream,
-                                          config)
+                                          config, sequence_upstream, session_model)
         self.categories = frozenset(np.unique(catalog.categories).tolist())
         version = catalog.manifest.version if catalog.manifest else "unknown"
         MODEL_INFO.labels("search", self.name, version, "bm25").set(1)
@@ -155,11 +173,27 @@ class SearchModel(ContractModel):
         if s.query_rewrite and not catalog.has_synonyms:
             log.warning("the catalog component has no mined synonyms (a bundle older than query "
                         "rewriting): spelling correction only")
-        log.info("search ready: %d items, ranker %s (max_length %d), recall %s, %d query synonyms",
-                 len(catalog), s.ranker_host, max_length, s.recall_host,
+        log.info("search ready: %d items, ranker %s (max_length %d), recall %s, sequence %s, "
+                 "%d query synonyms", len(catalog), s.ranker_host, max_length, s.recall_host,
+                 s.sequence_host if session_model is not None else "off",
                  len(catalog.rewriter.synonyms))
         self.ready = True
         return self.ready
+
+    def _load_session_model(self, bundle: Path, catalog: Catalog) -> SessionModel | None:
+        """The bundle's sequence component, or None when it has none or the model is off."""
+        folder = bundle / SEQUENCE_COMPONENT
+        if not self.settings.sequence_enabled:
+            return None
+        if not (folder / MANIFEST).is_file():
+            log.info("the bundle has no sequence model: recommendations from MF and popularity")
+            return None
+        session_model = SessionModel.load(folder, catalog.items)
+        if session_model.manifest is not None:
+            MODEL_INFO.labels("sequence", self.settings.sequence_model,
+                              session_model.manifest.version,
+                              str(session_model.manifest.params.get("variant", "sasrec"))).set(1)
+        return session_model
 
     def stop(self) -> None:
         """KServe's teardown hook: not ready any more; the upstream gRPC channels are closed once
@@ -268,6 +302,8 @@ class SearchModel(ContractModel):
                                f"'{MAX_PRICE}' ({max_price})")
         exclude = parameter(params, EXCLUDE_PURCHASED, bool, False)
         allow_degraded = parameter(params, ALLOW_DEGRADED, bool, True)
+        explain = parameter(params, EXPLAIN, bool, False)
+        recent = self._recent_rows(inputs.get(RECENT_ITEMS), batch)
 
         start = time.perf_counter()
         texts = [self._query_text(raw, row) for row, raw in enumerate(queries.tolist())]
@@ -275,10 +311,32 @@ class SearchModel(ContractModel):
         requests = [
             SearchRequest(query=text, user_id=int(user), top_n=top_n, category=category,
                           min_price=min_price, max_price=max_price, exclude_purchased=exclude,
-                          request_id=request_id, allow_degraded=allow_degraded)
-            for text, user in zip(texts, users.tolist(), strict=True)
+                          request_id=request_id, allow_degraded=allow_degraded,
+                          recent=rows, explain=explain)
+            for text, user, rows in zip(texts, users.tolist(), recent, strict=True)
         ]
         return requests, normalise_ms
+
+    def _recent_rows(self, recent: np.ndarray | None, batch: int) -> list[tuple[int, ...]]:
+        """Catalog rows of each request row's recent items, newest last; -1 is padding, ids the
+        catalog does not know are dropped and counted."""
+        if recent is None:
+            return [()] * batch
+        if recent.shape[0] != batch:
+            raise InvalidInput(f"input '{RECENT_ITEMS}': batch of {recent.shape[0]} differs from "
+                               f"'{QUERY}' batch of {batch}")
+        if recent.shape[1] > self.settings.max_recent_items:
+            raise InvalidInput(f"input '{RECENT_ITEMS}': {recent.shape[1]} items per row, the "
+                               f"limit is {self.settings.max_recent_items}")
+        if recent.size and int(recent.min()) < -1:
+            raise InvalidInput(f"input '{RECENT_ITEMS}': ids must be >= 0, or -1 for padding; got "
+                               f"{int(recent.min())}")
+        assert self.search_engine is not None
+        rows = self.search_engine.catalog.rows(recent.reshape(-1)).reshape(recent.shape)
+        unknown = int(((rows < 0) & (recent >= 0)).sum())
+        if unknown:
+            UNKNOWN_RECENT_ITEMS.inc(unknown)
+        return [tuple(int(r) for r in row[row >= 0]) for row in rows]
 
     def _query_text(self, raw: bytes, row: int) -> str:
         try:
@@ -301,19 +359,26 @@ class SearchModel(ContractModel):
         item_ids = np.full((batch, top_n), -1, dtype=np.int64)
         scores = np.zeros((batch, top_n), dtype=np.float32)
         titles = np.full((batch, top_n), b"", dtype=object)
+        explain = requests[0].explain
+        explanations = np.full((batch, top_n), b"", dtype=object)
         catalog = self.search_engine.catalog
         for i, result in enumerate(results):
             n = result.rows.shape[0]
             item_ids[i, :n] = catalog.items.ids[result.rows]
             scores[i, :n] = result.scores
             titles[i, :n] = [t.encode("utf-8") for t in catalog.titles[result.rows].tolist()]
+            if explain:
+                explanations[i, :n] = _explanations(result)
         degraded = sorted({stage for r in results for stage in r.degraded})
         reasons = {stage: str(DegradationReason.of(exc))
                    for r in results for stage, exc in r.failures.items()}
         stage_ms = {stage: round(max(r.stage_ms.get(stage, 0.0) for r in results), 3)
                     for stage in STAGES if any(stage in r.stage_ms for r in results)}
+        outputs = {ITEM_IDS: item_ids, SCORES: scores, TITLES: titles}
+        if explain:
+            outputs[EXPLANATIONS] = explanations
         return encode_response(
-            payload, self.contract, {ITEM_IDS: item_ids, SCORES: scores, TITLES: titles},
+            payload, self.contract, outputs,
             {DEGRADED: ",".join(degraded),
              DEGRADED_REASONS: json.dumps(dict(sorted(reasons.items()))),
              STAGE_MS: json.dumps(stage_ms)},
@@ -341,3 +406,13 @@ class SearchModel(ContractModel):
                 DEGRADED_TOTAL.labels(stage, DegradationReason.of(exc)).inc()
                 log.warning("request %s degraded: %s", req.request_id or "-", exc)
 
+
+def _explanations(result: SearchResult) -> list[bytes]:
+    """One JSON object per result: where it came from and the weighted terms of its score."""
+    out = []
+    for j in range(result.rows.shape[0]):
+        terms = {name: round(float(part[j]), 6) for name, part in result.parts.items()}
+        sources = Source(int(result.sources[j])).names() if result.sources.size else []
+        out.append(json.dumps({"sources": sources, **terms,
+                               "score": round(float(result.scores[j]), 6)}).encode())
+    return out

@@ -29,6 +29,7 @@ CHART_FIXED = {
         "bundle_dir": "KServe mounts storageUri at /mnt/models",
         "recall_model": "shopserve.protocol.RECALL_MODEL",
         "ranker_model": "shopserve.protocol.RANKER_MODEL",
+        "sequence_model": "shopserve.protocol.SEQUENCE_MODEL",
     },
     "recall": {
         "model_name": "the InferenceService name, shopserve.protocol.RECALL_MODEL",

@@ -44,6 +44,7 @@ these are fixed; tests/charts asserts they equal the Python constants.
 {{- define "shopserve.searchModel" -}}search{{- end -}}
 {{- define "shopserve.recallModel" -}}mf-recall{{- end -}}
 {{- define "shopserve.rankerModel" -}}bert-ranker{{- end -}}
+{{- define "shopserve.sequenceModel" -}}seq-recommender{{- end -}}
 
 {{/* Where KServe's storage initializer puts a storageUri in every pod. */}}
 {{- define "shopserve.modelMount" -}}/mnt/models{{- end -}}
@@ -103,6 +104,9 @@ cluster-local gateway (which splits traffic between revisions), Standard through
 {{- define "shopserve.recallHost" -}}
 {{- default (printf "%s-predictor.%s.svc.cluster.local:80" (include "shopserve.recallModel" .) .Release.Namespace) .Values.search.recallHost -}}
 {{- end -}}
+{{- define "shopserve.sequenceHost" -}}
+{{- default (printf "%s-predictor.%s.svc.cluster.local:80" (include "shopserve.sequenceModel" .) .Release.Namespace) .Values.search.sequenceHost -}}
+{{- end -}}
 {{- define "shopserve.rankerHost" -}}
 {{- default (printf "%s-predictor.%s.svc.cluster.local:80" (include "shopserve.searchModel" .) .Release.Namespace) .Values.search.rankerHost -}}
 {{- end -}}
@@ -114,7 +118,7 @@ env `<PREFIX><UPPER_SNAKE>` -> settings field `<snake_case>`. The settings the c
 tests/charts checks both directions against shopserve.settings.
 */}}
 {{- define "shopserve.search.settingsKeys" -}}
-workers logLevel recallTimeoutMs rankerTimeoutMs upstreamRetries breakerFailures breakerCooldownMs lexicalCandidates recallCandidates rankCandidates queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
+workers logLevel recallTimeoutMs rankerTimeoutMs sequenceTimeoutMs upstreamRetries breakerFailures breakerCooldownMs lexicalCandidates recallCandidates rankCandidates sequenceCandidates sequenceEnabled maxRecentItems queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity weightSession defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
 workers logLevel index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads maxRequestBytes
