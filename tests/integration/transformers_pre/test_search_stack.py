@@ -31,8 +31,10 @@ from shopserve import metric_names
 from shopserve.drift import SIGNALS
 from shopserve.protocol import (
     DEGRADED,
+    EXPLANATIONS,
     ITEM_IDS,
     QUERY,
+    RECENT_ITEMS,
     SCORES,
     SEARCH_MODEL,
     STAGE_MS,
@@ -123,6 +125,12 @@ def _body(queries: list[str], users: list[int] | None = None, **parameters: obje
     body: dict = {"inputs": inputs}
     if parameters:
         body["parameters"] = parameters
+    return body
+
+
+def _with_recent(body: dict, shape: list[int], datatype: str, data: list) -> dict:
+    body["inputs"].append({"name": RECENT_ITEMS, "shape": shape, "datatype": datatype,
+                           "data": data})
     return body
 
 
@@ -294,6 +302,60 @@ def test_monitor_once_names_stages_and_signals(stack: Stack) -> None:
     assert "drift    unavailable" not in out
 
 
+# ------------------------------------------------------------------------------------- recent items
+
+
+def _popular_ids(stack: Stack, n: int) -> list[int]:
+    items = stack.dataset.items
+    return items.item_id[np.argsort(-items.popularity, kind="stable")[:n]].tolist()
+
+
+def _unknown_recent(stack: Stack) -> float:
+    families = text_string_to_metric_families(httpx.get(f"{stack.search.http_url}/metrics").text)
+    return sum(sample.value for family in families for sample in family.samples
+               if sample.name == f"{metric_names.SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL}_total"
+               or sample.name == metric_names.SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL)
+
+
+def test_recent_items_are_left_out_and_unknown_ones_ignored_and_counted(stack: Stack) -> None:
+    popular = _popular_ids(stack, 8)
+    before = _unknown_recent(stack)
+    body = _with_recent(_body([""], top_n=5), [1, 4], "INT64", [-1, 987654321, popular[0], -1])
+    response = _search(stack, body)
+    assert response.status_code == 200, response.text
+    ids = _outputs(response)[ITEM_IDS]["data"]
+    assert popular[0] not in ids
+    assert ids == popular[1:6]
+    assert _unknown_recent(stack) == before + 1
+
+
+def test_explanations_over_rest_and_grpc_sum_to_each_score(stack: Stack) -> None:
+    query, user = _a_query(stack), _known_user(stack)
+    response = _search(stack, _body([query], [user], top_n=5, explain=True))
+    out = _outputs(response)
+    rest = [json.loads(e) for e in out[EXPLANATIONS]["data"]]
+    plain = _outputs(_search(stack, _body([query], [user], top_n=5)))
+    assert EXPLANATIONS not in plain  # only when asked
+    assert out[ITEM_IDS]["data"] == plain[ITEM_IDS]["data"]
+    client = grpcclient.InferenceServerClient(stack.search.grpc_address)
+    try:
+        q = grpcclient.InferInput(QUERY, [1], "BYTES")
+        q.set_data_from_numpy(np.array([query.encode()], dtype=object))
+        u = grpcclient.InferInput(USER_ID, [1], "INT64")
+        u.set_data_from_numpy(np.array([user], dtype=np.int64))
+        result = client.infer(SEARCH_MODEL, [q, u], parameters={"top_n": 5, "explain": True})
+    finally:
+        client.close()
+    grpc_explained = [json.loads(e) for e in result.as_numpy(EXPLANATIONS)[0]]
+    assert [e["sources"] for e in grpc_explained] == [e["sources"] for e in rest]
+    for explained, score in zip(rest, out[SCORES]["data"], strict=True):
+        terms = ("relevance", "lexical", "personal", "popularity", "session", "adjustment")
+        assert sum(explained[t] for t in terms) == pytest.approx(score, abs=1e-4)
+        assert explained["score"] == pytest.approx(score, abs=1e-5)
+        assert set(explained["sources"]) <= {"lexical", "recall", "sequence", "popular"}
+        assert explained["sources"]
+
+
 # ------------------------------------------------------------------------------------- bad input
 
 BAD_REST = [
@@ -318,7 +380,22 @@ BAD_REST = [
      "exclude_purchased"),
     ("empty batch", {"inputs": [{"name": QUERY, "shape": [0], "datatype": "BYTES", "data": []}]},
      "query"),
+    *[(case, _with_recent(_body([""]), shape, datatype, data), RECENT_ITEMS)
+      for case, shape, datatype, data in (
+          ("recent_items wrong dtype", [1, 2], "FP32", [1.0, 2.0]),
+          ("recent_items one dimension", [2], "INT64", [1, 2]),
+          ("recent_items batch differs", [2, 1], "INT64", [1, 2]),
+          ("recent_items too long", [1, 51], "INT64", [1] * 51),
+          ("recent_items id below -1", [1, 2], "INT64", [-7, 1]),
+          ("recent_items short data", [1, 3], "INT64", [1, 2]),
+      )],
+    ("explain wrong type", _body(["shoes"], explain="please"), "explain"),
+    ("allow_degraded wrong type", _body(["shoes"], allow_degraded=3), "allow_degraded"),
 ]
+
+#: The recent_items cases of BAD_REST, sent over gRPC as raw contents.
+BAD_RECENT_GRPC = [(case, body["inputs"][1]) for case, body, field in BAD_REST
+                   if field == RECENT_ITEMS and case != "recent_items short data"]
 
 
 @pytest.mark.parametrize(("case", "body", "field"), BAD_REST, ids=[c[0] for c in BAD_REST])
@@ -347,6 +424,24 @@ def test_non_utf8_query_over_rest_binary_and_grpc(stack: Stack) -> None:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "query" in info.value.details()
+
+
+@pytest.mark.parametrize(("case", "tensor"), BAD_RECENT_GRPC, ids=[c[0] for c in BAD_RECENT_GRPC])
+def test_bad_recent_items_over_grpc(stack: Stack, case: str, tensor: dict) -> None:
+    dtype = np.float32 if tensor["datatype"] == "FP32" else np.int64
+    raw = np.asarray(tensor["data"], dtype=dtype).tobytes()
+    spec = service_pb2.ModelInferRequest.InferInputTensor
+    request = service_pb2.ModelInferRequest(
+        model_name=SEARCH_MODEL,
+        inputs=[spec(name=QUERY, datatype="BYTES", shape=[1]),
+                spec(name=RECENT_ITEMS, datatype=tensor["datatype"], shape=tensor["shape"])],
+        raw_input_contents=[(0).to_bytes(4, "little"), raw],
+    )
+    with grpc.insecure_channel(stack.search.grpc_address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+    assert RECENT_ITEMS in info.value.details(), (case, info.value.details())
 
 
 def test_bad_parameter_over_grpc(stack: Stack) -> None:
