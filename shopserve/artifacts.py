@@ -196,11 +196,19 @@ def verify(folder: Path) -> list[str]:
     return check_files(folder, read_manifest(folder).files)
 
 
-def load_component(folder: Path, component: str | None = None) -> Manifest:
+def load_component(folder: Path, component: str | None = None, only: str | None = None
+                   ) -> Manifest:
     """Verify a component folder and return its manifest.
 
+    Args:
+        folder: The component folder.
+        component: The component the manifest must be for.
+        only: Verify only the listed files under this relative folder (``"tokenizer/"``): for a
+            reader that uses just those (the search transformer reads the ranker's tokenizer, not
+            its 100 MB of ONNX graphs, which the ranker's launcher verifies).
+
     Raises:
-        BundleError: no manifest, wrong component, or any missing or changed file.
+        BundleError: no manifest, wrong component, or any missing or changed file (of ``only``).
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -208,7 +216,12 @@ def load_component(folder: Path, component: str | None = None) -> Manifest:
         raise BundleError(
             f"{folder}: manifest is for component '{manifest.component}', expected '{component}'"
         )
-    problems = verify(folder)
+    files = manifest.files
+    if only is not None:
+        files = {rel: digest for rel, digest in files.items() if rel.startswith(only)}
+        if not files:
+            raise BundleError(f"{folder}: the manifest lists no file under '{only}'")
+    problems = check_files(folder, files)
     if problems:
         raise BundleError(f"{folder}: refusing corrupt bundle: {'; '.join(problems)}")
     return manifest

@@ -11,7 +11,13 @@ A catalog component folder holds (all arrays ``.npz``, read with ``allow_pickle=
 * ``queries.npz``: the logged search queries (``query_id``, ``text``, ``category``, ``user_id``,
   ``frequency`` and the judged targets);
 * ``qrels.npz``, ``truth.npz``: judgements and hidden tastes, read only by the offline build;
-* ``query_rewrites.json``: the mined synonym table (see :mod:`transformers_pre.rewrite`).
+* ``query_rewrites.json``: the mined synonym table (see :mod:`transformers_pre.rewrite`);
+* ``lexical_index/`` (optional, :data:`LEXICAL_INDEX_DIR`): the BM25 index over :func:`item_text`,
+  built at package time so the search transformer loads it instead of building it at every start
+  (see :mod:`transformers_pre.catalog`): ``bm25s``'s own ``BM25.save`` layout (``.npy`` arrays
+  read with ``allow_pickle=False``, the vocabulary and parameters as JSON) plus
+  :data:`LEXICAL_INDEX_META`, which names the recipe and the ``items.npz`` it was built from.
+  Bundles without it still load: the transformer then builds the same index itself.
 
 The build (``training.data.generator.Dataset.save``) writes these files under the names defined
 here; serving (the search transformer's catalog, the load test's traffic mix, ``shopserve up``'s
@@ -43,6 +49,11 @@ QRELS_FILE = "qrels.npz"
 TRUTH_FILE = "truth.npz"
 #: The files every catalog component has (``truth.npz`` is optional).
 REQUIRED_FILES = (META_FILE, ITEMS_FILE, USERS_FILE, EVENTS_FILE, QUERIES_FILE, QRELS_FILE)
+#: Optional folder of the prebuilt lexical (BM25) index.
+LEXICAL_INDEX_DIR = "lexical_index"
+#: In :data:`LEXICAL_INDEX_DIR`: ``format_version`` (the index recipe's) and ``items_sha256`` (of
+#: the ``items.npz`` it indexes); an index whose either differs from the reader's is not used.
+LEXICAL_INDEX_META = "source.json"
 
 #: Event types of the behaviour log; ``event_type`` indexes this tuple.
 EVENT_TYPES: tuple[str, ...] = ("view", "cart", "purchase")

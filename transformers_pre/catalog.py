@@ -2,33 +2,106 @@
 
 Loaded once from the bundle's verified ``catalog`` component; everything here is read-only and
 pure, so one instance is shared by every request.
+
+The lexical (BM25) index is the slow part of a start to build, so the package step builds it once
+(:func:`write_lexical_index`) and the component carries it, checksummed by its manifest like every
+other file; :meth:`Catalog.load` reads it back (:func:`load_lexical_index`). A component without it
+(a bundle older than it), or with one built by another recipe or from other items, is indexed at
+load instead: the index is the same either way, only the start is slower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import bm25s
 import numpy as np
 
-from shopserve.artifacts import CATALOG_COMPONENT, Manifest, load_component
-from shopserve.catalog_files import CatalogFiles
+from shopserve.artifacts import CATALOG_COMPONENT, Manifest, load_component, sha256_file
+from shopserve.catalog_files import ITEMS_FILE, LEXICAL_INDEX_DIR, LEXICAL_INDEX_META, CatalogFiles
 from shopserve.interactions import IdMap, RowSets, to_rowsets
 from transformers_pre.rewrite import QueryRewriter, load_synonyms, query_tokens
 
+log = logging.getLogger(__name__)
 
-def document_frequencies(corpus: bm25s.tokenization.Tokenized) -> dict[str, int]:
-    """Items using each token of an indexed corpus."""
-    # One (document, token) pair per distinct token of each document, counted per token at once.
-    lengths = np.fromiter((len(ids) for ids in corpus.ids), dtype=np.int64, count=len(corpus.ids))
-    flat = np.fromiter((i for ids in corpus.ids for i in ids), dtype=np.int64,
-                       count=int(lengths.sum()))
-    documents = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    pairs = np.unique(documents * len(corpus.vocab) + flat)
-    counts = np.bincount(pairs % len(corpus.vocab), minlength=len(corpus.vocab))
-    return {token: int(counts[i]) for token, i in corpus.vocab.items()}
+#: Version of the lexical index's recipe (:func:`build_lexical_index`: the item text, tokenisation,
+#: stop words, BM25 variant). Bump it when the recipe changes: a bundle's index built the old way is
+#: then rebuilt at load instead of used.
+LEXICAL_INDEX_VERSION = 1
+
+
+def build_lexical_index(texts: Sequence[str]) -> bm25s.BM25:
+    """BM25 (Lucene variant) over item texts (:func:`shopserve.catalog_files.item_text`), with the
+    tokenisation queries get (:func:`transformers_pre.rewrite.query_tokens`)."""
+    corpus = bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
+    bm25 = bm25s.BM25(method="lucene")
+    bm25.index(corpus, show_progress=False)
+    return bm25
+
+
+def document_frequencies(bm25: bm25s.BM25) -> dict[str, int]:
+    """Items using each token of an index.
+
+    Read off the index rather than counted from its corpus, so a loaded index needs no corpus:
+    the index stores one score per (item, token) pair the item uses, and a Lucene BM25 score is
+    never 0, so a token's column holds exactly one entry per item using it.
+    """
+    counts = np.diff(bm25.scores["indptr"])
+    # bm25s appends an empty token "" to the vocabulary, past the last column: no item uses it.
+    return {token: int(counts[i]) for token, i in bm25.vocab_dict.items() if i < len(counts)}
+
+
+def write_lexical_index(folder: Path) -> None:
+    """Build a catalog component folder's lexical index and save it there (the package step).
+
+    Call it once the component's ``items.npz`` is in place and before its manifest is written, so
+    that the manifest checksums the index too. Replaces an index already there.
+    """
+    folder = Path(folder)
+    target = folder / LEXICAL_INDEX_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    build_lexical_index(CatalogFiles.open(folder).item_text()).save(target, show_progress=False)
+    meta = {"format_version": LEXICAL_INDEX_VERSION,
+            "items_sha256": sha256_file(folder / ITEMS_FILE)}
+    (target / LEXICAL_INDEX_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_lexical_index(folder: Path, manifest: Manifest) -> bm25s.BM25 | None:
+    """A verified component's prebuilt lexical index, or None when it has no usable one.
+
+    Usable: the manifest lists every file of it (so :func:`~shopserve.artifacts.load_component` has
+    checked them all), and it was built by this :data:`LEXICAL_INDEX_VERSION` from the component's
+    ``items.npz``. Otherwise the caller builds the index (:func:`build_lexical_index`).
+
+    Args:
+        folder: The component folder.
+        manifest: Its manifest, the folder already verified against it.
+    """
+    folder = Path(folder)
+    index_dir = folder / LEXICAL_INDEX_DIR
+    listed = {rel for rel in manifest.files if rel.startswith(f"{LEXICAL_INDEX_DIR}/")}
+    present = {p.relative_to(folder).as_posix() for p in index_dir.rglob("*") if p.is_file()}
+    if not listed and not present:
+        log.info("%s: no prebuilt lexical index (a bundle older than it): indexing the items", folder)
+        return None
+    meta_file = f"{LEXICAL_INDEX_DIR}/{LEXICAL_INDEX_META}"
+    meta = json.loads((index_dir / LEXICAL_INDEX_META).read_text()) if meta_file in listed else {}
+    if not present <= listed:
+        reason = f"files the manifest does not list: {sorted(present - listed)}"
+    elif meta.get("format_version") != LEXICAL_INDEX_VERSION:
+        reason = f"recipe {meta.get('format_version')}, expected {LEXICAL_INDEX_VERSION}"
+    elif meta.get("items_sha256") != manifest.files.get(ITEMS_FILE):
+        reason = f"built from another {ITEMS_FILE}"
+    else:
+        return bm25s.BM25.load(index_dir, mmap=False, show_progress=False)
+    log.warning("%s: prebuilt lexical index not used (%s): indexing the items", folder, reason)
+    return None
 
 
 @dataclass
@@ -48,6 +121,8 @@ class Catalog:
         rewriter: Spelling correction and mined synonyms applied to query tokens before BM25.
         manifest: The component's manifest.
         has_synonyms: Whether the component carried a mined synonym table (older bundles do not).
+        prebuilt_index: Whether ``bm25`` came prebuilt with the component (else it was built at
+            load).
     """
 
     items: IdMap
@@ -62,16 +137,22 @@ class Catalog:
     rewriter: QueryRewriter
     manifest: Manifest | None = None
     has_synonyms: bool = False
+    prebuilt_index: bool = False
 
     @classmethod
     def from_files(cls, files: CatalogFiles, manifest: Manifest | None = None,
                    synonyms: Mapping[str, str] | None = None) -> Catalog:
-        """Index a catalog component's files; ``synonyms`` is the mined table (see ``rewrite``)."""
+        """Read a catalog component's files; ``synonyms`` is the mined table (see ``rewrite``).
+
+        The lexical index is the component's prebuilt one when ``manifest`` is given (the folder
+        verified against it) and lists a usable one (:func:`load_lexical_index`), else it is built
+        from the items here.
+        """
         items = files.items
-        corpus = bm25s.tokenize(list(files.item_text()), stopwords="en", show_progress=False)
-        document_frequency = document_frequencies(corpus)
-        bm25 = bm25s.BM25(method="lucene")
-        bm25.index(corpus, show_progress=False)
+        bm25 = load_lexical_index(files.folder, manifest) if manifest is not None else None
+        prebuilt = bm25 is not None
+        if bm25 is None:
+            bm25 = build_lexical_index(files.item_text())
         popularity = items["popularity"].astype(np.float32)
         popularity = popularity / max(float(popularity.max()), 1e-12)
         item_map = files.item_map
@@ -81,8 +162,8 @@ class Catalog:
             prices=items["price"].astype(np.float32), popularity=popularity,
             popular_order=np.argsort(-popularity, kind="stable"), users=users,
             purchases=to_rowsets(files.events("purchase"), users, item_map), bm25=bm25,
-            rewriter=QueryRewriter(document_frequency, synonyms or {}), manifest=manifest,
-            has_synonyms=synonyms is not None,
+            rewriter=QueryRewriter(document_frequencies(bm25), synonyms or {}), manifest=manifest,
+            has_synonyms=synonyms is not None, prebuilt_index=prebuilt,
         )
 
     @classmethod

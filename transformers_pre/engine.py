@@ -256,8 +256,9 @@ class SearchEngine:
                  ranker: InferClient, config: EngineConfig, sequence: InferClient | None = None,
                  session_model: SessionModel | None = None) -> None:
         self.catalog = catalog
-        # Titles tokenised once: a request tokenises only its query (shopserve.text.PairEncoder).
-        self.pairs = PairEncoder(tokenizer, catalog.titles, config.max_length)
+        # Titles tokenised once, on a thread of their own so that loading does not wait for them:
+        # a request then tokenises only its query (shopserve.text.PairEncoder).
+        self.pairs = PairEncoder(tokenizer, catalog.titles, config.max_length, background=True)
         self.recall = recall
         self.ranker = ranker
         self.config = config

@@ -136,7 +136,8 @@ class SearchModel(ContractModel):
         bundle = Path(s.bundle_dir)
         try:
             catalog = Catalog.load(bundle / CATALOG_COMPONENT)
-            ranker = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT)
+            ranker = load_component(bundle / RANKER_COMPONENT, RANKER_COMPONENT,
+                                    only=f"{RANKER_TOKENIZER_DIR}/")
             tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
             max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
             DRIFT.window = load_window(bundle, s.drift_window, s.drift_min_samples)

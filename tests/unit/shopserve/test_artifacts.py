@@ -49,6 +49,16 @@ def test_missing_file_is_refused(component):
         load_component(component)
 
 
+def test_only_checks_the_files_a_reader_uses(component):
+    (component / "factors.npz").write_bytes(b"changed")  # not under sub/: not checked
+    assert load_component(component, "recall", only="sub/").version == "v1"
+    (component / "sub" / "ids.json").write_text("[1, 3]")
+    with pytest.raises(BundleError, match="ids.json: sha256 mismatch"):
+        load_component(component, "recall", only="sub/")
+    with pytest.raises(BundleError, match="no file under 'tokenizer/'"):
+        load_component(component, "recall", only="tokenizer/")
+
+
 def test_missing_or_broken_manifest_is_refused(tmp_path, component):
     with pytest.raises(BundleError, match="no manifest.json"):
         load_component(tmp_path)

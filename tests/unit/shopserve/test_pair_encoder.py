@@ -190,3 +190,18 @@ def test_pair_encoder_from_the_saved_folder(hf_tokenizer, saved_dir: Path,
 def test_empty_rows(tokenizer: PairTokenizer, titles: list[str]) -> None:
     got = PairEncoder(tokenizer, titles, 32).encode("shoes", np.array([], dtype=np.int64))
     assert got[INPUT_IDS].shape[0] == 0
+
+
+def test_titles_tokenised_in_the_background_give_the_same_pairs_before_and_after(
+        tokenizer: PairTokenizer, titles: list[str]) -> None:
+    rows = np.arange(min(40, len(titles)))
+    want = encode_pairs(tokenizer, ["red running shoes"] * len(rows),
+                        [titles[r] for r in rows], 64)
+    encoder = PairEncoder(tokenizer, titles, 64, background=True)
+    assert_equal(encoder.encode("red running shoes", rows), want)  # before or after: the same
+    assert encoder.titles_ready.wait(30)
+    assert encoder.concatenates
+    assert_equal(encoder.encode("red running shoes", rows), want)
+    foreground = PairEncoder(tokenizer, titles, 64)
+    assert foreground.titles_ready.is_set()
+    np.testing.assert_array_equal(foreground.flat, encoder.flat)

@@ -64,13 +64,11 @@ def test_catalog_lexical_with_and_without_rewriting(world, tmp_path: Path) -> No
 
 
 def test_document_frequencies_count_each_document_once(world) -> None:
-    import bm25s
-
-    from transformers_pre.catalog import document_frequencies
+    from transformers_pre.catalog import build_lexical_index, document_frequencies
+    from transformers_pre.rewrite import query_tokens
 
     texts = [*world.item_text()[:200].tolist(), "red red red", ""]
-    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
-    expected = {token: sum(token in set(bm25s.tokenize([t], stopwords="en", show_progress=False,
-                                                        return_ids=False)[0]) for t in texts)
-                for token in corpus.vocab}
-    assert document_frequencies(corpus) == expected
+    index = build_lexical_index(texts)
+    terms = {token for text in texts for token in query_tokens(text)}
+    expected = {token: sum(token in set(query_tokens(t)) for t in texts) for token in terms}
+    assert document_frequencies(index) == expected
