@@ -12,7 +12,7 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-ranker bench-stack bench-load bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-recommend bench-ranker bench-stack bench-load bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -67,6 +67,12 @@ manifests: $(STAMP) tools
 bench-recall: $(STAMP)
 	$(PY) -m bench.recall_quality
 	$(PY) -m bench.recall_index
+
+# Next-item quality on MovieLens-100K and the generated demo log: popularity, tuned ALS, implicit's
+# ItemItem and the SASRec sequence model, leave-one-out, full ranking (bench/results/recommend.md).
+# Tens of minutes on 2 cores: every model is tuned on the validation split first.
+bench-recommend: $(STAMP)
+	$(PY) -m bench.recommend --out bench/results/recommend.md
 
 # The highest steady rate of the local stack with p99 <= 150 ms and no failures (locust);
 # bench/results/load.md. Minutes: run it on a quiet machine.

@@ -16,6 +16,11 @@ and 8 concurrent clients:
 3. scores the very same candidate batches (the query with the titles of the 50 items the search
    returned) on Triton directly over v2 gRPC, tokenised in this process beforehand.
 
+A second table times recommendations (no query) for anonymous shoppers, without and with
+``recent_items`` (each shopper's latest interactions from the log, up to ``--recent`` of them): with
+them the transformer asks the sequence model on Triton for the next items; the goal is p99 <= 50
+ms, and within 2x of the request without recent items.
+
 Requests per second through the transformer against Triton directly is the share of the ranker's
 throughput that survives the transformer (KServe users report 42%: kserve issue 2770). Each cell is
 the median of ``--repeats`` runs.
@@ -48,9 +53,11 @@ from pipeline.local import StackPorts, stack_components
 from pipeline.supervisor import Stack
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
+    MANIFEST,
     MAX_SEQUENCE_LENGTH,
     RANKER_COMPONENT,
     RANKER_TOKENIZER_DIR,
+    SEQUENCE_COMPONENT,
     read_manifest,
 )
 from shopserve.protocol import (
@@ -60,6 +67,7 @@ from shopserve.protocol import (
     ITEM_IDS,
     QUERY,
     RANKER_MODEL,
+    RECENT_ITEMS,
     SCORE,
     SEARCH_MODEL,
     STAGE_MS,
@@ -266,11 +274,67 @@ HEADER = ("| layout | protocol | clients | e2e p50 | e2e p99 | upstream p50 | ow
           "Triton direct req/s | through / direct |")
 
 
+RECOMMEND_HEADER = ("| layout | protocol | request | e2e p50 | e2e p99 | sequence p50 | "
+                    "degraded | p99 with / without |")
+
+
+def recent_bodies(dataset: Dataset, n: int, recent: int, top_n: int, seed: int = 0
+                  ) -> tuple[list[dict], list[dict]]:
+    """Recommendation bodies for anonymous shoppers, without and with ``recent_items``: the
+    latest ``recent`` items (by time) of ``n`` shoppers of the log."""
+    log = dataset.events.log
+    rng = np.random.default_rng(seed)
+    users = rng.choice(np.unique(log.user_ids), size=n, replace=True)
+    order = np.argsort(log.timestamps, kind="stable")
+    without, with_recent = [], []
+    for user in users.tolist():
+        items = log.item_ids[order][log.user_ids[order] == user][-recent:]
+        base = [{"name": QUERY, "shape": [1], "datatype": "BYTES", "data": [""]},
+                {"name": USER_ID, "shape": [1], "datatype": "INT64", "data": [-1]}]
+        without.append({"inputs": base, "parameters": {TOP_N: top_n}})
+        with_recent.append({"inputs": [*base, {"name": RECENT_ITEMS, "shape": [1, len(items)],
+                                               "datatype": "INT64", "data": items.tolist()}],
+                            "parameters": {TOP_N: top_n}})
+    return without, with_recent
+
+
+async def recommend_load(url: str, bodies: list[dict]) -> tuple[list[float], list[float], float]:
+    """One client, REST: end-to-end ms and sequence-stage ms per request, and the degraded share."""
+    totals, sequence, degraded = [], [], 0
+    async with httpx.AsyncClient(timeout=30) as client:
+        for body in bodies:
+            start = time.perf_counter()
+            response = await client.post(f"{url}/v2/models/{SEARCH_MODEL}/infer", json=body)
+            totals.append((time.perf_counter() - start) * 1000)
+            response.raise_for_status()
+            params = response.json()["parameters"]
+            sequence.append(json.loads(params[STAGE_MS]).get("sequence", 0.0))
+            degraded += bool(params[DEGRADED])
+    return totals, sequence, degraded / max(len(bodies), 1)
+
+
+def recommend_rows(layout: Layout, search_url: str, bodies: tuple[list[dict], list[dict]],
+                   repeats: int) -> list[str]:
+    """The rows of the recommendation table for one layout (REST, one client)."""
+    measured = {}
+    for name, chosen in (("no recent items", bodies[0]), ("recent items", bodies[1])):
+        runs = [asyncio.run(recommend_load(search_url, chosen)) for _ in range(repeats)]
+        measured[name] = [statistics.median(_pct(r[0], q) for r in runs) for q in (50, 99)] + [
+            statistics.median(_pct(r[1], 50) for r in runs),
+            statistics.median(r[2] for r in runs)]
+    ratio = measured["recent items"][1] / measured["no recent items"][1]
+    return [f"| {layout.name:>6} | {'rest':>8} | {name:>15} | {m[0]:7.1f} | {m[1]:7.1f} | "
+            f"{m[2]:12.1f} | {m[3]:8.0%} | "
+            f"{(f'{ratio:.2f}x' if name == 'recent items' else '-'):>19} |"
+            for name, m in measured.items()]
+
+
 def measure_layout(layout: Layout, bundle: Path, bodies: list[dict], batches: list[dict] | None,
                    texts: list[str], tokenizer: PairTokenizer, max_length: int, repeats: int,
-                   shortlist: int
-                   ) -> tuple[list[str], list[dict], list[dict[str, np.ndarray]]]:
-    """Start the stack in ``layout``; the table rows (gRPC and REST, 1 and 8 clients)."""
+                   shortlist: int, recommend: tuple[list[dict], list[dict]] | None = None
+                   ) -> tuple[list[str], list[dict], list[dict[str, np.ndarray]], list[str]]:
+    """Start the stack in ``layout``; the table rows (gRPC and REST, 1 and 8 clients), and the
+    recommendation rows when ``recommend`` bodies are given."""
     ports = StackPorts()
     # A budget no queued call should exceed: throughput is compared with every request ranked
     # (a degraded answer skips the ranker and would flatter the transformer).
@@ -319,9 +383,11 @@ def measure_layout(layout: Layout, bundle: Path, bodies: list[dict], batches: li
                     f"{med[1]:7.1f} | {med[2]:12.1f} | {med[3]:14.1f} | {med[4]:12.1f} | "
                     f"{med[5]:12.1f} | {med[6]:12.1f} | {med[7]:15.1f} | {med[8]:8.0%} | "
                     f"{med[9]:12.1f} | {med[10]:19.1f} | {med[9] / med[10]:16.0%} |")
+            recommended = (recommend_rows(layout, search_url, recommend, repeats)
+                           if recommend is not None else [])
         finally:
             os.sched_setaffinity(0, own_cpus)
-    return rows, bodies, batches
+    return rows, bodies, batches, recommended
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="results per search request (the transformer's default page)")
     parser.add_argument("--layouts", default="shared,pinned",
                         help="comma-separated: shared, pinned (see bench.stack.layouts)")
+    parser.add_argument("--recent", type=int, default=10,
+                        help="recent items per recommendation request (the shopper's latest)")
     args = parser.parse_args(argv)
 
     bundle = args.bundle
@@ -352,13 +420,19 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
     max_length = int(ranker.params[MAX_SEQUENCE_LENGTH])
 
+    has_sequence = (bundle / SEQUENCE_COMPONENT / MANIFEST).is_file()
+    recommend = (recent_bodies(dataset, args.requests, args.recent, args.top_n)
+                 if has_sequence else None)
     table: list[str] = []
+    recommend_table: list[str] = []
     batches = None
     chosen = layouts(args.layouts.split(","))
     for layout in chosen:
-        layout_rows, bodies, batches = measure_layout(layout, bundle, bodies, batches, texts,
-                                                      tokenizer, max_length, args.repeats, shortlist)
+        layout_rows, bodies, batches, recommended = measure_layout(
+            layout, bundle, bodies, batches, texts, tokenizer, max_length, args.repeats, shortlist,
+            recommend)
         table += layout_rows
+        recommend_table += recommended
     assert batches is not None
     pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
     cpus = len(os.sched_getaffinity(0))
@@ -374,6 +448,15 @@ def main(argv: list[str] | None = None) -> None:
              "overhead = e2e - upstream; v2 floor = a bare v2 health call to the transformer after "
              "the same idle time; above floor = overhead - v2 floor",
              "goals: overhead p50 <= 2 ms; through / direct >= 90% (kserve issue 2770: 42%)"]
+    if recommend_table:
+        lines += ["", f"Recommendations for anonymous shoppers, {args.requests} per run, up to "
+                  f"{args.recent} recent items each (the sequence model on Triton), REST, one "
+                  f"client, median of {args.repeats} runs; times in ms", "", RECOMMEND_HEADER,
+                  "|" + "|".join("-" * len(c) for c in RECOMMEND_HEADER.split("|")[1:-1]) + "|",
+                  *recommend_table, "",
+                  "goals: with recent items p99 <= 50 ms and within 2x of the request without"]
+    else:
+        lines += ["", "(the bundle has no sequence component: no recommendation rows)"]
     text = "\n".join(lines)
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,13 @@ from pathlib import Path
 import httpx
 
 from pipeline.supervisor import Component, Stack, free_port
-from shopserve.artifacts import CATALOG_COMPONENT, MANIFEST, RANKER_COMPONENT, RECALL_COMPONENT
+from shopserve.artifacts import (
+    CATALOG_COMPONENT,
+    MANIFEST,
+    RANKER_COMPONENT,
+    RECALL_COMPONENT,
+    SEQUENCE_COMPONENT,
+)
 from shopserve.catalog_files import CatalogFiles
 from shopserve.protocol import (
     DEGRADED,
@@ -66,6 +72,9 @@ def stack_components(
         }),
         Component("ranker", "predictors.ranker", ports.ranker_http, {
             "RANKER_BUNDLE": str(bundle / RANKER_COMPONENT),
+            # The same Triton serves seq-recommender when the bundle has one ("": it has none).
+            "RANKER_SEQUENCE_BUNDLE": (str(bundle / SEQUENCE_COMPONENT)
+                                       if (bundle / SEQUENCE_COMPONENT / MANIFEST).is_file() else ""),
             "RANKER_HTTP_PORT": str(ports.ranker_http),
             "RANKER_GRPC_PORT": str(ports.ranker_grpc),
             "RANKER_METRICS_PORT": str(ports.ranker_metrics),
@@ -158,6 +167,9 @@ def _run_up(args: argparse.Namespace, bundle: Path, ports: StackPorts, stack: St
           "metrics /metrics")
     print(f"  bert-ranker http://127.0.0.1:{ports.ranker_http}  grpc :{ports.ranker_grpc}  "
           f"metrics :{ports.ranker_metrics}/metrics (Triton)")
+    if (bundle / SEQUENCE_COMPONENT / MANIFEST).is_file():
+        print(f"  seq-recommender on the same Triton (http :{ports.ranker_http}, "
+              f"grpc :{ports.ranker_grpc})")
     print(f"  logs in {stack.log_dir}")
     _sample_search_request(bundle, stack.components[-1].url)
     if args.check:

@@ -35,6 +35,9 @@ Where the numbers come from:
   ``params.layers``;
 * recall: ``metrics.model`` (MF on held-out interactions, binary gains) and
   ``metrics.popularity`` (the popularity baseline on the same users);
+* sequence: ``metrics.ndcg_at_10``, ``metrics.hit_rate_at_10``, ``metrics.mrr`` (the sequence
+  model on each evaluated shopper's last item, full ranking, binary gain) and
+  ``metrics.popularity_ndcg_at_10`` (the popularity baseline on the same items);
 * catalog: ``data.items`` and ``data.queries.total``.
 """
 
@@ -51,6 +54,7 @@ from shopserve.artifacts import (
     MANIFEST,
     RANKER_COMPONENT,
     RECALL_COMPONENT,
+    SEQUENCE_COMPONENT,
     Manifest,
     read_manifest,
 )
@@ -69,6 +73,12 @@ NDCG_AT_10 = at_k("ndcg", 10)
 REFERENCE_NDCG_AT_10 = f"reference_{NDCG_AT_10}"
 #: Median ms per request of the packaged ranker variant.
 MS_PER_REQUEST_P50 = "ms_per_request_p50"
+#: Share of evaluated shoppers whose held-out item is in the top 10 (the sequence manifest).
+HIT_RATE_AT_10 = at_k("hit_rate", 10)
+#: Mean reciprocal rank of the held-out item, no cut-off (the sequence manifest).
+MRR = "mrr"
+#: Prefix of the popularity baseline's metrics in the sequence manifest (``popularity_ndcg_at_10``).
+POPULARITY_PREFIX = "popularity_"
 
 
 def current_key(key: str) -> str:
@@ -119,6 +129,11 @@ class ReleaseMetrics:
         ranker_reference_ndcg_at_10: The fine-tuned fp32 model's NDCG@10 on the same lists.
         ranker_ms_p50: Median ms per request (one candidate list) of the packaged variant.
         ranker_bm25_ndcg_at_10: BM25's NDCG@10 on the same lists.
+        sequence_ndcg_at_10: The sequence model's NDCG@10 on each evaluated shopper's last item
+            (full ranking over the catalog, earlier items excluded, binary gain, log2 discount).
+        sequence_hit_rate_at_10: Its HR@10 on the same items.
+        sequence_mrr: Its MRR on the same items.
+        sequence_popularity_ndcg_at_10: The popularity baseline's NDCG@10 on the same items.
         catalog_items: Items in the catalog.
         catalog_queries: Judged queries.
     """
@@ -132,6 +147,10 @@ class ReleaseMetrics:
     ranker_reference_ndcg_at_10: float | None = None
     ranker_ms_p50: float | None = None
     ranker_bm25_ndcg_at_10: float | None = None
+    sequence_ndcg_at_10: float | None = None
+    sequence_hit_rate_at_10: float | None = None
+    sequence_mrr: float | None = None
+    sequence_popularity_ndcg_at_10: float | None = None
     catalog_items: int | None = None
     catalog_queries: int | None = None
 
@@ -165,6 +184,17 @@ class ReleaseMetrics:
         }
 
     @staticmethod
+    def sequence_fields(manifest: Manifest) -> dict[str, Any]:
+        """The sequence component's fields, from its manifest."""
+        metrics = current_keys(manifest.metrics)
+        return {
+            "sequence_ndcg_at_10": _float(metrics.get(NDCG_AT_10)),
+            "sequence_hit_rate_at_10": _float(metrics.get(HIT_RATE_AT_10)),
+            "sequence_mrr": _float(metrics.get(MRR)),
+            "sequence_popularity_ndcg_at_10": _float(metrics.get(POPULARITY_PREFIX + NDCG_AT_10)),
+        }
+
+    @staticmethod
     def catalog_fields(manifest: Manifest) -> dict[str, Any]:
         """The catalog component's fields (counts from its data summary)."""
         return {
@@ -179,6 +209,7 @@ class ReleaseMetrics:
         catalog: Manifest | None = None,
         recall: Manifest | None = None,
         ranker: Manifest | None = None,
+        sequence: Manifest | None = None,
     ) -> ReleaseMetrics:
         """The key numbers recorded by the given component manifests (others stay ``None``)."""
         values: dict[str, Any] = {}
@@ -188,6 +219,8 @@ class ReleaseMetrics:
             values.update(cls.recall_fields(recall))
         if ranker is not None:
             values.update(cls.ranker_fields(ranker))
+        if sequence is not None:
+            values.update(cls.sequence_fields(sequence))
         return cls(**values)
 
     @classmethod
@@ -198,13 +231,14 @@ class ReleaseMetrics:
             BundleError: a component's ``manifest.json`` exists but cannot be read.
         """
         found = {}
-        for name in (CATALOG_COMPONENT, RECALL_COMPONENT, RANKER_COMPONENT):
+        for name in (CATALOG_COMPONENT, RECALL_COMPONENT, RANKER_COMPONENT, SEQUENCE_COMPONENT):
             folder = Path(bundle) / name
             if (folder / MANIFEST).is_file():
                 found[name] = read_manifest(folder)
         return cls.from_manifests(catalog=found.get(CATALOG_COMPONENT),
                                   recall=found.get(RECALL_COMPONENT),
-                                  ranker=found.get(RANKER_COMPONENT))
+                                  ranker=found.get(RANKER_COMPONENT),
+                                  sequence=found.get(SEQUENCE_COMPONENT))
 
     @classmethod
     def from_key_metrics(cls, metrics: Mapping[str, Any]) -> ReleaseMetrics:

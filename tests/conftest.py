@@ -9,7 +9,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny complete bundle (catalog, recall, ranker; ``tests.bundles``), built once per session.
+    """A tiny complete bundle (catalog, recall, ranker, sequence; ``tests.bundles``), built once per
+    session.
 
     For tests that only read it: copy it before changing anything in it.
     """

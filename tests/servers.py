@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from pipeline.supervisor import LOOPBACK, free_port
 from shopserve.process import ChildProcess
@@ -127,3 +132,63 @@ def start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Se
         logs / f"ranker-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
         timeout=180,
     )
+
+
+# ------------------------------------------------------------------ a Triton launcher's models
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_call(url: str, data: bytes | None = None) -> tuple[int | None, bytes]:
+    """A v2 call with urllib (no client library): status and body; None when nothing answers."""
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with _NO_PROXY.open(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return None, b""
+
+
+def model_stubs(server: Server, model: str) -> list[psutil.Process]:
+    """The live Python-backend stub processes of ``model`` under a ranker launcher's tritonserver
+    (each served model has its own: ``bert-ranker``, ``seq-recommender``)."""
+    found = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if (child.name().startswith("triton_python") and child.status() != psutil.STATUS_ZOMBIE
+                    and any(f"/{model}/" in arg for arg in child.cmdline())):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+class ReadinessWatch:
+    """Polls a model's and its server's readiness on a thread; records each status seen."""
+
+    def __init__(self, server: Server, model: str) -> None:
+        self.server = server
+        self.model = model
+        self.seen: set[tuple[str, int | None]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for path in (f"/v2/models/{self.model}/ready", "/v2/health/ready"):
+                self.seen.add((path, http_call(f"{self.server.http_url}{path}")[0]))
+            time.sleep(0.005)
+
+    def __enter__(self) -> ReadinessWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def went_not_ready(self, path: str) -> bool:
+        """Whether ``path`` answered anything but 200 while watched."""
+        return any(p == path and status != 200 for p, status in self.seen)

@@ -187,6 +187,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ranker", help="fine-tune the BERT cross-encoder (pipeline step train-ranker)")
     add_run_flags(ranker)
     ranker.set_defaults(func=_cmd_step(("train-ranker",)))
+    sequence = train_sub.add_parser(
+        "sequence", help="train the sequential recommender (pipeline step train-sequence)")
+    add_run_flags(sequence)
+    sequence.set_defaults(func=_cmd_step(("train-sequence",)))
     optimize = sub.add_parser("optimize", aliases=["optimise"], help="optimise a trained model")
     optimize_sub = optimize.add_subparsers(dest="component", required=True)
     opt_ranker = optimize_sub.add_parser(

@@ -9,6 +9,7 @@ One YAML file per configuration; ``configs/pipeline-tiny.yaml`` (tests, seconds)
     data:     {preset: demo, seed: 0, overrides: {...GeneratorConfig fields}}
     recall:   {params: {...MFParams fields} | null (tune), grid: {...}, holdout_fraction: 0.2}
     ranker:   {preset: demo, overrides: {...RankerBuildConfig fields; train/distill as dicts}}
+    sequence: {preset: demo, seed: 0, overrides: {...SequenceConfig fields}}
     evaluate: {ks: [1, 3, 5, 10, 20, 50]}
     package:  {torchserve: false, extras: ["module:function", ...]}
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from training.data.generator import GeneratorConfig
     from training.ranker.build import RankerBuildConfig
     from training.recall.build import RecallBuildConfig
+    from training.sequence.train import SequenceConfig
 
 #: The checked-in configurations: ``configs/`` beside the code in a checkout; an installed copy (the
 #: pipeline image) has no checkout around it and is told where they are by ``SHOPSERVE_CONFIG_DIR``.
@@ -39,7 +41,16 @@ CONFIG_DIR = Path(os.environ.get("SHOPSERVE_CONFIG_DIR")
 DEMO_CONFIG = CONFIG_DIR / "pipeline-demo.yaml"
 TINY_CONFIG = CONFIG_DIR / "pipeline-tiny.yaml"
 
-SECTIONS = ("data", "recall", "ranker", "evaluate", "package")
+SECTIONS = ("data", "recall", "ranker", "sequence", "evaluate", "package")
+
+#: The sequence model's presets: ``SequenceConfig`` fields over its defaults. ``demo`` is the
+#: defaults (the demo bundle's budget); ``tiny`` trains in seconds on the tiny world, for tests
+#: (a few epochs of a one-block model: its quality is not the point).
+SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "tiny": {"max_length": 8, "dim": 16, "layers": 1, "heads": 1, "epochs": 4, "patience": 4,
+             "top_k": 50, "threads": 1},
+}
 
 
 class ConfigError(ValueError):
@@ -54,8 +65,8 @@ class PipelineConfig:
         name: Name of the configuration (``tiny``, ``demo``).
         run_dir: Folder of step outputs and the run's state file.
         registry: Bundle registry folder (``artifacts/bundles``).
-        sections: The raw per-step sections (``data``, ``recall``, ``ranker``, ``evaluate``,
-            ``package``), what the content hashes cover.
+        sections: The raw per-step sections (``data``, ``recall``, ``ranker``, ``sequence``,
+            ``evaluate``, ``package``), what the content hashes cover.
         source: File the configuration was read from, if any.
     """
 
@@ -92,6 +103,7 @@ class PipelineConfig:
         config.generator()
         config.recall()
         config.ranker()
+        config.sequence()
         config.ks()
         return config
 
@@ -165,12 +177,35 @@ class PipelineConfig:
             config = replace(config, progress=False)
         return config
 
+    def sequence(self, progress: bool = True) -> SequenceConfig:
+        """Sequence model settings: a preset (:data:`SEQUENCE_PRESETS`) plus field overrides."""
+        return sequence_config(self.section("sequence"), progress)
+
     def ks(self) -> tuple[int, ...]:
         """Cut-offs of the report's NDCG@K and Recall@K curves."""
         ks = tuple(int(k) for k in self.section("evaluate").get("ks", (1, 3, 5, 10, 20, 50)))
         if not ks or min(ks) < 1:
             raise ConfigError(f"evaluate.ks must be positive integers, got {list(ks)}")
         return tuple(sorted(set(ks)))
+
+
+def sequence_config(section: Mapping[str, Any], progress: bool = True) -> SequenceConfig:
+    """A ``SequenceConfig`` from a ``sequence`` section: ``preset``, ``seed``, ``overrides``.
+
+    Raises:
+        ConfigError: an unknown preset or field, or a bad value.
+    """
+    from training.sequence.train import SequenceConfig
+
+    preset = section.get("preset", "demo")
+    if preset not in SEQUENCE_PRESETS:
+        raise ConfigError(f"sequence.preset must be one of {sorted(SEQUENCE_PRESETS)}, got {preset!r}")
+    try:
+        base = SequenceConfig(**{**SEQUENCE_PRESETS[preset], "seed": int(section.get("seed", 0))})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"sequence.preset {preset}: {exc}") from exc
+    config = _replace(base, dict(section.get("overrides") or {}), "sequence.overrides")
+    return replace(config, progress=False) if not progress else config
 
 
 def _replace(base: Any, overrides: Mapping[str, Any], where: str) -> Any:

@@ -19,6 +19,7 @@ import numpy as np
 from shopserve.artifacts import CATALOG_COMPONENT, Manifest, write_manifest
 from training.data.generator import Dataset
 from training.synonyms import mine_into
+from transformers_pre.catalog import write_lexical_index
 
 if TYPE_CHECKING:
     from pipeline.lifecycle.run import RunResult
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 def save_catalog(dataset: Dataset, folder: Path, version: str,
                  train_query_ids: np.ndarray | None = None) -> Manifest:
-    """Store the generated world as the bundle's ``catalog`` component.
+    """Store the generated world as the bundle's ``catalog`` component, its lexical index built.
 
     With ``train_query_ids`` (the ranker's training split, never its held-out queries) the
     transformer's query-rewrite synonyms are mined from those queries and stored beside it.
@@ -34,6 +35,7 @@ def save_catalog(dataset: Dataset, folder: Path, version: str,
     folder.mkdir(parents=True, exist_ok=True)
     dataset.save(folder)
     params = mine_into(folder, dataset, train_query_ids) if train_query_ids is not None else {}
+    write_lexical_index(folder)
     return write_manifest(folder, CATALOG_COMPONENT, version, data=dataset.summary(),
                           params=params)
 

@@ -26,6 +26,8 @@ DATA_DIR = "data"
 RECALL_DIR = "recall"
 RANKER_TRAIN_DIR = "ranker-train"
 RANKER_OPTIMISE_DIR = "ranker-optimise"
+#: The sequence model's export (item ids, embeddings, ONNX graph) and its result.json.
+SEQUENCE_TRAIN_DIR = "sequence-train"
 REPORT_DIR = "report"
 TEACHER_DIR = "teacher"
 ROWS_FILE = "rows.json"

@@ -16,6 +16,12 @@ Everything is computed offline from the run folder, no server needed:
 * **Score distributions**: the packaged variant's scores by relevance grade.
 * **Quality against latency**: NDCG@10 and median ms per request of each variant (the optimise
   step's own measurements on this machine).
+* **Sequence recommender** (when the run has one): NDCG@10, HR@10 and MRR of the next-item model on
+  each evaluated shopper's last item (full ranking over the catalog, the shopper's earlier items
+  excluded, binary gain, log2 discount) against the popularity baseline on the same shoppers and
+  the previous release's model, read from the model's record: the run's ``sequence-train/`` export
+  (``result.json``), else this run's packaged ``sequence`` component (``manifest.json``). A run
+  without one says so, and its release serves recommendations from MF and popularity.
 
 The report opens with the release's key numbers against the previous bundle's (the registry's
 newest, which the package step records as the parent).
@@ -34,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.lifecycle.registry import format_change
-from shopserve.release import NDCG_AT_10, ReleaseMetrics
+from shopserve.artifacts import MANIFEST, SEQUENCE_COMPONENT, Manifest, read_manifest
+from shopserve.release import HIT_RATE_AT_10, MRR, NDCG_AT_10, POPULARITY_PREFIX, ReleaseMetrics
 
 if TYPE_CHECKING:
     from pipeline.lifecycle.layout import StepContext
@@ -48,7 +55,14 @@ PLOTS = {
     "score_distributions": "score_distributions.png",
     "query_classes": "query_classes.png",
 }
+#: Written only when the run has a sequence model (not in :data:`PLOTS`, which every report has).
+SEQUENCE_PLOT = "sequence.png"
 GRADE_NAMES = {0: "irrelevant", 1: "complement", 2: "substitute", 3: "exact"}
+#: The sequence model's metrics the report shows, with their labels, in order.
+SEQUENCE_METRICS = {NDCG_AT_10: "NDCG@10", HIT_RATE_AT_10: "HR@10", MRR: "MRR"}
+#: Its parameters the report quotes.
+SEQUENCE_PARAMS = ("sequence_length", "top_k", "dim", "layers", "heads", "n_items", "epochs",
+                   "best_epoch", "objective")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,21 +196,101 @@ def ranking_evaluation(
     return metrics, chosen.name, by_grade
 
 
+# --------------------------------------------------------------------------------------------------
+# Sequence recommender
+# --------------------------------------------------------------------------------------------------
+
+
+def read_sequence_record(folder: Path) -> Manifest | None:
+    """The sequence model's record in ``folder``, or None when there is none.
+
+    A packaged component (a bundle's ``sequence/``) has its ``manifest.json``; the run's export
+    (``sequence-train/``) has ``result.json`` with the same ``params``, ``metrics`` and ``data``,
+    read as an unpackaged manifest.
+
+    Raises:
+        BundleError: a ``manifest.json`` that cannot be read.
+    """
+    from pipeline.lifecycle.layout import RESULT_FILE, UNPACKAGED
+
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        return read_manifest(folder)
+    if (folder / RESULT_FILE).is_file():
+        raw = json.loads((folder / RESULT_FILE).read_text())
+        return Manifest(SEQUENCE_COMPONENT, UNPACKAGED, "", {}, data=dict(raw.get("data") or {}),
+                        params=dict(raw.get("params") or {}), metrics=dict(raw.get("metrics") or {}))
+    return None
+
+
+def sequence_record(ctx: StepContext) -> Manifest | None:
+    """The run's sequence model: its ``sequence-train/`` export, else the ``sequence`` component of
+    the bundle this run packaged; None when the run has neither."""
+    from pipeline.lifecycle.layout import SEQUENCE_TRAIN_DIR
+
+    folders = [ctx.path(SEQUENCE_TRAIN_DIR)]
+    own = (ctx.state.get("package") or {}).get("output")
+    if own:
+        folders.append(Path(own) / SEQUENCE_COMPONENT)
+    for folder in folders:
+        record = read_sequence_record(folder)
+        if record is not None:
+            return record
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def sequence_evaluation(record: Manifest | None) -> dict[str, Any] | None:
+    """What the report shows of the sequence model (JSON-ready), None without one.
+
+    Returns:
+        ``{"model": {metric: value}, "popularity": {metric: value}, "users", "valid_ndcg_at_10",
+        "train_seconds", "params": {...}, "version"}``, metrics keyed as :data:`SEQUENCE_METRICS`
+        (a metric the record lacks is None).
+    """
+    if record is None:
+        return None
+    metrics = record.metrics
+    return {
+        "model": {m: _number(metrics.get(m)) for m in SEQUENCE_METRICS},
+        "popularity": {m: _number(metrics.get(POPULARITY_PREFIX + m)) for m in SEQUENCE_METRICS},
+        "users": metrics.get("users"),
+        "valid_ndcg_at_10": _number(metrics.get(f"valid_{NDCG_AT_10}")),
+        "train_seconds": _number(metrics.get("train_seconds")),
+        "params": {k: record.params[k] for k in SEQUENCE_PARAMS if k in record.params},
+        "version": record.version,
+    }
+
+
+def previous_sequence(previous: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    """The previous release's sequence metrics from its key numbers, None when it had no model."""
+    release = ReleaseMetrics.from_key_metrics(previous or {})
+    values = {NDCG_AT_10: release.sequence_ndcg_at_10, HIT_RATE_AT_10: release.sequence_hit_rate_at_10,
+              MRR: release.sequence_mrr}
+    return values if any(v is not None for v in values.values()) else None
+
+
 def current_key_metrics(ctx: StepContext, chosen: str) -> dict[str, Any]:
     """The key numbers of the release being built, keyed as ``pipeline.lifecycle.registry.key_metrics``.
 
     Recall's come from its manifest in the run folder, the ranker's from the optimise step's
-    evaluation rows (the ranker component is written only when packaging).
+    evaluation rows (the ranker component is written only when packaging), the sequence model's
+    from its record (:func:`sequence_record`; none without one).
     """
     from pipeline.lifecycle.layout import RANKER_OPTIMISE_DIR, RECALL_DIR, RESULT_FILE
-    from shopserve.artifacts import read_manifest
 
     raw = json.loads((ctx.path(RANKER_OPTIMISE_DIR) / RESULT_FILE).read_text())
     rows = {r["name"]: r for r in raw["rows"]}
     variant = next(v for v in raw["variants"] if v["name"] == chosen)
     summary = ctx.dataset().summary()
     release = replace(
-        ReleaseMetrics.from_manifests(recall=read_manifest(ctx.path(RECALL_DIR))),
+        ReleaseMetrics.from_manifests(recall=read_manifest(ctx.path(RECALL_DIR)),
+                                      sequence=sequence_record(ctx)),
         ranker_variant=chosen,
         ranker_layers=variant["layers"],
         ranker_ndcg_at_10=variant["ndcg"],
@@ -238,6 +332,7 @@ def evaluate_offline(ctx: StepContext, previous: Path | None) -> dict[str, Any]:
         "chosen": chosen,
         "variants": variants,
         "scores_by_grade": by_grade,
+        "sequence": sequence_evaluation(sequence_record(ctx)),
     }
 
 
@@ -335,6 +430,33 @@ def _classes_plot(path: Path, ranking: Mapping[str, Mapping[str, Any]], classes:
     plt.close(fig)
 
 
+def _sequence_plot(path: Path, sequence: Mapping[str, Any],
+                   previous: Mapping[str, float | None] | None) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    groups: dict[str, Mapping[str, Any]] = {"sequence model": sequence["model"],
+                                            "popularity": sequence["popularity"]}
+    if previous is not None:
+        groups["previous release"] = previous
+    width = 0.8 / len(groups)
+    x = np.arange(len(SEQUENCE_METRICS))
+    for i, (name, values) in enumerate(groups.items()):
+        heights = [float("nan") if values.get(m) is None else float(values[m]) for m in SEQUENCE_METRICS]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name,
+                      hatch="//" if name == "popularity" else None)
+        ax.bar_label(bars, labels=["" if math.isnan(h) else f"{h:.3f}" for h in heights], fontsize=7,
+                     padding=2)
+    ax.set_xticks(x, list(SEQUENCE_METRICS.values()))
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("mean over evaluated shoppers")
+    ax.set_title(f"Sequence recommender: next item ({sequence.get('users') or '?'} shoppers, full ranking)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -361,6 +483,10 @@ KEY_LABELS = {
     "recall.ndcg_at_10": "Recall MF NDCG@10",
     "recall.recall_at_20": "Recall MF Recall@20",
     "recall.popularity_ndcg_at_10": "Popularity NDCG@10",
+    "sequence.ndcg_at_10": "Sequence model NDCG@10 (next item)",
+    "sequence.hit_rate_at_10": "Sequence model HR@10",
+    "sequence.mrr": "Sequence model MRR",
+    "sequence.popularity_ndcg_at_10": "Popularity NDCG@10 (next item)",
     "catalog.items": "Catalog items",
     "catalog.queries": "Queries",
 }
@@ -431,6 +557,34 @@ def write_report(evaluation: Mapping[str, Any], out: Path) -> list[Path]:
         lines.append(f"| {name} | " + " | ".join(_fmt(values["classes"].get(c)) for c in classes) + " |")
     lines += ["", "Synonym queries share no word with the exact titles; typo queries misspell one word; "
               "head queries are the most frequent share of the query traffic, tail the rest.", ""]
+    written = [out / REPORT, *(out / p for p in PLOTS.values())]
+    lines += ["## Sequence recommender (next item)", ""]
+    sequence = evaluation.get("sequence")
+    if sequence:
+        previous_model = previous_sequence(previous) if parent else None
+        _sequence_plot(out / SEQUENCE_PLOT, sequence, previous_model)
+        written.append(out / SEQUENCE_PLOT)
+        rows = {"sequence model": sequence["model"], "popularity": sequence["popularity"]}
+        if previous_model is not None:
+            rows[f"previous release ({parent})"] = previous_model
+        lines += [f"![sequence recommender]({SEQUENCE_PLOT})", "",
+                  "| model | " + " | ".join(SEQUENCE_METRICS.values()) + " |",
+                  "|---|" + "---:|" * len(SEQUENCE_METRICS)]
+        for name, values in rows.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(values.get(m)) for m in SEQUENCE_METRICS) + " |")
+        params = sequence.get("params") or {}
+        described = ", ".join(f"{k} {v}" for k, v in params.items())
+        seconds = sequence.get("train_seconds")
+        trained = f"; trained in {seconds:.1f} s" if seconds is not None else ""
+        lines += ["", f"{_fmt(sequence.get('users'))} shoppers, each evaluated on their last item "
+                  "(the one before it validates, the rest trains); full ranking over the catalog with "
+                  "the shopper's earlier items excluded; binary gain, log2 discount. Validation "
+                  f"NDCG@10 {_fmt(sequence.get('valid_ndcg_at_10'))}{trained}.", ""]
+        if described:
+            lines += [f"Model: {described}.", ""]
+    else:
+        lines += ["This run has no sequence model: its release serves recommendations from MF and "
+                  "popularity (`sequence.enabled: false` in the chart).", ""]
     (out / REPORT).write_text("\n".join(lines))
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=float) + "\n")
-    return [out / REPORT, *(out / p for p in PLOTS.values()), out / "evaluation.json"]
+    return [*written, out / "evaluation.json"]

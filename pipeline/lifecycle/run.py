@@ -2,7 +2,7 @@
 
 Steps (``pipeline.lifecycle.steps``), each writing one folder of the run (``run_dir``)::
 
-    data -> train-recall -> train-ranker -> optimise-ranker -> evaluate -> package
+    data -> train-recall -> train-ranker -> optimise-ranker -> train-sequence -> evaluate -> package
 
 **Content hashes.** A step's input hash is the sha256 of the configuration sections it reads and
 the output hashes of the steps it reads from; its output hash is the sha256 of its output folder
@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.lifecycle.config import DEMO_CONFIG, ConfigError, PipelineConfig
+from pipeline.lifecycle.layout import SEQUENCE_TRAIN_DIR
+from pipeline.lifecycle.sequence import step_train_sequence
 from pipeline.lifecycle.steps import (
     DATA_DIR,
     RANKER_OPTIMISE_DIR,
@@ -80,10 +82,12 @@ STEPS: tuple[Step, ...] = (
     Step("train-ranker", ("ranker",), ("data",), RANKER_TRAIN_DIR, step_train_ranker),
     Step("optimise-ranker", ("ranker",), ("data", "train-ranker"), RANKER_OPTIMISE_DIR,
          step_optimise_ranker),
+    Step("train-sequence", ("sequence",), ("data",), SEQUENCE_TRAIN_DIR, step_train_sequence),
     Step("evaluate", ("evaluate", "recall", "ranker"), ("data", "train-recall", "optimise-ranker"),
          REPORT_DIR, step_evaluate),
-    Step("package", ("package", "data", "recall", "ranker"),
-         ("data", "train-recall", "optimise-ranker", "evaluate"), None, step_package),
+    Step("package", ("package", "data", "recall", "ranker", "sequence"),
+         ("data", "train-recall", "optimise-ranker", "train-sequence", "evaluate"), None,
+         step_package),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 

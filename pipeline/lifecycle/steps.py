@@ -12,6 +12,7 @@ Run folder layout (``run_dir`` of the configuration)::
     recall/           the recall component (manifest.json; version ``unpackaged``)
     ranker-train/     teacher/ (the fine-tuned cross-encoder, save_pretrained) and rows.json
     ranker-optimise/  the ONNX variants and result.json (evaluation rows, variants)
+    sequence-train/   the sequence model's export and result.json (pipeline.lifecycle.sequence)
     report/           report.md, *.png, evaluation.json
     state.json        step statuses and content hashes (pipeline.lifecycle.run)
 
@@ -37,6 +38,7 @@ from pipeline.lifecycle.layout import (  # the run folder's layout, shared with 
     REPORT_DIR,
     RESULT_FILE,
     ROWS_FILE,
+    SEQUENCE_TRAIN_DIR,
     TEACHER_DIR,
     UNPACKAGED,
     StepContext,
@@ -48,6 +50,7 @@ from shopserve.artifacts import (
     CATALOG_COMPONENT,
     RANKER_COMPONENT,
     RECALL_COMPONENT,
+    SEQUENCE_COMPONENT,
     read_manifest,
     write_manifest,
 )
@@ -273,9 +276,12 @@ def record_drift_reference(ctx: PackageContext) -> None:
 
 
 def step_package(ctx: StepContext) -> StepOutcome:
-    """Assemble ``<registry>/<version>/``: catalog, recall, ranker, report, extras, bundle.json."""
+    """Assemble ``<registry>/<version>/``: catalog, recall, ranker, sequence, report, extras,
+    bundle.json."""
     from pipeline.lifecycle.registry import Registry, key_metrics, write_bundle_manifest
+    from pipeline.lifecycle.sequence import package_sequence
     from training.ranker.build import package
+    from transformers_pre.catalog import write_lexical_index
 
     registry = Registry(ctx.config.registry)
     evaluation = json.loads((ctx.path(REPORT_DIR) / EVALUATION_FILE).read_text())
@@ -297,6 +303,7 @@ def step_package(ctx: StepContext) -> StepOutcome:
         shutil.copytree(dataset_dir, catalog)
         catalog_params = {"generator": ctx.config.section("data"),
                           **_save_synonyms(ctx, catalog, dataset)}
+        write_lexical_index(catalog)  # the transformer loads it instead of indexing at each start
         write_manifest(catalog, CATALOG_COMPONENT, version, data=summary,
                        params=catalog_params, parent=parent)
 
@@ -313,6 +320,9 @@ def step_package(ctx: StepContext) -> StepOutcome:
         package(load_optimised(ctx), staging / RANKER_COMPONENT, config,
                 data=summary, version=version, parent=parent,
                 torchserve=bool(ctx.config.section("package").get("torchserve", False)))
+        # seq-recommender: its Triton repository written around the train-sequence export.
+        package_sequence(ctx.path(SEQUENCE_TRAIN_DIR), staging / SEQUENCE_COMPONENT, version,
+                         parent=parent)
 
         shutil.copytree(ctx.path(REPORT_DIR), staging / REPORT_DIR)
         for extra in _extras(ctx):

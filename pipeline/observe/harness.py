@@ -24,7 +24,7 @@ import platform
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,35 +246,48 @@ def refused_connection(exc: BaseException) -> bool:
     return False
 
 
-def closed_loop_capacity(url: str, mix: TrafficMix, seconds: float = 10.0,
-                         concurrency: int = 4) -> float:
-    """Undegraded 200 answers per second of ``concurrency`` clients sending back to back for
-    ``seconds``."""
+def highest_rate(meets: Callable[[float], bool], start: float, *, resolution: float,
+                 max_probes: int, floor: float = 0.0) -> float | None:
+    """The highest rate that ``meets`` accepts, found with at most ``max_probes`` calls.
 
-    async def client_loop(client: httpx.AsyncClient, rng: random.Random, until: float) -> int:
-        done = 0
-        while time.monotonic() < until:
-            try:
-                response = await client.post(url.rstrip("/") + INFER_PATH, json=mix.sample(rng).body)
-            except httpx.HTTPError:
-                continue
-            # Only undegraded answers count: a degraded one is fast because a stage was skipped.
-            if response.status_code == 200:
-                try:
-                    params = response.json().get("parameters") or {}
-                except ValueError:
-                    continue
-                done += not parse_degraded(params.get(DEGRADED))
-        return done
+    The search of ``bench/load.py`` without its fixed list of rates: from ``start`` it doubles
+    while rates are met (halves while they are missed), then bisects between the highest rate met
+    and the lowest missed, on a grid of ``resolution``, until they are ``resolution`` apart. Each
+    call is a real load probe, so the number of calls bounds the time; when every probe met its
+    rate, the answer is only a lower bound.
 
-    async def run() -> float:
-        async with httpx.AsyncClient(timeout=30.0, trust_env=False) as client:
-            start = time.monotonic()
-            counts = await asyncio.gather(*(client_loop(client, random.Random(i), start + seconds)
-                                            for i in range(concurrency)))
-            return sum(counts) / (time.monotonic() - start)
+    Args:
+        meets: Offers one rate and says whether the objective held.
+        start: The first rate offered (> 0).
+        resolution: Step of the bisection's grid (> 0).
+        max_probes: Most calls of ``meets``.
+        floor: No rate below it is offered while halving.
 
-    return asyncio.run(run())
+    Returns:
+        The highest rate met, or None when none was.
+    """
+    if start <= 0 or resolution <= 0 or max_probes < 1:
+        raise ValueError("start and resolution must be > 0 and max_probes >= 1")
+    met: float | None = None
+    missed: float | None = None
+    rate = start
+    for _ in range(max_probes):
+        if meets(rate):
+            met = rate if met is None else max(met, rate)
+        else:
+            missed = rate if missed is None else min(missed, rate)
+        if missed is None:
+            rate *= 2
+        elif met is None:
+            rate /= 2
+            if rate < floor:
+                break
+        else:
+            mid = round((met + missed) / 2 / resolution) * resolution
+            if missed - met <= resolution or not met < mid < missed:
+                break
+            rate = mid
+    return met
 
 
 # -------------------------------------------------------------------------------- stack

@@ -4,12 +4,18 @@
 
     helm upgrade --install shopserve charts/shopserve --namespace shopserve --create-namespace \\
       --values charts/shopserve/values-ENV.yaml --set image.tag=TAG \\
-      --set search.storageUri=URI --set ranker.storageUri=URI/ranker --set recall.storageUri=URI/recall
+      --set search.storageUri=URI --set ranker.storageUri=URI/ranker --set recall.storageUri=URI/recall \
+      --set sequence.enabled=true --set sequence.storageUri=URI/sequence
 
 where ``URI`` is ``<storage prefix>/<version>`` (the bundle as published, see the README's
-"Publish a bundle"). ``--canary N`` deploys the bundle as a canary instead: the stable
-``storageUri`` values point at the stable bundle (``--stable``, default the bundle's parent) and
-the ranker's and recall's ``canary`` values take the new bundle with ``trafficPercent: N``.
+"Publish a bundle"). A bundle without a ``sequence/`` component deploys with
+``sequence.enabled=false`` (no ``seq-recommender``; recommendations from MF and popularity).
+``--canary N`` deploys the bundle as a canary instead: the stable ``storageUri`` values point at the
+stable bundle (``--stable``, default the bundle's parent) and the ranker's, recall's and the
+sequence model's ``canary`` values take the new bundle with ``trafficPercent: N``. The sequence
+model takes part in a canary only when both bundles have it (the stable one as the local registry
+holds it); otherwise it stays off until the full rollout, since the transformer's
+``SEARCH_SEQUENCE_ENABLED`` is not split by the canary.
 
 ``--dry-run`` renders the same values with ``helm template`` (no cluster, no credentials) and prints
 the manifests, so what would be installed can be read and tested.
@@ -26,7 +32,7 @@ from pathlib import Path
 
 from pipeline.lifecycle.registry import BUNDLE_MANIFEST, DEFAULT_REGISTRY, BundleManifest, Registry
 from pipeline.rollout.manifests import CHART, ENVIRONMENTS, NAMESPACE, RELEASE, HelmNotFound, find_helm
-from shopserve.artifacts import RANKER_COMPONENT, RECALL_COMPONENT
+from shopserve.artifacts import MANIFEST, RANKER_COMPONENT, RECALL_COMPONENT, SEQUENCE_COMPONENT
 from shopserve.errors import BundleError
 
 #: Where published bundles live (``aws s3 sync <bundle> <prefix>/<version>``); the chart's default.
@@ -46,6 +52,9 @@ class DeployPlan:
         stable_uri: Root URI of the stable bundle during a canary.
         release: Helm release name.
         namespace: Kubernetes namespace.
+        sequence: The bundle has a sequence component (else ``sequence.enabled=false``).
+        stable_sequence: During a canary, the stable bundle has one too (else the sequence model
+            stays off until the full rollout).
     """
 
     env: str
@@ -56,6 +65,8 @@ class DeployPlan:
     stable_uri: str | None = None
     release: str = RELEASE
     namespace: str = NAMESPACE
+    sequence: bool = False
+    stable_sequence: bool = False
 
     @property
     def values_file(self) -> Path:
@@ -73,8 +84,14 @@ class DeployPlan:
             f"ranker.storageUri={stable}/{RANKER_COMPONENT}",
             f"recall.storageUri={stable}/{RECALL_COMPONENT}",
         ]
-        if self.canary_percent is not None:
-            for component in (RANKER_COMPONENT, RECALL_COMPONENT):
+        canary = self.canary_percent is not None
+        sequence = self.sequence and (self.stable_sequence or not canary)
+        values.append(f"{SEQUENCE_COMPONENT}.enabled={str(sequence).lower()}")
+        if sequence:
+            values.append(f"{SEQUENCE_COMPONENT}.storageUri={stable}/{SEQUENCE_COMPONENT}")
+        components = (RANKER_COMPONENT, RECALL_COMPONENT, *((SEQUENCE_COMPONENT,) if sequence else ()))
+        if canary:
+            for component in components:
                 values += [
                     f"{component}.canary.enabled=true",
                     f"{component}.canary.trafficPercent={self.canary_percent}",
@@ -83,7 +100,7 @@ class DeployPlan:
         else:
             # A full rollout ends any canary an environment's values file carries (staging and
             # prod ship an example one): in Knative mode the canary's URI would be what renders.
-            values += [f"{c}.canary.enabled=false" for c in (RANKER_COMPONENT, RECALL_COMPONENT)]
+            values += [f"{c}.canary.enabled=false" for c in components]
         return values
 
     def helm_args(self, *, dry_run: bool) -> list[str]:
@@ -131,6 +148,8 @@ def plan_deploy(
         version, parent = manifest.version, manifest.parent
     prefix = storage_prefix.rstrip("/")
     stable_uri = None
+    sequence = _has_sequence(folder)
+    stable_sequence = False
     if canary is not None:
         if not 1 <= canary <= 99:
             raise ValueError(f"--canary takes a traffic percent in 1..99, got {canary}")
@@ -138,7 +157,19 @@ def plan_deploy(
         if not stable:
             raise ValueError(f"bundle {version} has no parent: name the stable bundle with --stable")
         stable_uri = f"{prefix}/{stable}"
-    return DeployPlan(env, version, f"{prefix}/{version}", image_tag, canary, stable_uri)
+        try:
+            stable_sequence = _has_sequence(Registry(registry).resolve(stable))
+        except BundleError:
+            # Not in the local registry: whether it has a sequence component is unknown, and a
+            # storageUri without one would leave seq-recommender failing; keep it off instead.
+            stable_sequence = False
+    return DeployPlan(env, version, f"{prefix}/{version}", image_tag, canary, stable_uri,
+                      sequence=sequence, stable_sequence=stable_sequence)
+
+
+def _has_sequence(bundle: Path) -> bool:
+    """Whether a bundle folder has a sequence component (its manifest)."""
+    return (bundle / SEQUENCE_COMPONENT / MANIFEST).is_file()
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
@@ -177,7 +208,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     deploy.add_argument("--image-tag", default=None, help="image tag of the servers (default: the chart's)")
     deploy.add_argument("--canary", type=int, default=None, metavar="N",
-                        help="deploy as a canary taking N%% of ranker and recall traffic")
+                        help="deploy as a canary taking N%% of ranker, recall and sequence-model traffic")
     deploy.add_argument("--stable", default=None,
                         help="stable bundle version during a canary (default: the bundle's parent)")
     deploy.add_argument("--dry-run", action="store_true",

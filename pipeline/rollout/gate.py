@@ -6,8 +6,15 @@ local split) are passed in, so the same loop runs against a cluster and in the l
 Before any traffic, the **quality guard** compares the candidate bundle's offline NDCG@10 with the
 stable bundle's, per component that records one, as :class:`shopserve.release.ReleaseMetrics`
 reads them (``ranker``: the packaged variant on held-out queries; ``recall``: MF on held-out
-interactions; bundles with the legacy spellings read too). A drop beyond ``max_ndcg_drop`` on any
-of them rolls back. Nothing comparable on either side also rolls back: the guard fails closed.
+interactions; ``sequence``: the next-item model on each shopper's last item; bundles with the
+legacy spellings read too). A drop beyond ``max_ndcg_drop`` on any of them rolls back. Nothing
+comparable on either side also rolls back: the guard fails closed.
+
+The sequence component is optional, so a bundle without one is handled by name: a candidate that
+lacks the sequence model stable serves rolls back (turning the model off is a deploy with
+``sequence.enabled=false``, not a canary: :mod:`pipeline.rollout.deploy` does it for such a bundle);
+a candidate that brings the first one has nothing to be compared with, which the decision says,
+and is judged on the canary steps like the rest of the release.
 
 At each step the canary is judged on four metrics, in this order of severity: failure ratio,
 degraded ratio, p99, p95. For each metric:
@@ -42,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from loadtest.slo import SLO, LoadStats
-from shopserve.artifacts import RANKER_COMPONENT, RECALL_COMPONENT
+from shopserve.artifacts import RANKER_COMPONENT, RECALL_COMPONENT, SEQUENCE_COMPONENT
 from shopserve.release import ReleaseMetrics
 
 Verdict = Literal["promote", "hold", "rollback"]
@@ -54,6 +61,7 @@ ROLLBACK: Verdict = "rollback"
 #: The quality guard's metric names (as they appear in decisions and the gate's report).
 RANKER_NDCG = f"{RANKER_COMPONENT} ndcg@10"
 RECALL_NDCG = f"{RECALL_COMPONENT} ndcg@10"
+SEQUENCE_NDCG = f"{SEQUENCE_COMPONENT} ndcg@10"
 
 #: Metrics judged at each step, most severe first.
 STEP_METRICS = ("failure_ratio", "degraded_ratio", "p99_ms", "p95_ms")
@@ -122,28 +130,43 @@ class Decision:
 
 
 def bundle_quality(bundle: Path) -> dict[str, float]:
-    """Offline NDCG@10 per component of a bundle, from its manifests (absent ones left out)."""
+    """Offline NDCG@10 per component of a bundle, from its manifests (absent ones left out: a
+    bundle without a sequence component has no :data:`SEQUENCE_NDCG`)."""
     release = ReleaseMetrics.from_bundle(Path(bundle))
-    values = {RANKER_NDCG: release.ranker_ndcg_at_10, RECALL_NDCG: release.recall_ndcg_at_10}
+    values = {RANKER_NDCG: release.ranker_ndcg_at_10, RECALL_NDCG: release.recall_ndcg_at_10,
+              SEQUENCE_NDCG: release.sequence_ndcg_at_10}
     return {name: value for name, value in values.items() if value is not None}
 
 
 def quality_guard(stable: Mapping[str, float], candidate: Mapping[str, float],
                   max_drop: float) -> Decision:
     """Roll back when the candidate's NDCG@10 drops more than ``max_drop`` below stable's on any
-    component both record, or when a component of stable records one the candidate lacks."""
+    component both record, or when a component of stable records one the candidate lacks.
+
+    A metric only the candidate records (its first sequence model) is not compared; the decision's
+    reason names it with its value.
+    """
     missing = sorted(set(stable) - set(candidate))
     if missing:
-        return Decision(ROLLBACK, missing[0], f"the candidate bundle records no {missing[0]} "
-                                              f"(stable: {stable[missing[0]]:.4f})")
+        metric = missing[0]
+        if metric == SEQUENCE_NDCG:
+            return Decision(ROLLBACK, metric, (
+                f"the candidate bundle has no sequence model NDCG@10 (no {SEQUENCE_COMPONENT} "
+                f"component, or one without metrics) while stable's is {stable[metric]:.4f}: "
+                f"to retire the sequence model deploy with sequence.enabled=false, not as a canary"))
+        return Decision(ROLLBACK, metric, f"the candidate bundle records no {metric} "
+                                          f"(stable: {stable[metric]:.4f})")
     shared = sorted(set(stable) & set(candidate))
     if not shared:
         return Decision(ROLLBACK, "ndcg@10", "neither bundle records an NDCG@10 to compare: "
                                              "the quality guard cannot pass it")
+    new = sorted(set(candidate) - set(stable))
+    note = "".join(f"; {m} {candidate[m]:.4f} is new in the candidate (stable has none to compare)"
+                   for m in new)
     drops = {m: stable[m] - candidate[m] for m in shared}
     worst = max(shared, key=lambda m: drops[m])
     line = (f"candidate {candidate[worst]:.4f} vs stable {stable[worst]:.4f} "
-            f"(drop {drops[worst]:+.4f}, limit {max_drop:.4f})")
+            f"(drop {drops[worst]:+.4f}, limit {max_drop:.4f}){note}")
     if drops[worst] > max_drop + 1e-12:
         return Decision(ROLLBACK, worst, line)
     return Decision(PROMOTE, worst, line)

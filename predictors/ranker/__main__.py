@@ -7,7 +7,9 @@ flags are the KServe-style port overrides, so the same command line works under 
 SIGINT and SIGTERM stop the server cleanly (Triton drains in-flight requests); the exit code is
 the server's.
 
-On Triton, a watchdog thread probes ``bert-ranker`` every ``RANKER_HEALTH_INTERVAL_S`` (a tiny
+On Triton, the bundle's sequence recommender is served as ``seq-recommender`` beside ``bert-ranker``
+when it has one (``RANKER_SEQUENCE_BUNDLE``, by default the ``sequence`` folder beside the ranker
+component). A watchdog thread per model probes it every ``RANKER_HEALTH_INTERVAL_S`` (a tiny
 inference) and, when the model cannot answer (its stub process died, its session fails), unloads
 it, so readiness turns false, and loads it again; each recovery and its duration are logged.
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from predictors.ranker.server import ModelWatchdog, RankerSettings, TritonServer
+from predictors.ranker.server import ModelWatchdog, RankerSettings, TritonServer, sequence_component
+from shopserve.protocol import RANKER_MODEL, SEQUENCE_MODEL
 
 if TYPE_CHECKING:
     from predictors.ranker.torchserve import TorchServeServer
@@ -53,11 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from predictors.ranker.torchserve import TorchServeServer
 
         server = TorchServeServer(settings)
+        if sequence_component(settings) is not None:
+            log.warning("TorchServe serves bert-ranker only: %s is not served (Triton serves it)",
+                        SEQUENCE_MODEL)
     else:
         server = TritonServer(settings)
     name = settings.runtime
     stopping = False
-    watchdog: ModelWatchdog | None = None
+    watchdogs: list[ModelWatchdog] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         # Only signal Triton here: waiting inside a handler could deadlock with the main
@@ -72,20 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server.start()
         server.wait_ready()
+        models = server.models if isinstance(server, TritonServer) else (RANKER_MODEL,)
         log.info(
-            "bert-ranker ready on %s: http %s, grpc %s, metrics %s",
-            name, server.http_url, server.grpc_url, server.metrics_url,
+            "%s ready on %s: http %s, grpc %s, metrics %s",
+            ", ".join(models), name, server.http_url, server.grpc_url, server.metrics_url,
         )
         if isinstance(server, TritonServer) and settings.health_interval_s > 0:
-            watchdog = server.watchdog()
-            watchdog.start()
+            watchdogs = server.watchdogs()
+            for watchdog in watchdogs:
+                watchdog.start()
         code = server.wait()
     except Exception as exc:  # noqa: BLE001 - the boundary: log once, exit non-zero
         if not stopping:
             log.error("ranker failed: %s", exc)
         code = 1
     finally:
-        if watchdog is not None:
+        for watchdog in watchdogs:
             watchdog.stop()
         # Waits for the server's drain (SIGKILL after exit_timeout_s + 10 s) and removes the workdir.
         server.stop()

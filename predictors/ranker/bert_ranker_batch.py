@@ -43,6 +43,18 @@ def check_arrays(names: Sequence[str], arrays: Sequence[np.ndarray], max_length:
             raise ValueError(f"input '{name}': values must be 0 or 1")
 
 
+def largest_batch(max_batch_size: int, max_length: int) -> list[np.ndarray]:
+    """The largest request the model may be handed: ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` of shape ``[max_batch_size, max_length]`` (at least one row).
+
+    Scored once at load, it sizes ONNX Runtime's memory arena before traffic comes (a serving
+    process's memory then stays flat instead of growing to the largest batch seen). The values do
+    not matter to the memory, only the shape: padding ids, a full mask, segment 0.
+    """
+    shape = (max(1, max_batch_size), max_length)
+    return [np.zeros(shape, np.int64), np.ones(shape, np.int64), np.zeros(shape, np.int64)]
+
+
 def score_by_length(batch: Sequence[tuple[Key, list[np.ndarray]]],
                     run: Callable[[list[np.ndarray]], np.ndarray]
                     ) -> Iterator[tuple[Key, np.ndarray | Exception]]:

@@ -1,10 +1,13 @@
-"""The local Triton server for ``bert-ranker``: settings, model repository and process control.
+"""The local Triton server for ``bert-ranker`` and ``seq-recommender``: settings, model repository
+and process control.
 
 Triton is the ``tritonserver`` binary shipped inside ``nvidia-pytriton`` (2.51, Python backend only).
 This module lays out a runnable Triton home (backend directory with the Python backend and the stub
 of this interpreter's version), a local model repository whose ``bert-ranker`` runs the bundle's
 CPU graph (the file ``configs/cpu.pbtxt`` names, ``model.onnx``) through the Python backend, and
-starts the binary bound to 127.0.0.1.
+starts the binary bound to 127.0.0.1. When the bundle has a ``sequence`` component (the folder
+beside the ranker's, or ``RANKER_SEQUENCE_BUNDLE``), the same server serves ``seq-recommender``
+from it the same way (``triton_sequence_model.py`` on the component's CPU configuration).
 
 Two environment details make the stub work (see DESIGN.md):
 
@@ -16,11 +19,12 @@ Two environment details make the stub work (see DESIGN.md):
   folder leads ``PATH``, as pytriton itself does.
 
 Triton runs with explicit model control (``--model-control-mode=explicit
---load-model=bert-ranker``), so the launcher can reload the model: when the model's stub process
-dies, Triton keeps answering ready while every inference fails with 500 "Stub process ... is not
-healthy" (see DESIGN.md). :class:`ModelWatchdog` probes the model with a tiny real inference every
-``health_interval_s`` and, when the model cannot answer, unloads it (readiness turns false) and
-loads it again (a fresh stub and ONNX Runtime session).
+--load-model=bert-ranker [--load-model=seq-recommender]``), so the launcher can reload a model:
+when a model's stub process dies, Triton keeps answering ready while every inference fails with
+500 "Stub process ... is not healthy" (see DESIGN.md). A :class:`ModelWatchdog` per served model
+probes it with a tiny real inference every ``health_interval_s`` and, when the model cannot
+answer, unloads it (the model's and, with ``--strict-readiness``, the server's readiness turn
+false) and loads it again (a fresh stub and ONNX Runtime session).
 
 This module never imports kserve (it may share a process with ``tritonclient.grpc``).
 """
@@ -39,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -47,15 +51,22 @@ from typing import Any, Literal, Self
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from predictors.ranker.sequence_repo import write_local_sequence_repository
 from predictors.ranker.triton_repo import (
     MAX_SEQUENCE_LENGTH,
     TritonModelConfig,
     cpu_graph,
+    read_config,
     write_repository,
 )
-from shopserve.artifacts import RANKER_COMPONENT, load_component
+from shopserve.artifacts import (
+    RANKER_COMPONENT,
+    SEQUENCE_COMPONENT,
+    SEQUENCE_LENGTH,
+    load_component,
+)
 from shopserve.process import ChildProcess
-from shopserve.protocol import RANKER, RANKER_MODEL
+from shopserve.protocol import ITEM_SEQUENCE, RANKER, RANKER_MODEL, SEQUENCE_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +138,19 @@ class RankerSettings(BaseSettings):
     """Triton only: seconds between the launcher's model health probes (a tiny inference); a model
     that cannot answer is unloaded (not ready) and loaded again. 0 turns the watchdog off."""
 
+    sequence_bundle: str | None = None
+    """Triton only: the bundle's ``sequence`` component folder, served as ``seq-recommender`` beside
+    ``bert-ranker``. Unset: the ``sequence`` folder beside the ranker component when it exists;
+    an empty string: no sequence model."""
+
+
+def sequence_component(settings: RankerSettings) -> Path | None:
+    """The sequence component the server serves, or None (see ``RankerSettings.sequence_bundle``)."""
+    if settings.sequence_bundle is None:
+        beside = Path(settings.bundle).parent / SEQUENCE_COMPONENT
+        return beside if beside.is_dir() else None
+    return Path(settings.sequence_bundle) if settings.sequence_bundle.strip() else None
+
 
 def triton_dist() -> Path:
     """The ``tritonserver`` distribution folder inside the installed ``nvidia-pytriton``."""
@@ -165,7 +189,9 @@ def prepare_backends(home: Path) -> Path:
     return home / "backends"
 
 
-def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> Path:
+def local_repository(
+    bundle: Path, out_dir: Path, settings: RankerSettings, sequence: Path | None = None
+) -> Path:
     """Turn the bundle's onnxruntime model folder into a Python-backend one under ``out_dir``.
 
     The local server runs on the CPU, so it takes the bundle's CPU configuration, chosen the way
@@ -173,6 +199,10 @@ def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> P
     ``config.pbtxt``): that file names the ONNX graph to serve (``default_model_filename``) and
     stays the source of truth for the max sequence length and any extra parameters (vocabulary
     size); the batching and thread settings are the local ones.
+
+    With ``sequence`` (a sequence component folder) the repository also holds ``seq-recommender``,
+    from that component's CPU configuration
+    (:func:`~predictors.ranker.sequence_repo.write_local_sequence_repository`).
     """
     graph = cpu_graph(bundle)
     bundle_config, onnx_file = graph.config, graph.onnx_file
@@ -190,6 +220,8 @@ def local_repository(bundle: Path, out_dir: Path, settings: RankerSettings) -> P
     )
     repo = Path(out_dir) / "models"
     write_repository(repo, onnx_file, config, profile="local")
+    if sequence is not None:
+        write_local_sequence_repository(sequence, repo)
     return repo
 
 
@@ -208,9 +240,10 @@ def server_env(dist: Path) -> dict[str, str]:
 
 
 def server_command(
-    dist: Path, backends: Path, repository: Path, settings: RankerSettings
+    dist: Path, backends: Path, repository: Path, settings: RankerSettings,
+    models: Sequence[str] = (RANKER_MODEL,),
 ) -> list[str]:
-    """The ``tritonserver`` command line for the local server."""
+    """The ``tritonserver`` command line for the local server, loading ``models``."""
     return [
         str(dist / "bin" / "tritonserver"),
         f"--model-repository={repository}",
@@ -231,7 +264,7 @@ def server_command(
         "--disable-auto-complete-config",
         # Explicit model control: the watchdog unloads and reloads a model whose stub died.
         "--model-control-mode=explicit",
-        f"--load-model={RANKER_MODEL}",
+        *(f"--load-model={model}" for model in models),
         f"--log-verbose={settings.log_verbose}",
         # A unique shared-memory prefix, so two servers on one host (tests) never collide.
         f"--backend-config=python,shm-region-prefix-name=ranker{os.getpid()}_{settings.http_port}",
@@ -389,6 +422,14 @@ def probe_body() -> bytes:
     ]}).encode()  # fmt: skip
 
 
+def sequence_probe_body(length: int) -> bytes:
+    """A tiny valid v2 JSON inference request for ``seq-recommender``: one session of one item."""
+    sequence = [0] * (length - 1) + [1]
+    return json.dumps({"inputs": [
+        {"name": ITEM_SEQUENCE, "datatype": "INT64", "shape": [1, length], "data": sequence}
+    ]}).encode()
+
+
 #: Loopback requests never go through a proxy the environment may name.
 _LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -533,7 +574,8 @@ class LocalServer:
 
 
 class TritonServer(LocalServer):
-    """The local Triton process serving ``bert-ranker``; a context manager.
+    """The local Triton process serving ``bert-ranker`` (and ``seq-recommender`` when the bundle has
+    a sequence component); a context manager.
 
     Example:
         >>> with TritonServer(RankerSettings(bundle=Path("artifacts/demo/ranker"))) as server:
@@ -542,32 +584,49 @@ class TritonServer(LocalServer):
 
     name = "tritonserver"
 
+    def __init__(self, settings: RankerSettings) -> None:
+        super().__init__(settings)
+        #: The models this server loads, known once started (``bert-ranker`` first).
+        self.models: tuple[str, ...] = (RANKER_MODEL,)
+        self._probes: dict[str, bytes] = {RANKER_MODEL: probe_body()}
+
     def _prepare(self) -> ChildProcess:
         """Verify the bundle, lay out the Triton home and repository; the ``tritonserver`` process."""
         bundle = Path(self.settings.bundle)
+        sequence = sequence_component(self.settings)
         if self.settings.verify_bundle:
             load_component(bundle, COMPONENT)
+            if sequence is not None:
+                load_component(sequence, SEQUENCE_COMPONENT)
         workdir = self._prepare_workdir()
         dist = triton_dist()
         backends = prepare_backends(workdir)
-        repository = local_repository(bundle, workdir, self.settings)
+        repository = local_repository(bundle, workdir, self.settings, sequence)
+        self.models = (RANKER_MODEL,)
+        self._probes = {RANKER_MODEL: probe_body()}
+        if sequence is not None:
+            config = read_config(repository / SEQUENCE_MODEL / "config.pbtxt")
+            self.models += (SEQUENCE_MODEL,)
+            self._probes[SEQUENCE_MODEL] = sequence_probe_body(
+                int(config.parameters[SEQUENCE_LENGTH]))
+            log.info("serving %s from %s", SEQUENCE_MODEL, sequence)
         # Triton's output stays ours: under the stack it lands in the ranker's log.
-        return self._child(server_command(dist, backends, repository, self.settings),
+        return self._child(server_command(dist, backends, repository, self.settings, self.models),
                            server_env(dist))
 
     def is_ready(self) -> bool:
-        """``/v2/health/ready`` answers 200."""
+        """``/v2/health/ready`` answers 200 (with ``--strict-readiness``: every model is ready)."""
         try:
             return self._get(f"http://{self.http_url}/v2/health/ready")[0] == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def probe_model(self) -> tuple[int | None, str]:
-        """One tiny real inference of ``bert-ranker``: status (None: no answer) and body."""
-        return http_call(f"http://{self.http_url}/v2/models/{RANKER_MODEL}/infer", probe_body())
+    def probe_model(self, model: str = RANKER_MODEL) -> tuple[int | None, str]:
+        """One tiny real inference of a served model: status (None: no answer) and body."""
+        return http_call(f"http://{self.http_url}/v2/models/{model}/infer", self._probes[model])
 
-    def reload_model(self, wait_unload_s: float | None = None) -> None:
-        """Unload ``bert-ranker`` (readiness turns false), then load it again: a fresh stub.
+    def reload_model(self, wait_unload_s: float | None = None, model: str = RANKER_MODEL) -> None:
+        """Unload a model (readiness turns false), then load it again: a fresh stub.
 
         Triton unloads asynchronously: the load waits until the model reports not ready and then
         up to ``wait_unload_s`` (default :data:`UNLOAD_WAIT_S`) for the old instance to finish
@@ -578,19 +637,19 @@ class TritonServer(LocalServer):
             RuntimeError: Triton refused the unload or the load (the error is its message).
         """
         wait_unload_s = UNLOAD_WAIT_S if wait_unload_s is None else wait_unload_s
-        base = f"http://{self.http_url}/v2/repository/models/{RANKER_MODEL}"
-        self._repository_call(f"{base}/unload", 30.0)
-        ready_url = f"http://{self.http_url}/v2/models/{RANKER_MODEL}/ready"
+        base = f"http://{self.http_url}/v2/repository/models/{model}"
+        self._repository_call(f"{base}/unload", 30.0, model)
+        ready_url = f"http://{self.http_url}/v2/models/{model}/ready"
         deadline = time.monotonic() + NOT_READY_WAIT_S
         while http_call(ready_url, timeout_s=1.0)[0] == 200 and time.monotonic() < deadline:
             time.sleep(0.01)
         deadline = time.monotonic() + wait_unload_s
-        while time.monotonic() < deadline and not self._unloaded():
+        while time.monotonic() < deadline and not self._unloaded(model):
             time.sleep(0.02)
-        self._repository_call(f"{base}/load", self.settings.startup_timeout_s)
+        self._repository_call(f"{base}/load", self.settings.startup_timeout_s, model)
 
-    def _unloaded(self) -> bool:
-        """Whether the repository index shows no version of ``bert-ranker`` ready or unloading."""
+    def _unloaded(self, model: str = RANKER_MODEL) -> bool:
+        """Whether the repository index shows no version of ``model`` ready or unloading."""
         status, body = http_call(f"http://{self.http_url}/v2/repository/index", b"{}", 1.0)
         if status != 200:
             return False
@@ -598,23 +657,28 @@ class TritonServer(LocalServer):
             index = json.loads(body)
         except ValueError:
             return False
-        return not any(entry.get("name") == RANKER_MODEL
+        return not any(entry.get("name") == model
                        and entry.get("state") in ("READY", "UNLOADING", "LOADING")
                        for entry in index)
 
     @staticmethod
-    def _repository_call(url: str, timeout_s: float) -> None:
+    def _repository_call(url: str, timeout_s: float, model: str = RANKER_MODEL) -> None:
         status, body = http_call(url, b"{}", timeout_s)
         if status != 200:
             action = url.rsplit("/", 1)[1]
-            raise RuntimeError(f"{action} of {RANKER_MODEL}: {status} {body.strip()[:300]}")
+            raise RuntimeError(f"{action} of {model}: {status} {body.strip()[:300]}")
 
-    def watchdog(self) -> ModelWatchdog:
-        """A watchdog that probes this server's model and reloads it when it cannot answer."""
+    def watchdog(self, model: str = RANKER_MODEL) -> ModelWatchdog:
+        """A watchdog that probes one served model and reloads it when it cannot answer."""
         def recover() -> None:
             # A dead stub's instance never finishes unloading: do not wait for it.
-            self.reload_model(wait_unload_s=0.0 if watchdog.last_verdict == "dead" else None)
+            self.reload_model(wait_unload_s=0.0 if watchdog.last_verdict == "dead" else None,
+                              model=model)
 
-        watchdog = ModelWatchdog(self.probe_model, recover,
-                                 interval_s=self.settings.health_interval_s or 1.0)
+        watchdog = ModelWatchdog(lambda: self.probe_model(model), recover,
+                                 interval_s=self.settings.health_interval_s or 1.0, name=model)
         return watchdog
+
+    def watchdogs(self) -> list[ModelWatchdog]:
+        """One watchdog per served model (each in its own thread once started)."""
+        return [self.watchdog(model) for model in self.models]

@@ -27,12 +27,17 @@ exist, so a CPU server given a bundle without ``configs/cpu.pbtxt`` loads the GP
 
 Tensor names, dtypes and dims come from ``shopserve.protocol.RANKER``; with ``max_batch_size > 0``
 Triton's ``dims`` leave out the batch dim, so the contract's ``[-1, -1]`` is ``dims: [ -1 ]``.
+
+The writer is shared: :func:`render_config` renders any model's configuration and
+:func:`write_model_folder` lays out any model folder; ``seq-recommender``, served by the same
+Triton beside ``bert-ranker``, is written through them by :mod:`predictors.ranker.sequence_repo`.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -111,24 +116,48 @@ def _parameter(key: str, value: str) -> str:
     return f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
 
 
-def config_pbtxt(
-    profile: Profile, config: TritonModelConfig, *, model_filename: str | None = None
+def render_config(
+    name: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    profile: Profile,
+    *,
+    max_batch_size: int,
+    preferred_batch_sizes: Sequence[int],
+    max_queue_delay_us: int,
+    instances: int,
+    threads: int,
+    parameters: Mapping[str, str],
+    model_filename: str | None = None,
+    tensorrt_fp16: bool = False,
+    tensorrt_workspace_bytes: int = 1 << 30,
 ) -> str:
-    """The ``config.pbtxt`` text of ``bert-ranker`` for a profile (see module docstring).
+    """The ``config.pbtxt`` text of any model of this package for a profile (see module docstring).
+
+    The one writer of both models' configurations (``bert-ranker`` through :func:`config_pbtxt`,
+    ``seq-recommender`` through :mod:`predictors.ranker.sequence_repo`).
 
     Args:
+        name: Model name (the folder name too).
+        inputs, outputs: Tensors with their full shapes (batch dim first; it is left out of
+            ``dims`` since ``max_batch_size > 0``).
         profile: ``cluster``, ``cpu`` or ``local``.
-        config: Serving parameters.
+        max_batch_size, preferred_batch_sizes, max_queue_delay_us: The dynamic batcher.
+        instances: Model instances per GPU (cluster) or in total (cpu, local).
+        threads: ONNX Runtime intra-op threads per instance (not written for ``cluster``).
+        parameters: String parameters (``parameters`` entries), sorted by key.
         model_filename: ``default_model_filename``, the file in the version folder the backend
             loads (ONNX Runtime's default is ``model.onnx``). Not for ``local``: the Python backend
             reads it as the name of its ``model.py``.
+        tensorrt_fp16: Add the TensorRT execution accelerator in fp16 (``cluster`` only).
+        tensorrt_workspace_bytes: TensorRT workspace size.
     """
     if profile not in ("cluster", "cpu", "local"):
         raise ValueError(f"unknown profile {profile!r}")
     if model_filename is not None and profile == "local":
         raise ValueError("the local profile's default_model_filename is the Python model's")
-    preferred = ", ".join(str(b) for b in config.preferred_batch_sizes if b <= config.max_batch_size)
-    lines = [f'name: "{RANKER_MODEL}"']
+    preferred = ", ".join(str(b) for b in preferred_batch_sizes if b <= max_batch_size)
+    lines = [f'name: "{name}"']
     if profile == "local":
         lines.append('backend: "python"')
     else:
@@ -137,32 +166,85 @@ def config_pbtxt(
         if "/" in model_filename or '"' in model_filename or not model_filename.strip():
             raise ValueError(f"bad model file name {model_filename!r}")
         lines.append(f'default_model_filename: "{model_filename}"')
-    lines.append(f"max_batch_size: {config.max_batch_size}")
-    lines.append("input [\n" + ",\n".join(_tensor(t) for t in RANKER.inputs) + "\n]")
-    lines.append("output [\n" + ",\n".join(_tensor(t) for t in RANKER.outputs) + "\n]")
+    lines.append(f"max_batch_size: {max_batch_size}")
+    lines.append("input [\n" + ",\n".join(_tensor(t) for t in inputs) + "\n]")
+    lines.append("output [\n" + ",\n".join(_tensor(t) for t in outputs) + "\n]")
     lines.append(
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {preferred} ]\n"
-        f"  max_queue_delay_microseconds: {config.max_queue_delay_us}\n"
+        f"  max_queue_delay_microseconds: {max_queue_delay_us}\n"
         "}"
     )
     kind = "KIND_GPU" if profile == "cluster" else "KIND_CPU"
-    lines.append(f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {kind}\n  }}\n]")
-    if profile == "cluster" and config.tensorrt_fp16:
+    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
+    if profile == "cluster" and tensorrt_fp16:
         lines.append(
             "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n"
             '      name : "tensorrt"\n'
             '      parameters { key: "precision_mode" value: "FP16" }\n'
             f'      parameters {{ key: "max_workspace_size_bytes" '
-            f'value: "{config.tensorrt_workspace_bytes}" }}\n'
+            f'value: "{tensorrt_workspace_bytes}" }}\n'
             "    } ]\n  }\n}"
         )
-    params = {MAX_SEQUENCE_LENGTH: str(config.max_sequence_length)}
-    if profile != "cluster":
-        params[INTRA_OP_THREADS] = str(config.threads)
-    params.update(config.extra_parameters)
+    params = {} if profile == "cluster" else {INTRA_OP_THREADS: str(threads)}
+    params.update(parameters)
     lines.extend(_parameter(k, v) for k, v in sorted(params.items()))
     return "\n".join(lines) + "\n"
+
+
+def config_pbtxt(
+    profile: Profile, config: TritonModelConfig, *, model_filename: str | None = None
+) -> str:
+    """The ``config.pbtxt`` text of ``bert-ranker`` for a profile (see module docstring).
+
+    Args:
+        profile: ``cluster``, ``cpu`` or ``local``.
+        config: Serving parameters.
+        model_filename: ``default_model_filename`` (see :func:`render_config`).
+    """
+    return render_config(
+        RANKER_MODEL, RANKER.inputs, RANKER.outputs, profile,
+        max_batch_size=config.max_batch_size,
+        preferred_batch_sizes=config.preferred_batch_sizes,
+        max_queue_delay_us=config.max_queue_delay_us,
+        instances=config.instances,
+        threads=config.threads,
+        parameters={MAX_SEQUENCE_LENGTH: str(config.max_sequence_length),
+                    **config.extra_parameters},
+        model_filename=model_filename,
+        tensorrt_fp16=config.tensorrt_fp16,
+        tensorrt_workspace_bytes=config.tensorrt_workspace_bytes,
+    )
+
+
+def write_model_folder(
+    out_dir: Path,
+    name: str,
+    configs: Mapping[str, str],
+    files: Mapping[str, Path],
+) -> Path:
+    """Write one Triton model folder ``<out_dir>/<name>/``: its configurations and its files.
+
+    The one layout of every model folder this package writes (bundle and local, both models).
+
+    Args:
+        out_dir: The repository (or component) folder.
+        name: The model name.
+        configs: Path inside the model folder (``config.pbtxt``, ``configs/cpu.pbtxt``) -> text.
+        files: Path inside the version folder ``1/`` -> source file to copy there.
+
+    Returns:
+        The model folder ``<out_dir>/<name>``.
+    """
+    model_dir = Path(out_dir) / name
+    version_dir = model_dir / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    for rel, text in configs.items():
+        (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (model_dir / rel).write_text(text)
+    for rel, src in files.items():
+        _copy(src, version_dir / rel)
+    return model_dir
 
 
 def write_repository(
@@ -177,16 +259,12 @@ def write_repository(
     Returns:
         The model folder ``<out_dir>/bert-ranker``.
     """
-    model_dir = Path(out_dir) / RANKER_MODEL
-    version_dir = model_dir / VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / CONFIG_FILE).write_text(config_pbtxt(profile, config))
-    _copy(onnx_path, version_dir / MODEL_FILE)
+    files = {MODEL_FILE: Path(onnx_path)}
     if profile == "local":
-        shutil.copyfile(Path(__file__).with_name("triton_python_model.py"),
-                        version_dir / PYTHON_MODEL_FILE)
-        shutil.copyfile(SHARED_MODULE, version_dir / SHARED_MODULE.name)
-    return model_dir
+        files[PYTHON_MODEL_FILE] = Path(__file__).with_name("triton_python_model.py")
+        files[SHARED_MODULE.name] = SHARED_MODULE
+    return write_model_folder(out_dir, RANKER_MODEL, {CONFIG_FILE: config_pbtxt(profile, config)},
+                              files)
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -218,31 +296,33 @@ def write_bundle_repository(
     Returns:
         The model folder ``<out_dir>/bert-ranker``.
     """
-    model_dir = Path(out_dir) / RANKER_MODEL
-    version_dir = model_dir / VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / CONFIGS_DIR).mkdir(exist_ok=True)
-    (model_dir / CONFIG_FILE).write_text(
-        config_pbtxt("cluster", config, model_filename=GPU_MODEL_FILE))
-    (model_dir / cpu_config_path()).write_text(
-        config_pbtxt("cpu", config, model_filename=MODEL_FILE))
-    _copy(cpu_onnx, version_dir / MODEL_FILE)
-    _copy(gpu_onnx, version_dir / GPU_MODEL_FILE)
-    return model_dir
+    return write_model_folder(
+        out_dir, RANKER_MODEL,
+        {CONFIG_FILE: config_pbtxt("cluster", config, model_filename=GPU_MODEL_FILE),
+         cpu_config_path(): config_pbtxt("cpu", config, model_filename=MODEL_FILE)},
+        {MODEL_FILE: Path(cpu_onnx), GPU_MODEL_FILE: Path(gpu_onnx)},
+    )
 
 
-def bundle_profiles() -> dict[str, dict[str, str]]:
+def bundle_profiles(
+    model: str = RANKER_MODEL, gpu_model_file: str = GPU_MODEL_FILE
+) -> dict[str, dict[str, str]]:
     """Which configuration and model file each profile of the bundle uses (for the manifest).
 
-    Paths are relative to the ranker component folder; ``model_config_name`` is the value of
-    Triton's ``--model-config-name`` (empty: the default ``config.pbtxt``).
+    Paths are relative to the component folder; ``model_config_name`` is the value of Triton's
+    ``--model-config-name`` (empty: the default ``config.pbtxt``).
+
+    Args:
+        model: The model folder's name (``bert-ranker``, ``seq-recommender``).
+        gpu_model_file: The file the GPU configuration serves (the ranker's fp32 graph; the
+            sequence model serves its one graph, ``model.onnx``, on both).
     """
     return {
-        "gpu": {"config": f"{RANKER_MODEL}/{CONFIG_FILE}",
-                "model": f"{RANKER_MODEL}/{VERSION}/{GPU_MODEL_FILE}",
+        "gpu": {"config": f"{model}/{CONFIG_FILE}",
+                "model": f"{model}/{VERSION}/{gpu_model_file}",
                 "model_config_name": "", "instance_kind": "KIND_GPU"},
-        "cpu": {"config": f"{RANKER_MODEL}/{cpu_config_path()}",
-                "model": f"{RANKER_MODEL}/{VERSION}/{MODEL_FILE}",
+        "cpu": {"config": f"{model}/{cpu_config_path()}",
+                "model": f"{model}/{VERSION}/{MODEL_FILE}",
                 "model_config_name": CPU_CONFIG_NAME, "instance_kind": "KIND_CPU"},
     }  # fmt: skip
 
@@ -286,19 +366,31 @@ class CpuGraph:
         return int(self.config.parameters[MAX_SEQUENCE_LENGTH])
 
 
-def cpu_graph(ranker_dir: Path) -> CpuGraph:
-    """The CPU configuration of a ranker component and its graph, checked.
+def cpu_graph(
+    component_dir: Path,
+    model: str = RANKER_MODEL,
+    required: Sequence[str] = (MAX_SEQUENCE_LENGTH,),
+) -> CpuGraph:
+    """The CPU configuration of a component's model folder and its graph, checked.
 
     ``tritonserver --model-config-name=cpu`` chooses the same file.
 
+    Args:
+        component_dir: The bundle's component folder (``ranker/``, ``sequence/``).
+        model: The model folder inside it.
+        required: Parameters the configuration must carry (the ranker's max sequence length).
+
     Raises:
-        BundleError: the configuration lacks the max sequence length or names a missing file.
+        BundleError: the configuration lacks a required parameter or names a missing file.
     """
-    source = Path(ranker_dir) / RANKER_MODEL
+    source = Path(component_dir) / model
     config_file = selected_config(source, CPU_CONFIG_NAME)
+    if not config_file.is_file():
+        raise BundleError(f"{source}: no {CONFIG_FILE}; not a Triton model folder")
     config = read_config(config_file)
-    if MAX_SEQUENCE_LENGTH not in config.parameters:
-        raise BundleError(f"{config_file} lacks parameter '{MAX_SEQUENCE_LENGTH}'")
+    for key in required:
+        if key not in config.parameters:
+            raise BundleError(f"{config_file} lacks parameter '{key}'")
     onnx_file = model_path(source, config)
     if not onnx_file.is_file():
         raise BundleError(f"{config_file} names {onnx_file.name}, which is not in {onnx_file.parent}")

@@ -3,7 +3,8 @@
 Helm comes from ``make tools`` (``.tools/bin/helm``), ``$HELM`` or ``PATH``; when none is there the
 session tries ``scripts/install_tools.sh`` once and skips only if that fails too (fails under
 ``CI=true``, see :mod:`tests.requirements`). The KServe CRD schemas are read from
-``../shared/kserve-crds`` (override with ``KSERVE_CRDS_DIR``), never copied into the project.
+``../shared/kserve-crds`` (override with ``KSERVE_CRDS_DIR``) and the prometheus-operator ones from
+``../shared/monitoring-crds`` (``MONITORING_CRDS_DIR``), never copied into the project.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ KUBERNETES_VERSION = "1.33"
 KSERVE_KINDS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "InferenceService-v1beta1.json",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "ServingRuntime-v1alpha1.json",
+}
+MONITORING_KINDS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"): "PodMonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "PrometheusRule-v1.json",
 }
 
 Obj = dict[str, Any]
@@ -149,16 +154,32 @@ def strict(schema: Any) -> Any:
     return out
 
 
-@pytest.fixture(scope="session")
-def kserve_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
-    """Strict Draft 7 validators of the KServe kinds the chart renders."""
-    folder = crds_dir()
-    require(folder.is_dir(), f"KServe CRD schemas not found at {folder}: set KSERVE_CRDS_DIR")
+def monitoring_crds_dir() -> Path:
+    """Folder of the prometheus-operator CRD schemas: ``$MONITORING_CRDS_DIR`` or
+    ``../shared/monitoring-crds``."""
+    return Path(os.environ.get("MONITORING_CRDS_DIR") or ROOT.parent / "shared" / "monitoring-crds")
+
+
+def _validators(folder: Path, kinds: dict[tuple[str, str], str],
+                hint: str) -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    require(folder.is_dir(), f"CRD schemas not found at {folder}: set {hint}")
     validators = {}
-    for key, filename in KSERVE_KINDS.items():
+    for key, filename in kinds.items():
         schema = json.loads((folder / filename).read_text())
         validators[key] = jsonschema.Draft7Validator(strict(copy.deepcopy(schema)))
     return validators
+
+
+@pytest.fixture(scope="session")
+def kserve_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    """Strict Draft 7 validators of the KServe kinds the chart renders."""
+    return _validators(crds_dir(), KSERVE_KINDS, "KSERVE_CRDS_DIR")
+
+
+@pytest.fixture(scope="session")
+def monitoring_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    """Strict Draft 7 validators of the prometheus-operator kinds the chart renders."""
+    return _validators(monitoring_crds_dir(), MONITORING_KINDS, "MONITORING_CRDS_DIR")
 
 
 def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -16,13 +16,23 @@ from shopserve.artifacts import write_manifest
 
 PARENT = "20260101.000000"
 VERSION = "20260102.000000"
+#: Bundles with a sequence component (older than VERSION, which stays ``latest``): SEQ_VERSION and
+#: its parent SEQ_PARENT; FIRST_SEQ, whose parent PARENT has none.
+SEQ_PARENT = "20251201.000000"
+SEQ_VERSION = "20251202.000000"
+FIRST_SEQ = "20251203.000000"
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bundles")
-    for version, parent in ((PARENT, None), (VERSION, PARENT)):
-        for component in ("catalog", "recall", "ranker"):
+    plain = ("catalog", "recall", "ranker")
+    for version, parent, components in (
+        (SEQ_PARENT, None, (*plain, "sequence")), (SEQ_VERSION, SEQ_PARENT, (*plain, "sequence")),
+        (FIRST_SEQ, PARENT, (*plain, "sequence")),
+        (PARENT, None, plain), (VERSION, PARENT, plain),
+    ):
+        for component in components:
             folder = root / version / component
             folder.mkdir(parents=True)
             (folder / "file.bin").write_bytes(version.encode())
@@ -59,11 +69,19 @@ def _uris(rendered: str) -> set[str]:
     return {u for u in found if u.startswith("s3://")}
 
 
+def _isvcs(rendered: str) -> set[str]:
+    return {d["metadata"]["name"] for d in yaml.safe_load_all(rendered)
+            if d and d["kind"] == "InferenceService"}
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_dry_run_renders_the_bundle_storage_uri(helm: str, registry: Path, env: str) -> None:
     rendered = _deploy(helm, registry, "--env", env, "--bundle", VERSION, "--image-tag", "9.9.9")
     root = f"{DEFAULT_STORAGE_PREFIX}/{VERSION}"
+    # No sequence component in this bundle: no seq-recommender, and the transformer knows it.
     assert _uris(rendered) == {root, f"{root}/ranker", f"{root}/recall"}
+    assert _isvcs(rendered) == {"search", "mf-recall"}
+    assert 'SEARCH_SEQUENCE_ENABLED: "false"' in rendered
     assert "ghcr.io/shopserve/shopserve:9.9.9" in rendered
     assert "canaryTrafficPercent" not in rendered
 
@@ -106,3 +124,38 @@ def test_full_rollout_command_is_helm_upgrade_install(registry: Path) -> None:
     assert f"{ROOT}/charts/shopserve/values-prod.yaml" in args
     assert f"ranker.storageUri={DEFAULT_STORAGE_PREFIX}/{VERSION}/ranker" in args
     assert "ranker.canary.enabled=false" in args
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_dry_run_serves_the_bundle_sequence_component(helm: str, registry: Path, env: str) -> None:
+    rendered = _deploy(helm, registry, "--env", env, "--bundle", SEQ_VERSION)
+    root = f"{DEFAULT_STORAGE_PREFIX}/{SEQ_VERSION}"
+    assert _uris(rendered) == {root, f"{root}/ranker", f"{root}/recall", f"{root}/sequence"}
+    assert _isvcs(rendered) == {"search", "mf-recall", "seq-recommender"}
+    assert 'SEARCH_SEQUENCE_ENABLED: "true"' in rendered
+    assert "canaryTrafficPercent" not in rendered  # the values files' example canaries end
+
+
+def test_dry_run_canary_covers_the_sequence_model_when_both_bundles_have_it(
+        helm: str, registry: Path) -> None:
+    rendered = _deploy(helm, registry, "--env", "staging", "--bundle", SEQ_VERSION, "--canary", "25")
+    new, stable = f"{DEFAULT_STORAGE_PREFIX}/{SEQ_VERSION}", f"{DEFAULT_STORAGE_PREFIX}/{SEQ_PARENT}"
+    assert {f"{new}/ranker", f"{new}/recall", f"{new}/sequence", stable} <= _uris(rendered)
+    assert rendered.count("canaryTrafficPercent: 25") == 3
+
+
+def test_canary_of_a_first_sequence_model_keeps_it_off(registry: Path) -> None:
+    """The stable bundle has no sequence model to split against: it waits for the full rollout."""
+    plan = plan_deploy("prod", FIRST_SEQ, registry=registry, canary=10)
+    assert plan.sequence and not plan.stable_sequence
+    values = plan.set_values()
+    assert "sequence.enabled=false" in values
+    assert not [v for v in values if v.startswith("sequence.") and v != "sequence.enabled=false"]
+    full = plan_deploy("prod", FIRST_SEQ, registry=registry).set_values()
+    assert f"sequence.storageUri={DEFAULT_STORAGE_PREFIX}/{FIRST_SEQ}/sequence" in full
+    assert {"sequence.enabled=true", "sequence.canary.enabled=false"} <= set(full)
+
+
+def test_canary_against_a_stable_bundle_not_in_the_registry(registry: Path) -> None:
+    plan = plan_deploy("prod", SEQ_VERSION, registry=registry, canary=10, stable="20250101.000000")
+    assert "sequence.enabled=false" in plan.set_values()

@@ -10,11 +10,14 @@ import pytest
 from pipeline.rollout.manifests import NAMESPACE, RENDERS, Render
 from shopserve import metric_names
 from shopserve.drift import SIGNALS
-from shopserve.protocol import RANKER_MODEL, RECALL_MODEL, SEARCH_MODEL
+from shopserve.protocol import RANKER_MODEL, RECALL_MODEL, SEARCH_MODEL, SEQUENCE_MODEL
 from tests.charts.conftest import Obj, by_kind, one
 
 GPU = "nvidia.com/gpu"
-COMPONENTS = (("search", "transformer"), ("search", "predictor"), ("mf-recall", "predictor"))
+COMPONENTS = (("search", "transformer"), ("search", "predictor"), ("mf-recall", "predictor"),
+              ("seq-recommender", "predictor"))
+#: The InferenceServices whose predictor is Triton, and the bundle component each serves.
+TRITON_PREDICTORS = {SEARCH_MODEL: "ranker", SEQUENCE_MODEL: "sequence"}
 
 
 def components(isvc: Obj) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -56,8 +59,13 @@ def test_model_names_are_the_protocol_constants(target: Render, rendered: dict[R
     assert settings["SEARCH_RECALL_MODEL"] == RECALL_MODEL
     assert settings["SEARCH_RANKER_MODEL"] == RANKER_MODEL
     assert one(objects, "ConfigMap", "shopserve-recall")["data"]["RECALL_MODEL_NAME"] == RECALL_MODEL
+    # The sequence model: its InferenceService and its Triton model share the protocol's name.
+    one(objects, "InferenceService", SEQUENCE_MODEL)
+    assert settings["SEARCH_SEQUENCE_MODEL"] == SEQUENCE_MODEL
+    assert settings["SEARCH_SEQUENCE_ENABLED"] == "true"
     # In-cluster upstreams: the predictors' services, gRPC on port 80 in both modes.
     assert settings["SEARCH_RECALL_HOST"] == f"{RECALL_MODEL}-predictor.shopserve.svc.cluster.local:80"
+    assert settings["SEARCH_SEQUENCE_HOST"] == f"{SEQUENCE_MODEL}-predictor.shopserve.svc.cluster.local:80"
     ranker_host = args[args.index("--predictor_host") + 1]
     assert ranker_host == f"{SEARCH_MODEL}-predictor.shopserve.svc.cluster.local:80"
 
@@ -75,6 +83,10 @@ def test_entrypoints_and_triton_runtime(target: Render, rendered: dict[Render, l
     assert set(runtime["spec"]["protocolVersions"]) == {"v2", "grpc-v2"}
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8002"
     assert "--metrics-port=8002" in runtime["spec"]["containers"][0]["args"]
+    # The sequence model runs on the same Triton runtime, as its own predictor.
+    sequence = one(objects, "InferenceService", SEQUENCE_MODEL)["spec"]["predictor"]["model"]
+    assert sequence["modelFormat"]["name"] == "triton" and sequence["protocolVersion"] == "grpc-v2"
+    assert sequence["runtime"] == model["runtime"]
     # The predictor's first port is the gRPC one the transformer calls.
     assert runtime["spec"]["containers"][0]["ports"][0]["containerPort"] == 8001
     assert recall["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"] == 8091
@@ -114,7 +126,7 @@ def test_every_pod_is_hardened(target: Render, rendered: dict[Render, list[Obj]]
             assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
             assert sc["runAsNonRoot"] and sc["runAsUser"] > 0
             assert {"requests", "limits"} <= set(container["resources"])
-    assert checked >= 3
+    assert checked >= 4
     sa = one(objects, "ServiceAccount", "shopserve")
     assert sa["automountServiceAccountToken"] is False
 
@@ -133,37 +145,83 @@ def test_settings_changes_roll_the_pods(target: Render, rendered: dict[Render, l
 
 
 # --------------------------------------------------------------------------------------------------
-# GPUs: the ranker in staging and prod, nothing else and not in dev.
+# GPUs: the Triton predictors (ranker, sequence model) in staging and prod, nothing else and not
+# in dev.
 # --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", RENDERS, ids=lambda r: r.folder)
-def test_gpu_only_for_the_ranker_in_staging_and_prod(target: Render,
-                                                     rendered: dict[Render, list[Obj]]) -> None:
+def test_gpu_only_for_triton_predictors_in_staging_and_prod(target: Render,
+                                                           rendered: dict[Render, list[Obj]]) -> None:
+    triton_seen = set()
     for isvc in by_kind(rendered[target], "InferenceService"):
+        isvc_name = isvc["metadata"]["name"]
         for name, spec in components(isvc):
-            is_ranker = isvc["metadata"]["name"] == SEARCH_MODEL and name != "transformer"
+            is_triton = isvc_name in TRITON_PREDICTORS and name != "transformer"
             for container in containers(spec):
                 gpus = {k: container["resources"][k].get(GPU) for k in ("requests", "limits")}
-                if is_ranker and target.env in ("staging", "prod"):
+                if is_triton and target.env in ("staging", "prod"):
                     assert gpus == {"requests": 1, "limits": 1}, name
                     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
                     assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
                 else:
                     assert gpus == {"requests": None, "limits": None}, f"{isvc['metadata']['name']} {name}"
                     assert "tolerations" not in spec
-                if is_ranker:
-                    # One model repository (the bundle's ranker/), two configurations: Triton on
-                    # CPU (dev) picks bert-ranker/configs/cpu.pbtxt (KIND_CPU), a GPU pod the
-                    # default config.pbtxt (KIND_GPU). KServe appends these args to the runtime's.
-                    assert container["storageUri"].endswith("/ranker")
+                if is_triton:
+                    # One model repository (the bundle's ranker/ or sequence/), two
+                    # configurations: Triton on CPU (dev) picks <model>/configs/cpu.pbtxt
+                    # (KIND_CPU), a GPU pod the default config.pbtxt (KIND_GPU). KServe appends
+                    # these args to the runtime's.
+                    assert container["storageUri"].endswith(f"/{TRITON_PREDICTORS[isvc_name]}")
                     expected = ["--model-config-name=cpu"] if target.env == "dev" else None
-                    assert container.get("args") == expected, name
+                    assert container.get("args") == expected, f"{isvc_name} {name}"
+                    triton_seen.add(isvc_name)
+    assert triton_seen == set(TRITON_PREDICTORS)
 
 
 # --------------------------------------------------------------------------------------------------
 # Canary: per component, per mode.
 # --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_sequence_canary_takes_ten_percent(env: str, rendered: dict[Render, list[Obj]]) -> None:
+    knative = one(rendered[Render(env, "Knative")], "InferenceService", SEQUENCE_MODEL)["spec"]
+    assert knative["predictor"]["canaryTrafficPercent"] == 10
+    assert knative["predictor"]["model"]["storageUri"].endswith("/20261122.090000/sequence")
+    assert "canary" not in knative
+
+    standard = one(rendered[Render(env, "Standard")], "InferenceService", SEQUENCE_MODEL)["spec"]
+    assert "canaryTrafficPercent" not in standard["predictor"]
+    assert standard["predictor"]["model"]["storageUri"].endswith("/20261120.090000/sequence")
+    [canary] = standard["canary"]
+    assert canary["trafficPercent"] == 10 and canary["predictor"]["name"] == "candidate"
+    assert canary["predictor"]["model"]["storageUri"].endswith("/20261122.090000/sequence")
+    assert canary["predictor"]["model"]["name"] == "kserve-container"
+    assert "name" not in standard["predictor"]["model"]  # KServe's webhook rejects it there
+    autoscaling_fields = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling"}
+    assert not autoscaling_fields & set(canary["predictor"])
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_sequence_canary_alone(mode: str, render: Any, kserve_validators: dict[tuple[str, str], Any]) -> None:
+    objects = render("dev", mode, "sequence.canary.enabled=true", "sequence.canary.trafficPercent=25",
+                     "sequence.canary.storageUri=s3://b/new/sequence")
+    sequence = one(objects, "InferenceService", SEQUENCE_MODEL)
+    for other in (SEARCH_MODEL, RECALL_MODEL):
+        spec = one(objects, "InferenceService", other)["spec"]
+        assert "canary" not in spec and "canaryTrafficPercent" not in spec["predictor"]
+    if mode == "Knative":
+        assert sequence["spec"]["predictor"]["canaryTrafficPercent"] == 25
+        assert sequence["spec"]["predictor"]["model"]["storageUri"] == "s3://b/new/sequence"
+    else:
+        [canary] = sequence["spec"]["canary"]
+        assert canary["trafficPercent"] == 25
+        assert canary["predictor"]["model"]["storageUri"] == "s3://b/new/sequence"
+        # The canary runs the CPU configuration too.
+        assert canary["predictor"]["model"]["args"] == ["--model-config-name=cpu"]
+    validator = kserve_validators[("serving.kserve.io/v1beta1", "InferenceService")]
+    assert not list(validator.iter_errors(sequence))
 
 
 @pytest.mark.parametrize("env", ["staging", "prod"])
@@ -276,10 +334,13 @@ def test_standard_autoscaler_classes(rendered: dict[Render, list[Obj]]) -> None:
     assert one(prod, "InferenceService", SEARCH_MODEL)["metadata"]["annotations"][
         "serving.kserve.io/autoscalerClass"] == "external"
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(prod, "HorizontalPodAutoscaler")}
-    assert set(hpas) == {"search-transformer", "search-predictor", "mf-recall-predictor"}
+    assert set(hpas) == {"search-transformer", "search-predictor", "mf-recall-predictor",
+                         f"{SEQUENCE_MODEL}-predictor"}
     transformer_metric = hpas["search-transformer"]["spec"]["metrics"][0]["pods"]["metric"]
     assert transformer_metric["name"] == "shopserve_search_rows"
     assert hpas["search-predictor"]["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    sequence_target = hpas[f"{SEQUENCE_MODEL}-predictor"]["spec"]["metrics"][0]["resource"]["target"]
+    assert sequence_target["averageUtilization"] == 60
     assert all(h["spec"]["minReplicas"] == 2 for h in hpas.values())
     assert not by_kind(rendered[Render("prod", "Knative")], "HorizontalPodAutoscaler")
 
@@ -302,7 +363,12 @@ def test_fixed_replicas_when_autoscaling_is_off(render: Any) -> None:
 def test_network_policy_and_pdbs(target: Render, rendered: dict[Render, list[Obj]]) -> None:
     objects = rendered[target]
     policy = one(objects, "NetworkPolicy", "shopserve-predictors")
-    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall"]
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall", "sequence"]
+    # Every predictor pod carries a component label the policy selects.
+    for isvc_name in (SEARCH_MODEL, RECALL_MODEL, SEQUENCE_MODEL):
+        predictor = one(objects, "InferenceService", isvc_name)["spec"]["predictor"]
+        assert predictor["labels"]["app.kubernetes.io/component"] in (
+            policy["spec"]["podSelector"]["matchExpressions"][0]["values"])
     assert policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"][
         "app.kubernetes.io/component"] == "search"
     pdbs = by_kind(objects, "PodDisruptionBudget")
@@ -328,7 +394,9 @@ def test_alerts_and_dashboard(target: Render, rendered: dict[Render, list[Obj]])
     drift_alerts = {f"ShopserveDrift{camel(signal)[0].upper()}{camel(signal)[1:]}" for signal in SIGNALS}
     assert set(alerts) == {"ShopserveSearchErrorRatioHigh", "ShopserveSearchLatencyP99High",
                            "ShopserveSearchDegradedRatioHigh", "ShopserveRankerGpuSaturated",
-                           *drift_alerts}
+                           "ShopserveSequenceGpuSaturated", *drift_alerts}
+    assert f'pod=~"{SEQUENCE_MODEL}-.*predictor.*"' in alerts["ShopserveSequenceGpuSaturated"]["expr"]
+    assert alerts["ShopserveSequenceGpuSaturated"]["labels"]["component"] == "sequence"
     # One drift alert per signal of shopserve.drift, on the transformer's PSI gauge.
     for signal in SIGNALS:
         rule = alerts[f"ShopserveDrift{camel(signal)[0].upper()}{camel(signal)[1:]}"]
@@ -337,4 +405,43 @@ def test_alerts_and_dashboard(target: Render, rendered: dict[Render, list[Obj]])
     # The transformer's own status counter works in both modes.
     assert 'shopserve_requests_total{namespace=' in alerts["ShopserveSearchErrorRatioHigh"]["expr"]
     assert all(r["labels"]["environment"] == target.env for r in alerts.values())
-    assert len(by_kind(objects, "PodMonitor")) == 3
+    monitors = {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+                for m in by_kind(objects, "PodMonitor")}
+    assert monitors == {"search", "ranker", "recall", "sequence"}
+
+
+# --------------------------------------------------------------------------------------------------
+# sequence.enabled: false, a bundle without a sequence component.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "mode"), [("prod", "Knative"), ("prod", "Standard"), ("dev", "Knative")])
+def test_sequence_disabled_renders_none_of_its_objects(env: str, mode: str, render: Any) -> None:
+    objects = render(env, mode, "sequence.enabled=false")
+    isvcs = {i["metadata"]["name"] for i in by_kind(objects, "InferenceService")}
+    assert isvcs == {SEARCH_MODEL, RECALL_MODEL}
+    for kind in ("PodDisruptionBudget", "PodMonitor", "HorizontalPodAutoscaler"):
+        assert "shopserve-sequence" not in {o["metadata"]["name"] for o in by_kind(objects, kind)}
+    policy = one(objects, "NetworkPolicy", "shopserve-predictors")
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall"]
+    # The transformer then never asks for the sequence model.
+    assert one(objects, "ConfigMap", "shopserve-search")["data"]["SEARCH_SEQUENCE_ENABLED"] == "false"
+    for rules in by_kind(objects, "PrometheusRule"):
+        alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"]}
+        assert "ShopserveSequenceGpuSaturated" not in alerts
+    # The ranker still needs the Triton runtime.
+    assert by_kind(objects, "ServingRuntime")
+
+
+def test_sequence_host_override_reaches_the_transformer(render: Any) -> None:
+    objects = render("dev", "Knative", "search.sequenceHost=seq.example:8001")
+    assert one(objects, "ConfigMap", "shopserve-search")["data"]["SEARCH_SEQUENCE_HOST"] == "seq.example:8001"
+
+
+def test_sequence_on_cpu_in_prod(render: Any) -> None:
+    """The GPU is the default, not a rule: a CPU sequence model names the CPU configuration."""
+    objects = render("prod", "Knative", "sequence.gpu.count=0", "sequence.modelConfigName=cpu")
+    model = one(objects, "InferenceService", SEQUENCE_MODEL)["spec"]["predictor"]["model"]
+    assert model["args"] == ["--model-config-name=cpu"] and GPU not in model["resources"]["limits"]
+    alerts = {r["alert"] for g in by_kind(objects, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    assert "ShopserveSequenceGpuSaturated" not in alerts

@@ -2,10 +2,11 @@
 gracefully: ``terminationGracePeriodSeconds`` > preStop sleep + the server's own drain.
 
 Containers are those the chart writes: the transformer's and recall's ``containers`` and the Triton
-ServingRuntime's (the ranker predictor's ``model`` is merged into it by KServe, so it inherits its
-probes and preStop). Knative forbids lifecycle hooks and ``terminationGracePeriodSeconds`` (its
-queue-proxy drains a pod), so the graceful-stop fields are checked in Standard mode and asserted
-absent in Knative mode.
+ServingRuntime's, once for every predictor that runs on it (the ranker's and the sequence model's
+``model``, canaries included, is merged into it by KServe, so it inherits its probes and preStop;
+its pod, and so ``terminationGracePeriodSeconds``, is the predictor's). Knative forbids lifecycle
+hooks and ``terminationGracePeriodSeconds`` (its queue-proxy drains a pod), so the graceful-stop
+fields are checked in Standard mode and asserted absent in Knative mode.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from pipeline.rollout.manifests import RENDERS, Render
+from shopserve.protocol import SEARCH_MODEL, SEQUENCE_MODEL
 from tests.charts.conftest import ROOT, Obj, by_kind, one
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
@@ -33,30 +35,42 @@ def _serve_grace_period() -> int:
     return int(default.value)
 
 
+def _pods(isvc: Obj) -> Iterator[tuple[str, Obj]]:
+    spec = isvc["spec"]
+    yield "predictor", spec["predictor"]
+    if "transformer" in spec:
+        yield "transformer", spec["transformer"]
+    for i, canary in enumerate(spec.get("canary", [])):
+        yield f"canary[{i}]", canary["predictor"]
+
+
 def containers(objects: list[Obj]) -> Iterator[tuple[str, Obj, Obj | None]]:
-    """(where, container, its pod spec) of every container the chart renders; the pod spec of the
-    Triton runtime's container is the ranker predictor's (None when it has none here)."""
+    """(where, container, its pod spec) of every container the chart renders. A Triton runtime's
+    container is yielded once per predictor pod that names the runtime (the ranker's and the
+    sequence model's, canaries included), with that pod; with none, once with None."""
     for isvc in by_kind(objects, "InferenceService"):
         name = isvc["metadata"]["name"]
-        spec = isvc["spec"]
-        components = [("predictor", spec["predictor"])]
-        if "transformer" in spec:
-            components.append(("transformer", spec["transformer"]))
-        components += [(f"canary[{i}]", c["predictor"]) for i, c in enumerate(spec.get("canary", []))]
-        for component, pod in components:
+        for component, pod in _pods(isvc):
             for index, container in enumerate(pod.get("containers", [])):
                 yield f"{name}.{component}.containers[{index}]", container, pod
     for runtime in by_kind(objects, "ServingRuntime"):
-        ranker = one(objects, "InferenceService", "search")["spec"]["predictor"]
+        runtime_name = runtime["metadata"]["name"]
+        users = [(f"{isvc['metadata']['name']}.{component}", pod)
+                 for isvc in by_kind(objects, "InferenceService") for component, pod in _pods(isvc)
+                 if pod.get("model", {}).get("runtime") == runtime_name]
         for index, container in enumerate(runtime["spec"]["containers"]):
-            yield f"{runtime['metadata']['name']}.containers[{index}]", container, ranker
+            for user, pod in users or [("", None)]:
+                yield f"{runtime_name}.containers[{index}] ({user or 'no predictor'})", container, pod
 
 
 @pytest.mark.parametrize("target", RENDERS, ids=lambda r: r.folder)
 def test_every_container_has_all_three_probes(target: Render,
                                               rendered: dict[Render, list[Obj]]) -> None:
     found = list(containers(rendered[target]))
-    assert len(found) >= 3  # transformer, recall, Triton
+    # transformer, recall, Triton for the ranker, Triton for the sequence model (and canaries)
+    assert len(found) >= 4
+    assert {where.split(" (")[1].split(".")[0] for where, _, _ in found if " (" in where} == {
+        SEARCH_MODEL, SEQUENCE_MODEL}
     for where, container, _ in found:
         for probe in PROBES:
             assert probe in container, f"{target.folder}: {where} has no {probe}"
@@ -119,3 +133,23 @@ def test_a_short_grace_period_is_caught(render: Any) -> None:
     objects = render("dev", "Standard", "search.termination.gracePeriodSeconds=12")
     with pytest.raises(AssertionError, match="terminationGracePeriodSeconds 12"):
         test_graceful_stop(Render("dev", "Standard"), {Render("dev", "Standard"): objects})
+
+
+def test_a_short_sequence_grace_period_is_caught(render: Any) -> None:
+    """The sequence model's pod runs the shared runtime's preStop and Triton drain."""
+    objects = render("prod", "Standard", "sequence.termination.gracePeriodSeconds=14")
+    with pytest.raises(AssertionError, match=f"{SEQUENCE_MODEL}.predictor.*terminationGracePeriodSeconds 14"):
+        test_graceful_stop(Render("prod", "Standard"), {Render("prod", "Standard"): objects})
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_sequence_predictor_inherits_the_runtime_probes(mode: str, render: Any) -> None:
+    """The seq-recommender predictor names the Triton runtime and sets no probes of its own, so
+    KServe's merge gives it the runtime's startup, readiness and liveness probes."""
+    objects = render("staging", mode)
+    runtime = by_kind(objects, "ServingRuntime")[0]
+    isvc = one(objects, "InferenceService", SEQUENCE_MODEL)
+    for component, pod in _pods(isvc):
+        assert pod["model"]["runtime"] == runtime["metadata"]["name"], component
+        assert not set(PROBES) & set(pod["model"]), component
+    assert set(PROBES) <= set(runtime["spec"]["containers"][0])

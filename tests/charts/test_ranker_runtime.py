@@ -2,8 +2,9 @@
 
 TorchServe renders KServe's `kserve-torchserve` predictor (model format `pytorch`, protocol v2, the
 bundle's TorchServe model store as storageUri) and every other part of the ranker pod unchanged:
-resources, hardening, scheduling, canaries. Each rendering is validated against the strict KServe
-CRD schemas, like the environment renders.
+resources, hardening, scheduling, canaries. The Triton ServingRuntime stays for the sequence model
+(`seq-recommender`), unless that is disabled too. Each rendering is validated against the strict
+KServe CRD schemas, like the environment renders.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shopserve.protocol import SEARCH_MODEL
+from shopserve.protocol import SEARCH_MODEL, SEQUENCE_MODEL
 from tests.charts.conftest import Obj, by_kind, one
 
 TS = "ranker.server=torchserve"
@@ -42,8 +43,12 @@ def test_torchserve_predictor(mode: str, render: Any, kserve_validators: dict[tu
     assert model["securityContext"]["readOnlyRootFilesystem"] is True
     assert model["resources"]["limits"]["memory"]
     assert predictor["annotations"]["prometheus.io/port"] == "8082"
-    # No Triton ServingRuntime is rendered for a TorchServe ranker.
-    assert not by_kind(objects, "ServingRuntime")
+    # The Triton ServingRuntime is rendered for the sequence model only.
+    [runtime] = by_kind(objects, "ServingRuntime")
+    sequence = one(objects, "InferenceService", SEQUENCE_MODEL)["spec"]["predictor"]["model"]
+    assert sequence["runtime"] == runtime["metadata"]["name"]
+    # Without it, no Triton ServingRuntime at all.
+    assert not by_kind(render("dev", mode, TS, "sequence.enabled=false"), "ServingRuntime")
 
 
 def test_triton_stays_the_default(render: Any) -> None:

@@ -2,11 +2,13 @@
 
 Built-in kinds: kubernetes-validate (the upstream OpenAPI schemas, strict, Kubernetes 1.33).
 KServe kinds: the CRD schemas in ../shared/kserve-crds with ``additionalProperties: false`` added.
-prometheus-operator kinds (no schema available here): the fields the chart uses, checked by hand.
+prometheus-operator kinds: the CRD schemas in ../shared/monitoring-crds, strict the same way, plus
+the fields the chart uses, checked by hand (durations, balanced PromQL, the labels alerts carry).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -67,7 +69,8 @@ def check_prometheusrule(obj: Obj) -> None:
 
 @pytest.mark.parametrize("target", RENDERS, ids=lambda r: r.folder)
 def test_every_object_is_valid(target: Render, rendered: dict[Render, list[Obj]],
-                               kserve_validators: dict[tuple[str, str], Any]) -> None:
+                               kserve_validators: dict[tuple[str, str], Any],
+                               monitoring_validators: dict[tuple[str, str], Any]) -> None:
     objects = rendered[target]
     assert objects, "nothing rendered"
     log = VALIDATION_LOG[f"{target.folder:17s}"]
@@ -83,10 +86,11 @@ def test_every_object_is_valid(target: Render, rendered: dict[Render, list[Obj]]
             errors = sorted(kserve_validators[key].iter_errors(obj), key=lambda e: list(e.path))
             assert not errors, f"{where}: " + "; ".join(
                 f"{e.message} at {'.'.join(map(str, e.absolute_path))}" for e in errors)
-        elif key == ("monitoring.coreos.com/v1", "PodMonitor"):
-            check_podmonitor(obj)
-        elif key == ("monitoring.coreos.com/v1", "PrometheusRule"):
-            check_prometheusrule(obj)
+        elif key in MONITORING:
+            errors = sorted(monitoring_validators[key].iter_errors(obj), key=lambda e: list(e.path))
+            assert not errors, f"{where}: " + "; ".join(
+                f"{e.message} at {'.'.join(map(str, e.absolute_path))}" for e in errors)
+            (check_podmonitor if obj["kind"] == "PodMonitor" else check_prometheusrule)(obj)
         else:
             pytest.fail(f"{where}: kind {key} has no validation; add it to this test")
         assert obj["metadata"]["namespace"] == "shopserve", f"{where} has no namespace"
@@ -104,3 +108,11 @@ def test_strict_kserve_schema_rejects_a_misspelt_key(rendered: dict[Render, list
     assert lenient.is_valid({"spec": {"predictor": {"minReplicas": 1}}})
     assert strict({"properties": {"a": {}}, "x-kubernetes-preserve-unknown-fields": True}) == {
         "properties": {"a": {}}, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def test_strict_monitoring_schema_rejects_a_misspelt_key(
+        rendered: dict[Render, list[Obj]], monitoring_validators: dict[tuple[str, str], Any]) -> None:
+    monitor = copy.deepcopy(next(o for o in rendered[Render("prod", "Knative")] if o["kind"] == "PodMonitor"))
+    monitor["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"
+    validator = monitoring_validators[("monitoring.coreos.com/v1", "PodMonitor")]
+    assert any("intervall" in e.message for e in validator.iter_errors(monitor))

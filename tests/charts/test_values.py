@@ -98,6 +98,12 @@ def test_environment_files_only_use_known_keys(env: str) -> None:
     (["search.logLevel=TRACE"], "search.logLevel"),
     (["recall.index=annoy"], "recall.index"),
     (["ranker.modelConfigName=c p u"], "ranker.modelConfigName"),
+    (["sequence.canary.trafficPercent=101"], "sequence.canary.trafficPercent"),
+    (["sequence.modelConfigName=c p u"], "sequence.modelConfigName"),
+    (["sequence.termination.preStopSleepSeconds=5"],
+     "Additional property preStopSleepSeconds is not allowed"),
+    (["sequence.storageUri=bucket/sequence"], "sequence.storageUri"),
+    (["sequence.enabled=yes"], "sequence.enabled"),
 ])
 def test_schema_rejects(sets: list[str], message: str, template_error: Any) -> None:
     assert message in template_error("dev", "Knative", *sets)
@@ -118,6 +124,16 @@ def test_staging_and_prod_without_a_gpu_ranker_fail(env: str, template_error: An
     ("Knative", ["recall.autoscaling.minReplicas=5", "recall.autoscaling.maxReplicas=2"],
      "recall.autoscaling.minReplicas (5) exceeds maxReplicas (2)"),
     ("Knative", ["ranker.modelConfigName="], "set ranker.modelConfigName=cpu"),
+    ("Knative", ["sequence.modelConfigName="], "set sequence.modelConfigName=cpu"),
+    ("Standard", ["sequence.canary.enabled=true"], "sequence.canary.storageUri"),
+    ("Knative", ["sequence.autoscaling.minReplicas=3", "sequence.autoscaling.maxReplicas=2"],
+     "sequence.autoscaling.minReplicas (3) exceeds maxReplicas (2)"),
 ])
 def test_inconsistent_values_fail(mode: str, sets: list[str], message: str, template_error: Any) -> None:
     assert message in template_error("dev", mode, *sets)
+
+
+def test_a_disabled_sequence_model_is_not_checked(render: Any) -> None:
+    """Values of a sequence model that is not rendered cannot fail the release."""
+    objects = render("dev", "Knative", "sequence.enabled=false", "sequence.modelConfigName=")
+    assert "seq-recommender" not in {o["metadata"]["name"] for o in objects}

@@ -38,8 +38,9 @@ shopserve.io/environment: {{ .Values.environment }}
 
 {{/*
 Model and InferenceService names: the v2 model names of shopserve.protocol (SEARCH_MODEL,
-RECALL_MODEL, RANKER_MODEL). KServe names the model of a transformer after its InferenceService, so
-these are fixed; tests/charts asserts they equal the Python constants.
+RECALL_MODEL, RANKER_MODEL, SEQUENCE_MODEL). KServe names the model of a transformer after its
+InferenceService, and `seq-recommender` is both its InferenceService and its Triton model, so these
+are fixed; tests/charts asserts they equal the Python constants.
 */}}
 {{- define "shopserve.searchModel" -}}search{{- end -}}
 {{- define "shopserve.recallModel" -}}mf-recall{{- end -}}
@@ -85,8 +86,9 @@ component: {{ index . 1 }}
 {{- end -}}
 
 {{/*
-Runtime the ranker names: the configured one, else the chart's own ServingRuntime, else empty
-(KServe then picks a cluster runtime that auto-selects the `triton` model format).
+Runtime the Triton predictors (ranker and sequence model) name: the configured one, else the chart's
+own ServingRuntime, else empty (KServe then picks a cluster runtime that auto-selects the `triton`
+model format).
 */}}
 {{- define "shopserve.runtimeName" -}}
 {{- if .Values.ranker.runtime.name -}}
@@ -250,14 +252,20 @@ tolerations:
   mountPath: /tmp
 {{- end -}}
 
-{{/* Resources of the ranker: the values plus the GPU, in requests and limits, when count > 0. */}}
-{{- define "shopserve.rankerResources" -}}
-{{- $res := deepCopy .Values.ranker.resources -}}
-{{- if gt (int .Values.ranker.gpu.count) 0 -}}
-{{- $_ := set $res.requests .Values.ranker.gpu.resourceName (int .Values.ranker.gpu.count) -}}
-{{- $_ := set $res.limits .Values.ranker.gpu.resourceName (int .Values.ranker.gpu.count) -}}
+{{/*
+Resources of a Triton predictor: its values plus the GPU, in requests and limits, when count > 0.
+Usage: include "shopserve.tritonResources" .Values.ranker  (or .Values.sequence)
+*/}}
+{{- define "shopserve.tritonResources" -}}
+{{- $res := deepCopy .resources -}}
+{{- if gt (int .gpu.count) 0 -}}
+{{- $_ := set $res.requests .gpu.resourceName (int .gpu.count) -}}
+{{- $_ := set $res.limits .gpu.resourceName (int .gpu.count) -}}
 {{- end -}}
 {{- toYaml $res -}}
+{{- end -}}
+{{- define "shopserve.rankerResources" -}}
+{{- include "shopserve.tritonResources" .Values.ranker -}}
 {{- end -}}
 
 {{/*
@@ -274,19 +282,24 @@ Checks the schema cannot express; `helm template` and `helm install` stop with t
 {{- if and $triton (lt (int .Values.ranker.gpu.count) 1) (not .Values.ranker.modelConfigName) -}}
 {{- fail "ranker.gpu.count is 0: Triton on CPU cannot load the bundle's default config.pbtxt (KIND_GPU); set ranker.modelConfigName=cpu" -}}
 {{- end -}}
+{{- if and .Values.sequence.enabled (lt (int .Values.sequence.gpu.count) 1) (not .Values.sequence.modelConfigName) -}}
+{{- fail "sequence.gpu.count is 0: Triton on CPU cannot load the bundle's default seq-recommender/config.pbtxt (KIND_GPU); set sequence.modelConfigName=cpu" -}}
+{{- end -}}
 {{- if and .Values.search.canary.enabled (eq .Values.deploymentMode "Standard") -}}
 {{- fail "search.canary: KServe's Standard-mode canary (spec.canary) covers predictors only; roll a transformer canary in Knative mode" -}}
 {{- end -}}
 {{- if and .Values.search.canary.enabled (not .Values.search.canary.imageTag) -}}
 {{- fail "search.canary.enabled needs search.canary.imageTag (the candidate image)" -}}
 {{- end -}}
-{{- range $name := list "ranker" "recall" -}}
+{{- /* A disabled sequence model renders nothing, so its values cannot fail the release. */ -}}
+{{- $sequence := ternary (list "sequence") (list) .Values.sequence.enabled -}}
+{{- range $name := concat (list "ranker" "recall") $sequence -}}
 {{- $c := index $.Values $name -}}
 {{- if and $c.canary.enabled (not $c.canary.storageUri) -}}
 {{- fail (printf "%s.canary.enabled needs %s.canary.storageUri (the candidate bundle)" $name $name) -}}
 {{- end -}}
 {{- end -}}
-{{- range $name := list "search" "ranker" "recall" -}}
+{{- range $name := concat (list "search" "ranker" "recall") $sequence -}}
 {{- $c := index $.Values $name -}}
 {{- if and $c.autoscaling.enabled (gt (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas)) -}}
 {{- fail (printf "%s.autoscaling.minReplicas (%v) exceeds maxReplicas (%v)" $name $c.autoscaling.minReplicas $c.autoscaling.maxReplicas) -}}
@@ -357,6 +370,56 @@ model:
   {{- end }}
   resources:
     {{- include "shopserve.rankerResources" . | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "shopserve.tmpMount" . | nindent 4 }}
+volumes:
+  {{- include "shopserve.tmpVolume" . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod fields of the sequence-model predictor apart from scaling, shared by the stable predictor and a
+Standard-mode canary: Triton on the ranker's ServingRuntime (its probes, preStop sleep and
+`--exit-timeout-secs`), serving the bundle's sequence component as its model repository.
+Usage: include "shopserve.sequencePod" (list $ storageUri isCanary)
+*/}}
+{{- define "shopserve.sequencePod" -}}
+{{- $root := index . 0 -}}
+{{- $storageUri := index . 1 -}}
+{{- $isCanary := index . 2 -}}
+{{- with $root -}}
+{{ include "shopserve.podCommon" . }}
+{{- include "shopserve.terminationGrace" (list . .Values.sequence.termination) }}
+securityContext:
+  {{- $uid := int .Values.ranker.runtime.runAsUser }}
+  {{- toYaml (merge (dict "runAsUser" $uid "runAsGroup" $uid "fsGroup" $uid) (deepCopy .Values.podSecurityContext)) | nindent 2 }}
+labels:
+  app.kubernetes.io/part-of: shopserve
+  app.kubernetes.io/instance: {{ .Release.Name }}
+  app.kubernetes.io/component: sequence
+annotations:
+  {{- include "shopserve.podAnnotations" (list . .Values.ranker.runtime.containerPorts.metrics) | trim | nindent 2 }}
+{{- include "shopserve.scheduling" .Values.sequence }}
+model:
+  {{- if $isCanary }}
+  name: kserve-container
+  {{- end }}
+  modelFormat:
+    name: triton
+  protocolVersion: grpc-v2
+  {{- with include "shopserve.runtimeName" . }}
+  runtime: {{ . }}
+  {{- end }}
+  storageUri: {{ $storageUri | quote }}
+  {{- with .Values.sequence.modelConfigName }}
+  {{- /* Appended by KServe to the runtime's `tritonserver` args: seq-recommender/configs/<name>.pbtxt. */}}
+  args:
+    - --model-config-name={{ . }}
+  {{- end }}
+  resources:
+    {{- include "shopserve.tritonResources" .Values.sequence | nindent 4 }}
   securityContext:
     {{- toYaml .Values.containerSecurityContext | nindent 4 }}
   volumeMounts:

@@ -1,5 +1,5 @@
 """The pure parts of ``shopserve drill`` and ``shopserve soak``: degraded reasons, recovery time,
-the loss rule, the per-window and per-minute summaries."""
+the loss rule, the per-window and per-minute summaries, the capacity search and the RSS table."""
 
 from __future__ import annotations
 
@@ -10,14 +10,24 @@ import pytest
 from pipeline.local import parse_env
 from pipeline.observe.drill import FAULTS, Row, format_row, lost, parse_faults, recovery_s, summarise
 from pipeline.observe.harness import (
+    PROCESSES,
     REFUSED,
     Record,
+    highest_rate,
     parse_degraded,
     percentile,
     refused_connection,
     stage_of,
 )
-from pipeline.observe.soak import growth, interval, minute_bounds
+from pipeline.observe.soak import (
+    Interval,
+    growth,
+    growth_share,
+    interval,
+    meets_objective,
+    minute_bounds,
+    rss_table,
+)
 
 
 def ranked(t: float) -> Record:
@@ -189,3 +199,66 @@ def test_recovery_is_judged_up_to_when_the_drill_settled() -> None:
     assert row.requests == 13 and row.degraded == {"ranker": 1}
     assert row.ranked_again_s == 0.0
     assert summarise("recall kill -9", records, 10.0, 12.0, streak=10).ranked_again_s is None
+
+
+class FakeStack:
+    """A stack whose capacity is ``capacity`` req/s: a probe meets any rate up to it."""
+
+    def __init__(self, capacity: float) -> None:
+        self.capacity = capacity
+        self.offered: list[float] = []
+
+    def meets(self, rate: float) -> bool:
+        self.offered.append(rate)
+        return rate <= self.capacity
+
+
+@pytest.mark.parametrize(("capacity", "offered", "found"), [
+    # Doubling from 2 until a miss, then bisected on the 0.5 grid.
+    (5.3, [2, 4, 8, 6, 5, 5.5], 5.0),
+    (6.0, [2, 4, 8, 6, 7, 6.5], 6.0),
+    # Under the first rate: halved until one is met, then bisected.
+    (0.8, [2, 1, 0.5], 0.5),
+    (1.4, [2, 1, 1.5], 1.0),
+])
+def test_highest_rate_doubles_then_bisects(capacity: float, offered: list[float],
+                                           found: float) -> None:
+    stack = FakeStack(capacity)
+    assert highest_rate(stack.meets, 2.0, resolution=0.5, max_probes=10) == found
+    assert stack.offered == offered
+
+
+def test_highest_rate_is_bounded_by_its_probes() -> None:
+    always = FakeStack(math.inf)
+    assert highest_rate(always.meets, 2.0, resolution=0.5, max_probes=4) == 16.0  # a lower bound
+    assert always.offered == [2, 4, 8, 16]
+    never = FakeStack(0.0)
+    assert highest_rate(never.meets, 2.0, resolution=0.5, max_probes=10, floor=0.25) is None
+    assert never.offered == [2, 1, 0.5, 0.25]
+    with pytest.raises(ValueError, match="max_probes"):
+        highest_rate(never.meets, 2.0, resolution=0.5, max_probes=0)
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    (Interval("2 req/s", 100, 0, 0, 1, 90.0), True),  # 1% degraded is allowed
+    (Interval("2 req/s", 100, 0, 0, 2, 90.0), False),
+    (Interval("2 req/s", 100, 1, 0, 0, 90.0), False),  # one failure misses
+    (Interval("2 req/s", 100, 0, 1, 0, 90.0), False),  # one refusal too
+    (Interval("2 req/s", 0, 0, 0, 0, math.nan), False),  # nothing sent proves nothing
+])
+def test_capacity_objective(row: Interval, expected: bool) -> None:
+    assert meets_objective(row, 0.01) is expected
+
+
+def test_rss_table_has_a_column_per_minute_and_the_growth() -> None:
+    labels = [label for label, _, _ in PROCESSES]
+    start = dict.fromkeys(labels, 100.0)
+    later = {**start, labels[-1]: 110.0}
+    gone = {**later, labels[0]: None}
+    lines = rss_table([("start", start), ("1", later), ("2", gone)]).splitlines()
+    assert lines[0] == "| process | start | 1 | 2 | growth |"
+    assert lines[1] == "| --- | ---: | ---: | ---: | ---: |"
+    assert lines[2] == f"| {labels[0]} | 100 | 100 | - | - |"
+    assert lines[-1] == f"| {labels[-1]} | 100 | 110 | 110 | +10.0% |"
+    assert growth_share(100.0, 110.0) == pytest.approx(0.1)
+    assert growth_share(None, 110.0) is None

@@ -108,3 +108,28 @@ def test_values_of_the_wrong_type_are_not_read(tmp_path: Path) -> None:
     release = ReleaseMetrics.from_bundle(bundle)
     assert release.ranker_ndcg_at_10 is None and release.ranker_bm25_ndcg_at_10 is None
     assert ReleaseMetrics.from_key_metrics({"ranker.ndcg_at_10": True}).ranker_ndcg_at_10 is None
+
+
+#: What ``training.sequence.build.export_sequence`` records in the sequence component's manifest.
+SEQUENCE = {"ndcg_at_10": 0.31, "hit_rate_at_10": 0.52, "mrr": 0.21, "users": 40,
+            "popularity_ndcg_at_10": 0.05, "popularity_hit_rate_at_10": 0.1, "popularity_mrr": 0.04,
+            "valid_ndcg_at_10": 0.3, "train_seconds": 2.5}
+
+
+def test_sequence_component_metrics(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, CURRENT_RANKER)
+    (bundle / "sequence").mkdir()
+    write_manifest(bundle / "sequence", "sequence", "v1", metrics=SEQUENCE)
+    release = ReleaseMetrics.from_bundle(bundle)
+    assert (release.sequence_ndcg_at_10, release.sequence_hit_rate_at_10, release.sequence_mrr,
+            release.sequence_popularity_ndcg_at_10) == (0.31, 0.52, 0.21, 0.05)
+    key = release.key_metrics()
+    assert key["sequence.ndcg_at_10"] == 0.31 and key["sequence.popularity_ndcg_at_10"] == 0.05
+    assert ReleaseMetrics.from_key_metrics(key) == release
+    assert KEY_METRICS["sequence_ndcg_at_10"] == "sequence.ndcg_at_10"
+
+
+def test_a_bundle_without_a_sequence_component_has_no_sequence_keys(tmp_path: Path) -> None:
+    release = ReleaseMetrics.from_bundle(_bundle(tmp_path, CURRENT_RANKER))
+    assert release == EXPECTED and release.sequence_ndcg_at_10 is None
+    assert not [k for k in release.key_metrics() if k.startswith("sequence.")]

@@ -59,15 +59,18 @@ def test_first_run_runs_every_step_and_packages_a_verified_bundle(first: RunResu
     assert [r.step for r in first.records] == list(STEP_NAMES)
     assert {r.status for r in first.records} == {"ran"}
     bundle = Path(str(first.bundle))
-    for component in ("catalog", "recall", "ranker"):
+    for component in ("catalog", "recall", "ranker", "sequence"):
         assert (bundle / component / "manifest.json").is_file()
     assert all(not found for found in verify_bundle(bundle).values())
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     assert manifest["parent"] is None
     # drift: the package extra of the monitoring (pipeline.lifecycle.steps.PACKAGE_EXTRAS).
-    assert set(manifest["components"]) == {"catalog", "recall", "ranker", "drift"}
+    assert set(manifest["components"]) == {"catalog", "recall", "ranker", "sequence", "drift"}
     assert "report/report.md" in manifest["files"]
     assert manifest["metrics"]["ranker.variant"]
+    # The sequence model's key numbers, from its component (train-sequence, then package).
+    assert {"sequence.ndcg_at_10", "sequence.hit_rate_at_10", "sequence.mrr"} <= set(manifest["metrics"])
+    assert "sequence/seq-recommender/1/model.onnx" not in manifest["files"]  # a component's file
     table = first.table()
     for header in ("step", "status", "time", "key metric"):
         assert header in table
@@ -110,7 +113,8 @@ def test_failed_step_is_recorded_and_the_next_run_resumes_there(
     failed = run_pipeline(config, progress=False, force=["evaluate"])
     statuses = {r.step: r.status for r in failed.records}
     assert statuses == {"data": "skipped", "train-recall": "skipped", "train-ranker": "skipped",
-                        "optimise-ranker": "skipped", "evaluate": "failed", "package": "not run"}
+                        "optimise-ranker": "skipped", "train-sequence": "skipped",
+                        "evaluate": "failed", "package": "not run"}
     assert not failed.ok
     state = load_state(config.run_dir)
     assert state["steps"]["evaluate"]["status"] == "failed"
@@ -120,7 +124,8 @@ def test_failed_step_is_recorded_and_the_next_run_resumes_there(
     resumed = run_pipeline(config, progress=False)
     statuses = {r.step: r.status for r in resumed.records}
     assert statuses == {"data": "skipped", "train-recall": "skipped", "train-ranker": "skipped",
-                        "optimise-ranker": "skipped", "evaluate": "ran", "package": "ran"}
+                        "optimise-ranker": "skipped", "train-sequence": "skipped",
+                        "evaluate": "ran", "package": "ran"}
     # The new release follows the first one in the registry: lineage and the report's comparison.
     second = Path(str(resumed.bundle))
     assert second != Path(str(first.bundle))

@@ -10,10 +10,7 @@ scores as before, within seconds, twice in a row.
 from __future__ import annotations
 
 import json
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,14 +21,13 @@ import pytest
 from predictors.ranker.triton_repo import TOKENIZER_DIR, read_config
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
 from shopserve.text import PairTokenizer
-from tests.servers import Server, free_port, start_server
+from tests.servers import ReadinessWatch, Server, free_port, http_call, model_stubs, start_server
 from training.ranker.pairs import encode_pairs
 
 pytestmark = pytest.mark.integration
 
 STUB = "triton_python_backend_stub"
 RECOVERY_DEADLINE_S = 20.0
-_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +69,8 @@ def body(bundle: Path) -> bytes:
     ]}).encode()  # fmt: skip
 
 
-def _call(url: str, data: bytes | None = None) -> tuple[int | None, bytes]:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with _LOOPBACK.open(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return None, b""
-
-
 def _scores(server: Server, body: bytes) -> tuple[int | None, np.ndarray | bytes]:
-    status, answer = _call(f"{server.http_url}/v2/models/{RANKER_MODEL}/infer", body)
+    status, answer = http_call(f"{server.http_url}/v2/models/{RANKER_MODEL}/infer", body)
     if status != 200:
         return status, answer
     output = next(o for o in json.loads(answer)["outputs"] if o["name"] == SCORE)
@@ -93,49 +78,15 @@ def _scores(server: Server, body: bytes) -> tuple[int | None, np.ndarray | bytes
 
 
 def _stubs(server: Server) -> list[psutil.Process]:
-    """The live Python-backend stub processes under the launcher (its tritonserver's children)."""
-    found = []
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        try:
-            if child.name().startswith("triton_python") and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-class ReadinessWatch:
-    """Polls the model's and the server's readiness in a thread; records what was seen."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.seen: set[tuple[str, int | None]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for path in (f"/v2/models/{RANKER_MODEL}/ready", "/v2/health/ready"):
-                self.seen.add((path, _call(f"{self.server.http_url}{path}")[0]))
-            time.sleep(0.005)
-
-    def __enter__(self) -> ReadinessWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def went_not_ready(self, path: str) -> bool:
-        return any(p == path and status != 200 for p, status in self.seen)
+    """The stubs of ``bert-ranker`` (the tiny bundle's ``seq-recommender`` has one of its own)."""
+    return model_stubs(server, RANKER_MODEL)
 
 
 def _kill_stub_and_wait(server: Server, body: bytes) -> tuple[float, bool, ReadinessWatch]:
     """SIGKILL the model's stub; seconds until it scores again, whether a call failed meanwhile."""
     stubs = _stubs(server)
     assert len(stubs) == 1, stubs
-    with ReadinessWatch(server) as watch:
+    with ReadinessWatch(server, RANKER_MODEL) as watch:
         stubs[0].kill()
         killed = time.monotonic()
         failed = False
@@ -167,8 +118,8 @@ def test_killed_model_process_goes_not_ready_and_recovers_with_the_same_scores(
     # Readiness told the truth while the model was reloading, for the model and the server.
     assert watch.went_not_ready(f"/v2/models/{RANKER_MODEL}/ready"), watch.seen
     assert watch.went_not_ready("/v2/health/ready"), watch.seen
-    assert _call(f"{ranker.http_url}/v2/models/{RANKER_MODEL}/ready")[0] == 200
-    assert _call(f"{ranker.http_url}/v2/health/ready")[0] == 200
+    assert http_call(f"{ranker.http_url}/v2/models/{RANKER_MODEL}/ready")[0] == 200
+    assert http_call(f"{ranker.http_url}/v2/health/ready")[0] == 200
     new = _stubs(ranker)
     assert len(new) == 1 and new[0].pid not in {p.pid for p in old}
     log = ranker.log()

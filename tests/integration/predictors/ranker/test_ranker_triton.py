@@ -26,7 +26,14 @@ from tritonclient.utils import InferenceServerException
 from predictors.ranker.server import RankerSettings, TritonServer, classify_probe
 from predictors.ranker.triton_repo import TOKENIZER_DIR, read_config
 from shopserve.artifacts import load_component
-from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, RANKER, RANKER_MODEL, SCORE
+from shopserve.protocol import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    RANKER,
+    RANKER_MODEL,
+    SCORE,
+    TOKEN_TYPE_IDS,
+)
 from shopserve.text import PairTokenizer
 from training.data.generator import GeneratorConfig, generate
 from training.ranker.build import RankerBuildConfig, build_ranker
@@ -228,14 +235,39 @@ def test_reload_keeps_the_scores(
     np.testing.assert_array_equal(http.infer(RANKER_MODEL, _inputs(batch)).as_numpy(SCORE), before)
 
 
+def _stubs(server: TritonServer) -> list[psutil.Process]:
+    assert server.process is not None
+    return [p for p in psutil.Process(server.process.pid).children(recursive=True)
+            if p.name().startswith("triton_python") and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_model_is_warmed_to_its_largest_batch_at_load(
+    http: httpclient.InferenceServerClient, server: TritonServer, bundle: Path
+) -> None:
+    # A fresh model process: it scored a [max_batch_size, max_sequence_length] batch at load, so
+    # ONNX Runtime's arena is full size before traffic and the largest batch, then other shapes,
+    # leave its memory where it was (before, the arena grew with each new shape: +36% in a soak).
+    server.reload_model()
+    config = read_config(bundle / RANKER_MODEL / "config.pbtxt")
+    max_batch, max_length = config.max_batch_size, int(config.parameters["max_sequence_length"])
+    (stub,) = _stubs(server)
+    loaded = stub.memory_info().rss
+    for rows, length in [(max_batch, max_length), (50, 9), (100, max_length - 5), (150, 13),
+                         (max_batch, 7), (200, max_length)]:
+        ids = np.full((rows, length), 1000, np.int64)
+        arrays = {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids),
+                  TOKEN_TYPE_IDS: np.zeros_like(ids)}
+        assert http.infer(RANKER_MODEL, _inputs(arrays)).as_numpy(SCORE).shape == (rows, 1)
+    grown = stub.memory_info().rss - loaded
+    assert grown < 0.05 * loaded, f"{grown / 2**20:.1f} MB over {loaded / 2**20:.0f} MB after load"
+
+
 def test_watchdog_reloads_a_model_whose_stub_was_killed(
     http: httpclient.InferenceServerClient, server: TritonServer, batch: dict[str, np.ndarray]
 ) -> None:
     # Last in the module: it kills the shared server's model process (and brings it back).
     before = http.infer(RANKER_MODEL, _inputs(batch)).as_numpy(SCORE)
-    assert server.process is not None
-    stubs = [p for p in psutil.Process(server.process.pid).children(recursive=True)
-             if p.name().startswith("triton_python") and p.status() != psutil.STATUS_ZOMBIE]
+    stubs = _stubs(server)
     assert len(stubs) == 1, stubs  # the reload above left no second stub behind
     stubs[0].kill()
     status, body = server.probe_model()

@@ -20,6 +20,7 @@ from pipeline.rollout.gate import (
     RANKER_NDCG,
     RECALL_NDCG,
     ROLLBACK,
+    SEQUENCE_NDCG,
     Decision,
     LocalTraffic,
     StepStats,
@@ -203,6 +204,17 @@ QUALITY = [
      {"ranker ndcg@10": 0.95, "recall ndcg@10": 0.05}, ROLLBACK, "recall ndcg@10"),
     ("candidate lacks one", {"ranker ndcg@10": 0.92}, {}, ROLLBACK, "ranker ndcg@10"),
     ("nothing to compare", {}, {}, ROLLBACK, "ndcg@10"),
+    ("sequence within the drop", {"ranker ndcg@10": 0.92, "sequence ndcg@10": 0.30},
+     {"ranker ndcg@10": 0.92, "sequence ndcg@10": 0.295}, PROMOTE, "sequence ndcg@10"),
+    ("sequence beyond the drop", {"ranker ndcg@10": 0.92, "sequence ndcg@10": 0.30},
+     {"ranker ndcg@10": 0.95, "sequence ndcg@10": 0.28}, ROLLBACK, "sequence ndcg@10"),
+    ("candidate without a sequence component", {"ranker ndcg@10": 0.92, "sequence ndcg@10": 0.30},
+     {"ranker ndcg@10": 0.95}, ROLLBACK, "sequence ndcg@10"),
+    ("first sequence model", {"ranker ndcg@10": 0.92},
+     {"ranker ndcg@10": 0.92, "sequence ndcg@10": 0.01}, PROMOTE, "ranker ndcg@10"),
+    ("neither has a sequence model", {"ranker ndcg@10": 0.92, "recall ndcg@10": 0.07},
+     {"ranker ndcg@10": 0.92, "recall ndcg@10": 0.07}, PROMOTE, "ranker ndcg@10"),
+    ("only a first sequence model", {}, {"sequence ndcg@10": 0.3}, ROLLBACK, "ndcg@10"),
 ]
 
 
@@ -223,6 +235,50 @@ def test_bundle_quality_reads_the_manifests(tmp_path: Path, ranker_key: str) -> 
             "files": {}, "metrics": metrics}))
     assert bundle_quality(tmp_path) == {RANKER_NDCG: 0.9, RECALL_NDCG: 0.07}
     assert bundle_quality(tmp_path / "nothing") == {}
+
+
+def _manifest(folder: Path, component: str, metrics: dict[str, object]) -> None:
+    (folder / component).mkdir(parents=True)
+    (folder / component / "manifest.json").write_text(json.dumps({
+        "component": component, "version": "v1", "created": "2026-01-01T00:00:00+00:00",
+        "files": {}, "metrics": metrics}))
+
+
+#: What ``training.sequence.build.export_sequence`` records in the sequence manifest.
+SEQUENCE_METRICS = {"ndcg_at_10": 0.31, "hit_rate_at_10": 0.5, "mrr": 0.2, "users": 40,
+                    "popularity_ndcg_at_10": 0.05, "valid_ndcg_at_10": 0.3, "train_seconds": 2.0}
+
+
+def test_bundle_quality_reads_the_sequence_manifest(tmp_path: Path) -> None:
+    _manifest(tmp_path, "ranker", {"ndcg_at_10": 0.9})
+    _manifest(tmp_path, "sequence", SEQUENCE_METRICS)
+    assert bundle_quality(tmp_path) == {RANKER_NDCG: 0.9, SEQUENCE_NDCG: 0.31}
+    _manifest(tmp_path / "no-metrics", "sequence", {"users": 40})
+    assert bundle_quality(tmp_path / "no-metrics") == {}
+
+
+def test_guard_on_bundles_with_and_without_a_sequence_component(tmp_path: Path) -> None:
+    """End to end over bundle folders: stable with a sequence model, candidates without one,
+    with a worse one and with a first one."""
+    stable, without, worse, first = (tmp_path / n for n in ("stable", "without", "worse", "first"))
+    for bundle in (stable, without, worse, first):
+        _manifest(bundle, "ranker", {"ndcg_at_10": 0.9})
+    _manifest(stable, "sequence", SEQUENCE_METRICS)
+    _manifest(worse, "sequence", {**SEQUENCE_METRICS, "ndcg_at_10": 0.29})
+    _manifest(first, "sequence", SEQUENCE_METRICS)
+
+    refused = quality_guard(bundle_quality(stable), bundle_quality(without), max_drop=0.01)
+    assert (refused.action, refused.metric) == (ROLLBACK, SEQUENCE_NDCG)
+    assert "no sequence component" in refused.reason and "sequence.enabled=false" in refused.reason
+    assert "0.3100" in refused.reason
+
+    dropped = quality_guard(bundle_quality(stable), bundle_quality(worse), max_drop=0.01)
+    assert (dropped.action, dropped.metric) == (ROLLBACK, SEQUENCE_NDCG)
+    assert dropped.reason == "candidate 0.2900 vs stable 0.3100 (drop +0.0200, limit 0.0100)"
+
+    introduced = quality_guard(bundle_quality(without), bundle_quality(first), max_drop=0.01)
+    assert (introduced.action, introduced.metric) == (PROMOTE, RANKER_NDCG)
+    assert "sequence ndcg@10 0.3100 is new in the candidate" in introduced.reason
 
 
 def test_bundle_quality_leaves_out_what_a_bundle_does_not_record(tmp_path: Path) -> None:
