@@ -39,8 +39,8 @@ def measure_once(bundle: Path, log_dir: Path, code_root: Path | None) -> dict[st
     rows: dict[str, dict[str, float]] = {}
     with Stack(components, log_dir) as stack:
         ready = stack.start()
-        for label, component, exe in PROCESSES:
-            proc = find_process(stack, component, exe)
+        for label, component, exe, model in PROCESSES:
+            proc = find_process(stack, component, exe, model)
             if proc is None:
                 continue
             rows[label] = {"rss_mb": proc.memory_info().rss / 2**20,
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"code: {args.label}; bundle {args.bundle}; medians of {args.repeats} starts\n")
     print("| process | RSS MB | start to ready s | libtorch mapped |")
     print("| --- | ---: | ---: | --- |")
-    for label, _, _ in PROCESSES:
+    for label, *_ in PROCESSES:
         seen = [run[label] for run in runs if label in run]
         if not seen:
             print(f"| {label} | - | - | (no such process) |")

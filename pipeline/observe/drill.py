@@ -52,6 +52,7 @@ from pipeline.observe.harness import (
     supervised_stack,
     wait_for_process,
 )
+from shopserve.protocol import RANKER_MODEL
 
 #: The row of the window before the first fault (load starting, caches warming), not judged.
 BASELINE = "before the faults"
@@ -207,7 +208,7 @@ def _kill_ranker_server(sup: Supervised, args: argparse.Namespace) -> str:
 
 
 def _kill_model(sup: Supervised, args: argparse.Namespace) -> str:
-    stub = wait_for_process(sup.stack, "ranker", STUB_EXE)
+    stub = wait_for_process(sup.stack, "ranker", STUB_EXE, model=RANKER_MODEL)
     if stub is None:
         raise RuntimeError("no Triton Python-backend model process under the ranker")
     os.kill(stub.pid, signal.SIGKILL)

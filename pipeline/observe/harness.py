@@ -35,7 +35,7 @@ import psutil
 from loadtest.traffic import INFER_PATH, TrafficMix
 from pipeline.local import DEFAULT_BUNDLE, StackPorts, stack_components
 from pipeline.supervisor import Stack
-from shopserve.protocol import DEGRADED
+from shopserve.protocol import DEGRADED, RANKER_MODEL, SEQUENCE_MODEL
 
 #: :attr:`Record.error` of a request whose connection was refused (nothing was accepted).
 REFUSED = "refused"
@@ -43,13 +43,16 @@ REFUSED = "refused"
 RANKER_STAGE = "ranker"
 
 #: Processes of the stack, by how they are found: (row label, component, executable name or None
-#: for the component's own process).
-PROCESSES: tuple[tuple[str, str, str | None], ...] = (
-    ("search (transformers_pre)", "search", None),
-    ("recall (predictors.recall)", "recall", None),
-    ("ranker launcher (predictors.ranker)", "ranker", None),
-    ("tritonserver", "ranker", "tritonserver"),
-    ("Triton Python-backend model (stub)", "ranker", "triton_python_backend_stub"),
+#: for the component's own process, the served model a stub runs or None). Each model served by the
+#: local Triton has a stub of its own.
+PROCESSES: tuple[tuple[str, str, str | None, str | None], ...] = (
+    ("search (transformers_pre)", "search", None, None),
+    ("recall (predictors.recall)", "recall", None, None),
+    ("ranker launcher (predictors.ranker)", "ranker", None, None),
+    ("tritonserver", "ranker", "tritonserver", None),
+    ("Triton Python-backend model (stub)", "ranker", "triton_python_backend_stub", RANKER_MODEL),
+    ("Triton Python-backend sequence model (stub)", "ranker", "triton_python_backend_stub",
+     SEQUENCE_MODEL),
 )
 TRITON_EXE = "tritonserver"
 STUB_EXE = "triton_python_backend_stub"
@@ -360,8 +363,10 @@ def supervised_stack(bundle: Path, log_dir: Path, search_env: dict[str, str] | N
 # ---------------------------------------------------------------------------- processes
 
 
-def find_process(stack: Stack, component: str, exe: str | None = None) -> psutil.Process | None:
-    """The component's own process, or its descendant whose executable is named ``exe``."""
+def find_process(stack: Stack, component: str, exe: str | None = None,
+                 model: str | None = None) -> psutil.Process | None:
+    """The component's own process, or its descendant whose executable is named ``exe`` (and, with
+    ``model``, whose command line runs that model's folder: a Triton stub per served model)."""
     pid = stack.processes[component].pid if component in stack.processes else None
     if pid is None:
         return None
@@ -374,7 +379,8 @@ def find_process(stack: Stack, component: str, exe: str | None = None) -> psutil
         return None
     for child in children:
         try:
-            if child.name() == exe or Path(child.exe()).name == exe:
+            if (child.name() == exe or Path(child.exe()).name == exe) and (
+                    model is None or any(f"/{model}" in arg for arg in child.cmdline())):
                 return child
         except psutil.Error:
             continue
@@ -382,11 +388,11 @@ def find_process(stack: Stack, component: str, exe: str | None = None) -> psutil
 
 
 def wait_for_process(stack: Stack, component: str, exe: str | None,
-                     timeout_s: float = 60.0) -> psutil.Process | None:
+                     timeout_s: float = 60.0, model: str | None = None) -> psutil.Process | None:
     """:func:`find_process`, retried until it finds a running one or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while True:
-        proc = find_process(stack, component, exe)
+        proc = find_process(stack, component, exe, model)
         if proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
             return proc
         if time.monotonic() > deadline:
@@ -397,8 +403,8 @@ def wait_for_process(stack: Stack, component: str, exe: str | None,
 def rss_mb(stack: Stack) -> dict[str, float | None]:
     """Resident memory, MB, per row of :data:`PROCESSES` (None: no such process now)."""
     out: dict[str, float | None] = {}
-    for label, component, exe in PROCESSES:
-        proc = find_process(stack, component, exe)
+    for label, component, exe, model in PROCESSES:
+        proc = find_process(stack, component, exe, model)
         try:
             out[label] = None if proc is None else proc.memory_info().rss / 2**20
         except psutil.Error:

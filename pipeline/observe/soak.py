@@ -195,7 +195,7 @@ def rss_table(columns: Sequence[tuple[str, Mapping[str, float | None]]]) -> str:
     (label, RSS by process), and the growth from the first sample to the last."""
     head = ["process", *(label for label, _ in columns), "growth"]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-    for label, _, _ in PROCESSES:
+    for label, *_ in PROCESSES:
         values = [sample.get(label) for _, sample in columns]
         cells = ["-" if v is None else f"{v:.0f}" for v in values]
         lines.append(f"| {label} | {' | '.join(cells)} | {growth(values[0], values[-1])} |")
@@ -265,7 +265,7 @@ def run_soak(args: argparse.Namespace) -> int:
     print(f"\nRSS MB per process after the warm-up (start) and at the end of each minute:\n\n"
           f"{rss_table(rss)}")
     first, last = rss[0][1], rss[-1][1]
-    grown = [f"{label} {growth(first.get(label), last.get(label))}" for label, _, _ in PROCESSES
+    grown = [f"{label} {growth(first.get(label), last.get(label))}" for label, *_ in PROCESSES
              if (growth_share(first.get(label), last.get(label)) or 0.0) > args.max_rss_growth / 100]
     restarted = ", ".join(f"{n} {c}" for n, c in sorted(restarts.items()) if c)
     print(f"\nrestarts: {restarted or 'none'}")

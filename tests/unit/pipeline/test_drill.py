@@ -251,7 +251,7 @@ def test_capacity_objective(row: Interval, expected: bool) -> None:
 
 
 def test_rss_table_has_a_column_per_minute_and_the_growth() -> None:
-    labels = [label for label, _, _ in PROCESSES]
+    labels = [label for label, *_ in PROCESSES]
     start = dict.fromkeys(labels, 100.0)
     later = {**start, labels[-1]: 110.0}
     gone = {**later, labels[0]: None}
