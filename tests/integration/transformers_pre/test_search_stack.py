@@ -159,8 +159,9 @@ def _a_query(stack: Stack) -> str:
 
 def test_metadata_lists_the_contract(stack: Stack) -> None:
     meta = httpx.get(f"{stack.search.http_url}/v2/models/{SEARCH_MODEL}").json()
-    assert [i["name"] for i in meta["inputs"]] == [QUERY, USER_ID]
-    assert [o["name"] for o in meta["outputs"]] == [ITEM_IDS, SCORES, TITLES]
+    assert [i["name"] for i in meta["inputs"]] == [QUERY, USER_ID, RECENT_ITEMS]
+    # explanations only comes with the parameter explain (it is in the metadata all the same)
+    assert [o["name"] for o in meta["outputs"]] == [ITEM_IDS, SCORES, TITLES, EXPLANATIONS]
 
 
 def test_search_returns_ranked_titles_with_stage_timings(stack: Stack) -> None:

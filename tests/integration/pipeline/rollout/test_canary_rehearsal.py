@@ -194,7 +194,7 @@ def test_bad_canary_is_rolled_back_naming_the_metric(rehearsal: Rehearsal, tmp_p
 
 def test_quality_drop_rolls_back_before_any_traffic(rehearsal: Rehearsal, tmp_path: Path) -> None:
     candidate = tmp_path / "candidate"
-    for component in ("ranker", "recall"):
+    for component in ("ranker", "recall", "sequence"):
         (candidate / component).mkdir(parents=True)
         manifest = json.loads((rehearsal.bundle / component / "manifest.json").read_text())
         if component == "ranker":

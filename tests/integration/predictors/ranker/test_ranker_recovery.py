@@ -122,6 +122,10 @@ def test_killed_model_process_goes_not_ready_and_recovers_with_the_same_scores(
     assert http_call(f"{ranker.http_url}/v2/health/ready")[0] == 200
     new = _stubs(ranker)
     assert len(new) == 1 and new[0].pid not in {p.pid for p in old}
+    # "answers again" is logged by the watchdog's next probe after the reload (every second).
+    deadline = time.monotonic() + 10
+    while "answers again" not in ranker.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
     log = ranker.log()
     assert "recovering it (recovery 1)" in log and "answers again" in log, log[-3000:]
 
