@@ -71,8 +71,8 @@ RESULTS = Path(__file__).parent / "results" / "recommend.md"
 SEQUENCE_GRIDS: Mapping[str, Mapping[str, Any]] = {
     "MovieLens-100K": {
         "base": SequenceConfig(max_length=50, dim=64, layers=2, heads=2, dropout=0.2,
-                               learning_rate=2e-3, weight_decay=0.01, batch_size=64, epochs=60,
-                               patience=8, min_epochs=10, progress=False),
+                               learning_rate=2e-3, weight_decay=0.01, batch_size=64, epochs=40,
+                               patience=6, min_epochs=10, progress=False),
         "grid": {"max_length": (50, 200), "weight_decay": (0.01, 1.0)},
     },
     "generated demo log": {
@@ -385,12 +385,27 @@ def main(argv: list[str] | None = None) -> None:
             return {"base": spec["base"], "grid": {k: v[:1] for k, v in spec["grid"].items()}}
         return spec
 
-    reports = []
+    command = (f"python -m bench.recommend --repeats {args.repeats}"
+               + (" --quick" if args.quick else ""))
+    reports: list[Report] = []
+
+    def write(note: str) -> None:
+        # After each data set, so that a run stopped half-way keeps what it measured.
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            "# Next-item recommendation quality\n\n"
+            f"Command: `{command}` (`make bench-recommend`), {dt.date.today().isoformat()}; "
+            f"{note}.\n\n" + "\n".join(header) + "\n"
+            + "Protocol: see the docstring of `bench/recommend.py` (leave-one-out by time, full "
+              "ranking, earlier items excluded, tuning on the validation item only).\n\n"
+            + "\n".join(r.text() for r in reports))
+
     ml = load_movielens_100k()
     ml_index = ItemIndex.from_ids(ml.item_ids)
     reports.append(run_dataset("MovieLens-100K", user_sequences(ml, ml_index), len(ml_index),
                                mf_grid=mf_grid, sequence_grid=grid("MovieLens-100K"),
                                anonymous_seed=None, repeats=args.repeats, log=log))
+    write("unfinished: the generated log is still running")
     log("")
     world = generate(GeneratorConfig.demo())
     demo_index = ItemIndex.from_ids(world.items.item_id)
@@ -401,18 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - started
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     log(f"\ntotal {total / 60:.1f} min; load average at the end: {load}")
-    command = (f"python -m bench.recommend --repeats {args.repeats}"
-               + (" --quick" if args.quick else ""))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        "# Next-item recommendation quality\n\n"
-        f"Command: `{command}` (`make bench-recommend`), {dt.date.today().isoformat()}, "
-        f"{total / 60:.0f} min; load average at the end {load}.\n\n" + "\n".join(header) + "\n"
-        + "Protocol: see the docstring of `bench/recommend.py` (leave-one-out by time, full "
-          "ranking, earlier items excluded, tuning on the validation item only).\n\n"
-        + "\n".join(r.text() for r in reports)
-    )
-
+    write(f"{total / 60:.0f} min, load average at the end {load}")
 
 if __name__ == "__main__":
     main()
