@@ -12,7 +12,7 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-recommend bench-ranker bench-stack bench-load bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-recommend bench-ranker bench-stack bench-load bench-overload bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -74,10 +74,17 @@ bench-recall: $(STAMP)
 bench-recommend: $(STAMP)
 	$(PY) -m bench.recommend --out bench/results/recommend.md
 
-# The highest steady rate of the local stack with p99 <= 150 ms and no failures (locust);
+# The highest steady rate of the local stack with p99 <= 150 ms, no failures and <= 1% degraded
+# (locust, tail-heavy stream), today's configuration beside the new one;
 # bench/results/load.md. Minutes: run it on a quiet machine.
 bench-load: $(STAMP) demo-bundle
 	$(PY) -m bench.load --bundle $(DEMO_BUNDLE) --out bench/results/load.md
+
+# Offered load at 1x, 2x and 4x the ranker's direct capacity (searches on the tail-heavy stream):
+# ranked req/s, degraded share by reason, p50/p99, failures, today's configuration beside the new
+# one (bench/results/overload.md). Minutes: run it on a quiet machine.
+bench-overload: $(STAMP) demo-bundle
+	$(PY) -m bench.overload --bundle $(DEMO_BUNDLE) --out bench/results/overload.md
 
 # Transformer overhead and ranking throughput through the transformer vs Triton directly.
 bench-stack: $(STAMP) demo-bundle

@@ -3,6 +3,7 @@
 * :mod:`loadtest.locustfile`: the locust users (run by ``python -m locust -f``; imports locust, so
   never import it into another process: locust monkey-patches with gevent on import);
 * :mod:`loadtest.traffic`: the request mix drawn from a bundle's generated query log;
+* :mod:`loadtest.tail`: the long tail of that mix, queries composed fresh from the catalog;
 * :mod:`loadtest.shapes`: steady, step-ramp and spike load plans;
 * :mod:`loadtest.slo`: service-level objectives, loaded from a file or flags, and their check;
 * :mod:`loadtest.runner`: run locust headless in a child process and read its summary.

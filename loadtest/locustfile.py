@@ -6,8 +6,13 @@ Run headless (``shopserve loadtest`` does this for you)::
         -u 8 -r 4 -t 60s --bundle artifacts/demo --slo loadtest/slo.yaml \\
         --csv out/load --html out/load.html --summary-json out/summary.json
 
-Every request is a v2 inference request drawn from the bundle's generated query log
-(:mod:`loadtest.traffic`), with ``x-request-id`` set (and echoed as the v2 ``id``), named
+Every request is a v2 inference request of the traffic mix (:mod:`loadtest.traffic`): searches
+drawn from the bundle's generated query log by traffic share, and a long tail (``--tail-share``,
+default 0.4, env ``SHOPSERVE_TAIL_SHARE``) of queries composed fresh from the catalog's vocabulary
+that occur once in the run (:mod:`loadtest.tail`). Each locust process sends one seeded stream
+(``--seed``, env ``SHOPSERVE_LOAD_SEED``, and the worker's index), shared by its users, so a
+process's requests are the same from run to run and its composed queries never repeat. Each
+request has ``x-request-id`` set (and echoed as the v2 ``id``), named
 ``search`` or ``recommend`` so that URLs group by kind. A response counts as a success only when
 its body is a well-formed answer: status 200, the echoed id, ``item_ids``/``scores``/``titles`` of
 shape ``[1, top_n]``; one whose ``degraded`` parameter names a stage is a success that is counted
@@ -27,10 +32,10 @@ process, never into the CLI or tests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-import random
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -43,7 +48,7 @@ from locust.stats import StatsEntry
 
 from loadtest.shapes import SHAPES, Shape, make_shape
 from loadtest.slo import SLO, LoadStats, check, load_slo
-from loadtest.traffic import INFER_PATH, MixConfig, TrafficMix
+from loadtest.traffic import INFER_PATH, MixConfig, TrafficMix, TrafficStream, stream_rng
 from shopserve.protocol import DEGRADED, ITEM_IDS, SCORES, SEARCH_MODEL, TITLES
 
 log = logging.getLogger("shopserve.loadtest")
@@ -53,6 +58,10 @@ CANARY = "canary"
 #: Degraded answers per target ("" when traffic is not split); merged from workers on the master.
 DEGRADED_COUNTS: Counter[str] = Counter()
 _MIX: dict[str, TrafficMix] = {}
+#: The process's one stream of calls, shared by its users (gevent: one draw at a time).
+_STREAM: dict[str, TrafficStream] = {}
+#: Numbers the users of this process, for their own seeded canary draws.
+_USER_NUMBERS = itertools.count()
 
 
 @events.init_command_line_parser.add_listener
@@ -84,6 +93,12 @@ def _options(parser: Any) -> None:
     group.add_argument("--anonymous-share", type=float, default=MixConfig.anonymous_share)
     group.add_argument("--filter-share", type=float, default=MixConfig.filter_share)
     group.add_argument("--top-n", type=int, default=MixConfig.top_n)
+    group.add_argument("--tail-share", type=float,
+                       default=float(os.environ.get("SHOPSERVE_TAIL_SHARE", MixConfig.tail_share)),
+                       help="share of searches composed fresh from the catalog (queries seen once), "
+                            "0..1; the rest are drawn from the logged queries by traffic share")
+    group.add_argument("--seed", type=int, default=int(os.environ.get("SHOPSERVE_LOAD_SEED", "0")),
+                       help="seed of the request stream (each worker process adds its index)")
     group.add_argument("--summary-json", default="", help="write the per-target summary here")
 
 
@@ -91,9 +106,22 @@ def _mix(options: Any) -> TrafficMix:
     # Loaded once per process: every user shares it.
     if "mix" not in _MIX:
         config = MixConfig(options.recommend_share, options.anonymous_share, options.filter_share,
-                           options.top_n)
+                           options.top_n, options.tail_share)
         _MIX["mix"] = TrafficMix.from_bundle(options.bundle, config)
     return _MIX["mix"]
+
+
+def _worker_index(environment: Environment) -> int:
+    runner = environment.runner
+    return int(runner.worker_index) if isinstance(runner, WorkerRunner) else 0
+
+
+def _stream(environment: Environment) -> TrafficStream:
+    # One stream per process: its composed queries are kept apart across all of its users.
+    if "stream" not in _STREAM:
+        options = environment.parsed_options
+        _STREAM["stream"] = _mix(options).stream(options.seed, _worker_index(environment))
+    return _STREAM["stream"]
 
 
 def slo_from_options(options: Any) -> SLO:
@@ -125,10 +153,11 @@ class SearchUser(FastHttpUser):
     connection_timeout = 10.0
 
     def on_start(self) -> None:
-        """Per-user random stream, so users do not send the same sequence."""
-        self.rng = random.Random(uuid.uuid4().int)
+        """The process's seeded call stream, and this user's own seeded canary draws."""
         options = self.environment.parsed_options
-        self.mix = _mix(options)
+        self.stream = _stream(self.environment)
+        self.rng = stream_rng(options.seed, _worker_index(self.environment), "user",
+                              next(_USER_NUMBERS))
         self.canary_host = (options.canary_host or "").rstrip("/")
         self.canary_share = options.canary_percent / 100.0
         rate = options.rate_per_user
@@ -141,7 +170,7 @@ class SearchUser(FastHttpUser):
     @task
     def search(self) -> None:
         """One request of the mix, validated by body."""
-        call = self.mix.sample(self.rng)
+        call = self.stream.next()
         target, url, name = "", INFER_PATH, call.kind
         if self.canary_host:
             target = CANARY if self.rng.random() < self.canary_share else STABLE

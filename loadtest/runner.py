@@ -37,6 +37,10 @@ class LoadRun:
         canary_host: Base URL of the canary, to split traffic.
         canary_percent: Share of requests sent to the canary, 0..100.
         rate_per_user: Requests/s per user (constant throughput); 0 sends back to back.
+        tail_share: Share of searches composed fresh from the catalog (``--tail-share``); None
+            leaves the locustfile's default (0.4, or ``SHOPSERVE_TAIL_SHARE``).
+        seed: Seed of the request stream (``--seed``); None leaves the locustfile's default (0,
+            or ``SHOPSERVE_LOAD_SEED``).
         extra: More locust or locustfile options, passed as given.
     """
 
@@ -52,6 +56,8 @@ class LoadRun:
     canary_host: str = ""
     canary_percent: float = 0.0
     rate_per_user: float = 0.0
+    tail_share: float | None = None
+    seed: int | None = None
     extra: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -83,6 +89,10 @@ class LoadRun:
         ]
         if self.run_time_s:
             cmd += ["-t", f"{int(round(self.run_time_s))}s"]
+        if self.tail_share is not None:
+            cmd += ["--tail-share", str(self.tail_share)]
+        if self.seed is not None:
+            cmd += ["--seed", str(self.seed)]
         if self.slo:
             cmd += ["--slo", self.slo]
         if self.canary_host:

@@ -2,27 +2,36 @@
 
 Each call is a v2 ``search`` request for one shopper:
 
-* a search (``query`` set) with probability ``1 - recommend_share``, the query drawn from the
-  generated log by its traffic share (the generator draws those shares from a Zipf law, so a few
-  head queries dominate, as in a real shop), or a recommendation (empty query);
+* a search (``query`` set) with probability ``1 - recommend_share``, or a recommendation (empty
+  query). A search's query is, with probability ``tail_share``, the long tail: a query composed
+  fresh from the catalog's vocabulary that the stream has not sent before (:mod:`loadtest.tail`);
+  otherwise the head: a query drawn from the generated log by its traffic share (the generator
+  draws those shares from a Zipf law, so a few head queries dominate, as in a real shop);
 * an anonymous visitor (``user_id`` -1) with probability ``anonymous_share``, else a known shopper
   drawn in proportion to their activity;
 * with probability ``filter_share``, a filter: the query's own category (so answers stay
   non-empty), a price ceiling at that category's upper quartile, or both.
+
+A :class:`TrafficStream` is one seeded stream of calls: the same seed gives the same calls, and
+the composed queries of one stream never repeat. With the default ``tail_share`` of 0.4, at least a
+third of the search requests of a run carry a query that occurs exactly once in it (the composed
+ones, less the rare text two worker processes both compose, plus the logged queries drawn once).
 
 Names, tensor names and parameters come from :mod:`shopserve.protocol`. No locust here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from loadtest.tail import QueryComposer
 from shopserve.artifacts import CATALOG_COMPONENT
 from shopserve.catalog_files import CatalogFiles
 from shopserve.protocol import ANONYMOUS_USER, CATEGORY, MAX_PRICE, QUERY, SEARCH_MODEL, TOP_N, USER_ID
@@ -42,15 +51,22 @@ class MixConfig:
         anonymous_share: Share of requests from anonymous visitors.
         filter_share: Share of requests with a category and/or price filter.
         top_n: Results asked for.
+        tail_share: Share of search requests whose query is composed fresh from the catalog's
+            vocabulary (the long tail, each new to its stream); the rest are drawn from the
+            logged queries by traffic share. The default 0.4 makes at least a third of a run's
+            searches queries that occur once in it. A mix built without a catalog
+            (:class:`TrafficMix` from bare lists) has nothing to compose from and draws every
+            search from its queries.
     """
 
     recommend_share: float = 0.2
     anonymous_share: float = 0.3
     filter_share: float = 0.15
     top_n: int = 10
+    tail_share: float = 0.4
 
     def __post_init__(self) -> None:
-        for name in ("recommend_share", "anonymous_share", "filter_share"):
+        for name in ("recommend_share", "anonymous_share", "filter_share", "tail_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.top_n < 1:
@@ -66,12 +82,19 @@ class Call:
         body: The v2 JSON request body.
         user_id: The shopper, -1 for anonymous.
         filtered: Whether a filter parameter is set.
+        composed: Whether the query was composed for the tail (not drawn from the log).
     """
 
     kind: str
     body: dict[str, Any]
     user_id: int
     filtered: bool
+    composed: bool = False
+
+    @property
+    def query(self) -> str:
+        """The query text (empty for a recommendation)."""
+        return str(self.body["inputs"][0]["data"][0])
 
 
 class TrafficMix:
@@ -85,11 +108,12 @@ class TrafficMix:
         user_weights: Relative activity of each shopper.
         price_ceilings: Upper-quartile price per category.
         config: Shares of the mix.
+        composer: Writes the tail's queries; None: no tail (every search from ``queries``).
     """
 
     def __init__(self, queries: list[str], query_shares: list[float], query_categories: list[str],
                  users: list[int], user_weights: list[float], price_ceilings: dict[str, float],
-                 config: MixConfig | None = None) -> None:
+                 config: MixConfig | None = None, composer: QueryComposer | None = None) -> None:
         if not queries or len(queries) != len(query_shares) or len(queries) != len(query_categories):
             raise ValueError("queries, their shares and categories must be non-empty and equally long")
         self.config = config or MixConfig()
@@ -100,6 +124,12 @@ class TrafficMix:
         self._user_cum = list(accumulate(user_weights or [1.0]))
         self.price_ceilings = price_ceilings
         self.categories = sorted(price_ceilings)
+        self.composer = composer
+
+    @property
+    def tail_share(self) -> float:
+        """The share of searches composed for the tail: the configured one, 0 without a composer."""
+        return self.config.tail_share if self.composer is not None else 0.0
 
     @classmethod
     def from_files(cls, files: CatalogFiles, config: MixConfig | None = None) -> TrafficMix:
@@ -113,19 +143,33 @@ class TrafficMix:
         }
         return cls(q["text"].tolist(), q["frequency"].astype(float).tolist(),
                    q["category"].tolist(), user_ids.tolist(), counts.astype(float).tolist(),
-                   ceilings, config)
+                   ceilings, config, QueryComposer.from_files(files))
 
     @classmethod
     def from_bundle(cls, bundle: Path | str, config: MixConfig | None = None) -> TrafficMix:
         """The mix of a bundle's ``catalog`` component (its generated query log)."""
         return cls.from_files(CatalogFiles.open(Path(bundle) / CATALOG_COMPONENT), config)
 
-    def sample(self, rng: random.Random) -> Call:
-        """One request of the mix."""
+    def stream(self, seed: int | str = 0, *keys: int | str) -> TrafficStream:
+        """A seeded stream of this mix's calls; ``keys`` (worker, user, ...) make streams apart."""
+        return TrafficStream(self, stream_rng(seed, *keys))
+
+    def sample(self, rng: random.Random, seen: set[str] | None = None) -> Call:
+        """One request of the mix.
+
+        Args:
+            rng: The random stream.
+            seen: Composed queries already sent by this stream; a tail query is new to it (and
+                added). None: tail queries are only kept apart from the logged ones.
+        """
         c = self.config
         recommend = rng.random() < c.recommend_share
+        composed = False
         if recommend:
             query, category = "", self.categories[rng.randrange(len(self.categories))]
+        elif self.composer is not None and rng.random() < c.tail_share:
+            fresh = self.composer.compose(rng, seen)
+            query, category, composed = fresh.text, fresh.category, True
         else:
             row = rng.choices(range(len(self.queries)), cum_weights=self._query_cum)[0]
             query, category = self.queries[row], self.query_categories[row]
@@ -147,4 +191,29 @@ class TrafficMix:
             ],
             "parameters": parameters,
         }
-        return Call(RECOMMEND_KIND if recommend else SEARCH_KIND, body, user, filtered)
+        return Call(RECOMMEND_KIND if recommend else SEARCH_KIND, body, user, filtered, composed)
+
+
+def stream_rng(seed: int | str, *keys: int | str) -> random.Random:
+    """A random stream determined by ``seed`` and ``keys`` alone (not by ``PYTHONHASHSEED``)."""
+    material = "/".join(str(part) for part in (seed, *keys)).encode()
+    return random.Random(int.from_bytes(hashlib.sha256(material).digest()[:8], "big"))
+
+
+@dataclass
+class TrafficStream:
+    """One seeded stream of calls; its tail queries never repeat.
+
+    Attributes:
+        mix: The traffic mix.
+        rng: The stream's random state.
+        seen: Tail queries sent so far.
+    """
+
+    mix: TrafficMix
+    rng: random.Random
+    seen: set[str] = field(default_factory=set)
+
+    def next(self) -> Call:
+        """The stream's next call."""
+        return self.mix.sample(self.rng, self.seen)

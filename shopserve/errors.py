@@ -76,6 +76,12 @@ class CircuitOpen(UpstreamUnavailable):
     failures (503, UNAVAILABLE)."""
 
 
+class UpstreamOverloaded(UpstreamUnavailable):
+    """A dependency was skipped without a call: as many calls to it are in flight as it is
+    admitted (its concurrency limit), so this one would only queue past its budget (503,
+    UNAVAILABLE). Not a failure of the dependency: it never opens its circuit breaker."""
+
+
 class UpstreamTimeout(ShopserveError):
     """A dependency did not answer within its time budget (504, DEADLINE_EXCEEDED)."""
 
@@ -100,6 +106,7 @@ ERRORS: tuple[type[ShopserveError], ...] = (
     ModelNotReady,
     UpstreamUnavailable,
     CircuitOpen,
+    UpstreamOverloaded,
     UpstreamTimeout,
     InferenceFailed,
 )

@@ -50,6 +50,20 @@ SEARCH_BATCH_SIZE = "shopserve_search_batch_size"
 SEARCH_RANKER_BATCH_SIZE = "shopserve_search_ranker_batch_size"
 #: Counter: ids in a request's ``recent_items`` the catalog does not know (ignored).
 SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL = "shopserve_search_unknown_recent_items_total"
+#: Counter: shortlist pairs whose ranker score came from the relevance cache.
+SEARCH_RELEVANCE_CACHE_HITS_TOTAL = "shopserve_search_relevance_cache_hits_total"
+#: Counter: shortlist pairs looked up in the relevance cache and not found.
+SEARCH_RELEVANCE_CACHE_MISSES_TOTAL = "shopserve_search_relevance_cache_misses_total"
+#: Counter: relevance cache entries evicted (least recently used) to stay within its size.
+SEARCH_RELEVANCE_CACHE_EVICTIONS_TOTAL = "shopserve_search_relevance_cache_evictions_total"
+#: Gauge: entries in the relevance cache now.
+SEARCH_RELEVANCE_CACHE_ENTRIES = "shopserve_search_relevance_cache_entries"
+#: Counter: relevance cache failures (each answered as if the cache were off).
+SEARCH_RELEVANCE_CACHE_ERRORS_TOTAL = "shopserve_search_relevance_cache_errors_total"
+#: Gauge: ranker calls in flight now.
+SEARCH_RANKER_IN_FLIGHT = "shopserve_search_ranker_in_flight"
+#: Gauge: ranker calls admitted at once (``ranker_max_concurrency``; 0: no limit).
+SEARCH_RANKER_MAX_CONCURRENCY = "shopserve_search_ranker_max_concurrency"
 
 # ------------------------------------------------------------------------------ drift (transformer)
 
@@ -94,6 +108,9 @@ SHOPSERVE_METRICS: tuple[str, ...] = (
     SEARCH_STAGE_SECONDS, SEARCH_REQUEST_SECONDS, SEARCH_ROWS_TOTAL, SEARCH_DEGRADED_TOTAL,
     SEARCH_FAULTS_INJECTED_TOTAL,
     SEARCH_BATCH_SIZE, SEARCH_RANKER_BATCH_SIZE, SEARCH_UNKNOWN_RECENT_ITEMS_TOTAL,
+    SEARCH_RELEVANCE_CACHE_HITS_TOTAL, SEARCH_RELEVANCE_CACHE_MISSES_TOTAL,
+    SEARCH_RELEVANCE_CACHE_EVICTIONS_TOTAL, SEARCH_RELEVANCE_CACHE_ENTRIES,
+    SEARCH_RELEVANCE_CACHE_ERRORS_TOTAL, SEARCH_RANKER_IN_FLIGHT, SEARCH_RANKER_MAX_CONCURRENCY,
     DRIFT_PSI, DRIFT_WINDOW_SAMPLES, DRIFT_REFERENCE_LOADED,
     RECALL_REQUESTS_TOTAL, RECALL_POPULARITY_FALLBACK_TOTAL, RECALL_SEARCH_SECONDS,
     RECALL_BATCH_SIZE,

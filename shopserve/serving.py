@@ -10,7 +10,8 @@ It provides:
 * :func:`request_parameters`: request parameters as plain Python values for both transports.
 * :class:`ContractModel`: a ``kserve.Model`` whose v2 metadata lists the contract's real tensors.
 * :func:`serve`: run a ``ModelServer`` with the error table of :mod:`shopserve.errors` installed on
-  REST (gRPC reads it through ``GrpcException``), bound to the configured address, on uvloop.
+  REST (gRPC reads it through ``GrpcException``), bound to the configured address, on uvloop, with
+  per-request log lines off unless asked for (:func:`request_logging`).
 
 KServe is extended through its options and hooks (``ModelServer`` arguments, ``Model.stop``); what
 it has no hook for is patched in one section at the end of this module ("The KServe patch"), with
@@ -241,6 +242,7 @@ def serve(
     grace_period: int = 10,
     event_loop: str = "auto",
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    request_logs: bool = False,
 ) -> None:
     """Run KServe's ModelServer for ``models`` until SIGINT/SIGTERM.
 
@@ -263,23 +265,67 @@ def serve(
         max_request_bytes: Largest request body (REST) or message (gRPC) accepted: REST answers
             413 while reading a larger body, gRPC ``RESOURCE_EXHAUSTED`` (see
             :class:`RequestSizeLimit`).
+        request_logs: Log a line per request (uvicorn's access log, KServe's ``kserve.trace``
+            timing lines and its gRPC method line); off, the servers log only what is not
+            per request (see :func:`request_logging`).
     """
-    _patch_kserve(bind_host, max_request_bytes)
+    _patch_kserve(bind_host, max_request_bytes, request_logs)
     server = ModelServer(
         http_port=http_port,
         grpc_port=grpc_port,
         workers=workers,
         grace_period=grace_period,
         enable_docs_url=False,
-        # KServe's per-request latency log lines (two INFO records a request) repeat what the
-        # stage histograms and ``stage_ms`` already say, at a cost on every request.
-        enable_latency_logging=False,
+        # KServe's per-request model latency line repeats what the stage histograms and
+        # ``stage_ms`` already say, at a cost on every request: only when asked for.
+        enable_latency_logging=request_logs,
         event_loop=event_loop,
         registered_models=ServedModels(),
     )
+    # ModelServer configured KServe's loggers just now (KSERVE_LOG_CONFIG); REST workers configure
+    # them again in their own process and apply this in ShopserveRESTServer.create_application.
+    request_logging(request_logs)
     server.dataplane = ServedDataPlane(model_registry=server.registered_models)
     _install_event_loop(event_loop)
     server.start(list(models))
+
+
+#: Loggers that write one record per request: uvicorn's access log and KServe's trace logger (the
+#: REST ``TimingMiddleware`` line KServe always installs, and the model latency line).
+PER_REQUEST_LOGGERS = ("uvicorn.access", "kserve.trace")
+
+
+class _PerRequestRecords(logging.Filter):
+    """Drops the per-request records KServe writes to its main logger (its gRPC
+    ``LoggingInterceptor``'s ``grpc method: ...`` line, at INFO for every call)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO
+                    and str(record.msg).startswith("grpc method:"))
+
+
+_PER_REQUEST_FILTER = _PerRequestRecords()
+
+
+def request_logging(enabled: bool) -> None:
+    """Turn the servers' per-request log lines on or off, through KServe's and uvicorn's loggers.
+
+    KServe has an option for only one of them (``enable_latency_logging``, the model latency line);
+    its REST ``TimingMiddleware`` writes to the ``kserve.trace`` logger on every request whatever
+    the options, uvicorn's access log to ``uvicorn.access``, and its gRPC interceptor a line to
+    ``kserve``. Off, the two per-request loggers log only warnings and above and the gRPC line is
+    filtered out; the other records of ``kserve`` (start-up, errors) are untouched. On, the
+    per-request loggers log at INFO. Idempotent; called again in every REST worker, after KServe
+    configured logging there.
+    """
+    level = logging.INFO if enabled else logging.WARNING
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    kserve_logger = logging.getLogger("kserve")
+    if enabled:
+        kserve_logger.removeFilter(_PER_REQUEST_FILTER)
+    elif _PER_REQUEST_FILTER not in kserve_logger.filters:
+        kserve_logger.addFilter(_PER_REQUEST_FILTER)
 
 
 def _install_event_loop(event_loop: str) -> None:
@@ -539,13 +585,14 @@ KSERVE_VERSION = "0.21.0"
 GRPC_START_SHA256 = "f4ea7b4eb6f0d9f7ac4947c7bda31531f4bf870529f9de0964a2dad2f6a7fb5e"
 
 
-def _patch_kserve(bind_host: str, max_request_bytes: int) -> None:
-    """Make ``ModelServer.start`` build servers that listen on ``bind_host`` with our REST errors
-    and refuse request bodies (REST) or messages (gRPC) over ``max_request_bytes``."""
+def _patch_kserve(bind_host: str, max_request_bytes: int, request_logs: bool = False) -> None:
+    """Make ``ModelServer.start`` build servers that listen on ``bind_host`` with our REST errors,
+    refuse request bodies (REST) or messages (gRPC) over ``max_request_bytes``, and log per
+    request only with ``request_logs``."""
     if max_request_bytes < 1:
         raise ValueError(f"max_request_bytes must be positive, not {max_request_bytes}")
     rest = functools.partial(ShopserveRESTServer, bind_host=bind_host or "0.0.0.0",
-                             max_request_bytes=max_request_bytes)
+                             max_request_bytes=max_request_bytes, request_logs=request_logs)
     _kserve_model_server.RESTServer = rest  # type: ignore[misc]
     _kserve_multiprocess_server.RESTServer = rest  # type: ignore[misc]
     _kserve_model_server.args.grpc_max_receive_message_length = max_request_bytes
@@ -555,16 +602,21 @@ def _patch_kserve(bind_host: str, max_request_bytes: int) -> None:
 
 
 class ShopserveRESTServer(RESTServer):
-    """KServe's REST server, listening on ``bind_host``, with shopserve's error table and the
-    request-size limit."""
+    """KServe's REST server, listening on ``bind_host``, with shopserve's error table, the
+    request-size limit, and per-request log lines only with ``request_logs``."""
 
-    def __init__(self, *args: Any, bind_host: str, max_request_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bind_host: str, max_request_bytes: int,
+                 request_logs: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.host = bind_host  # the uvicorn config its server (or its workers' socket) uses
         self.max_request_bytes = max_request_bytes
+        self.request_logs = request_logs
 
     def create_application(self) -> None:
-        """KServe's app set-up, then the size limit as the outermost middleware."""
+        """KServe's app set-up, then the size limit as the outermost middleware; per-request log
+        lines set here too, in the process that serves (a spawned worker configured KServe's
+        logging afresh before this)."""
+        request_logging(self.request_logs)
         super().create_application()
         app = _kserve_model_server.app  # the app KServe just set up, in this process
         app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestSizeLimit]

@@ -47,6 +47,10 @@ class ServerSettings(BaseSettings):
     """uvicorn worker processes; each holds its own copy of the model."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level; payloads are never logged at INFO."""
+    request_logs: bool = False
+    """Log a line per request: uvicorn's access log and KServe's ``kserve.trace`` timing lines
+    (REST middleware and model latency) and its gRPC method line. Off by default: under load they
+    cost more than they tell (the stage histograms and ``stage_ms`` carry the timings)."""
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     """Largest request accepted, in bytes: a REST body over it is refused with 413 while it is
     read (before it is buffered), a gRPC message over it with ``RESOURCE_EXHAUSTED``."""
@@ -151,6 +155,26 @@ class SearchSettings(ServerSettings):
     while open, calls to it are skipped and answers degrade at once (reason ``circuit_open``)."""
     breaker_cooldown_ms: float = Field(default=1000.0, gt=0)
     """How long an open circuit skips its upstream before one call tries it again."""
+    ranker_max_concurrency: int = Field(default=4, ge=0)
+    """Ranker calls admitted at once per transformer process (0: no limit). A search beyond it
+    skips ranking at once (``degraded: ranker``, reason ``overload``; 503 when the request allows
+    no degraded answer) instead of queueing past the ranker budget. Set it to what the ranker
+    finishes within ``ranker_timeout_ms``: about budget / time of one call x the ranker's parallel
+    instances, divided among the transformer processes that share it. The default 4 fits the
+    local CPU ranker (one instance, 50 pairs in 60-75 ms on 2 cores, a 300 ms budget); a GPU
+    ranker takes far more."""
+    relevance_cache_enabled: bool = True
+    """Keep the ranker's score of each (query, item) pair it scored, in memory, so a repeated
+    pair is not sent again. Scores do not depend on the shopper; entries are keyed by the ranker's
+    bundle version, so a new ranker never reads an old one's scores. Off: every pair goes to the
+    ranker."""
+    relevance_cache_entries: int = Field(default=100_000, ge=1)
+    """Most (query, item) scores the relevance cache holds; the least recently used go first.
+    About 250 bytes each (100,000: about 25 MB per process, 2,000 queries of 50 pairs)."""
+    failure_log_interval_ms: float = Field(default=10_000.0, gt=0)
+    """Degraded answers are logged by dependency: the first in full, then one line per interval
+    with the counts by reason (``ranker: 37 more degraded answers (timeout 30, unavailable 7) in
+    the last 10 s``)."""
     lexical_candidates: int = Field(default=100, ge=1)
     """BM25 candidates per query."""
     recall_candidates: int = Field(default=100, ge=1)

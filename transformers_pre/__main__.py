@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     model.load()
     serve([model], http_port=settings.http_port, grpc_port=settings.grpc_port,
           workers=settings.workers, bind_host=settings.bind_host,
-          max_request_bytes=settings.max_request_bytes)
+          max_request_bytes=settings.max_request_bytes, request_logs=settings.request_logs)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
 2. lexical candidates (BM25) and, concurrently, personalised candidates from ``mf-recall`` and,
    when the shopper sent recent items, the session from ``seq-recommender``;
 3. the union of lexical and MF candidates, filtered;
-4. tokenised (query, title) pairs of the best ``rank_candidates`` scored by ``bert-ranker``;
+4. the best ``rank_candidates`` scored by ``bert-ranker``: the scores of (query, item) pairs seen
+   before from the relevance cache (:mod:`transformers_pre.relevance`), the others tokenised and
+   sent in one call, admitted only while fewer than ``ranker_max_concurrency`` calls are in
+   flight (beyond it ranking is skipped at once, reason ``overload``);
 5. the blend of relevance, personalisation, popularity and session (the sequence model's score
    of each candidate after the recent items); top N.
 
@@ -24,6 +27,7 @@ Every result keeps its weighted score terms and the sources that found it, for `
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shopserve.errors import CircuitOpen, ShopserveError, UpstreamTimeout
+from shopserve.errors import CircuitOpen, ShopserveError, UpstreamOverloaded, UpstreamTimeout
 from shopserve.protocol import (
     ANONYMOUS_USER,
     EXCLUDE_SEEN,
@@ -50,7 +54,10 @@ from shopserve.settings import SearchSettings
 from shopserve.text import PairEncoder, PairTokenizer
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
+from transformers_pre.relevance import ConcurrencyLimit, RelevanceCache
 from transformers_pre.session import SessionModel
+
+log = logging.getLogger(__name__)
 
 #: The explanation term that keeps an unranked tail or a popularity backfill below the results
 #: before it: the final score minus the sum of the weighted terms (0 for other results).
@@ -95,6 +102,9 @@ class DegradationReason(StrEnum):
     """The call failed (connection refused or dropped, an error status)."""
     CIRCUIT_OPEN = "circuit_open"
     """No call was made: the dependency's circuit breaker is open after consecutive failures."""
+    OVERLOAD = "overload"
+    """No call was made: as many calls as the dependency is admitted are in flight (shedding
+    load, not a failure of the dependency)."""
 
     @classmethod
     def of(cls, exc: ShopserveError) -> DegradationReason:
@@ -103,6 +113,8 @@ class DegradationReason(StrEnum):
             return cls.TIMEOUT
         if isinstance(exc, CircuitOpen):
             return cls.CIRCUIT_OPEN
+        if isinstance(exc, UpstreamOverloaded):
+            return cls.OVERLOAD
         return cls.UNAVAILABLE
 
 
@@ -166,6 +178,7 @@ class SearchResult:
         relevance: The ranker's relevance of the ranked head of ``rows`` (for drift monitoring);
             None when nothing was ranked (ranker off or degraded, recommendations).
         ranker_pairs: (query, title) pairs sent to the ranker (0 when it was not called).
+        cached_pairs: Pairs of the shortlist whose score came from the relevance cache.
         parts: Per result, each weighted score term (``blend.PARTS``) and ``adjustment``, what
             keeps an unranked tail or a backfill below the head (0 elsewhere); they sum to
             ``scores``. Filled only for ``explain``.
@@ -179,13 +192,19 @@ class SearchResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
     relevance: np.ndarray | None = None
     ranker_pairs: int = 0
+    cached_pairs: int = 0
     parts: dict[str, np.ndarray] = field(default_factory=dict)
     sources: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Candidate counts and blend weights (from :class:`shopserve.settings.SearchSettings`)."""
+    """Candidate counts, blend weights, relevance cache and ranker admission (from
+    :class:`shopserve.settings.SearchSettings`).
+
+    ``relevance_cache_entries`` 0 turns the cache off; ``ranker_max_concurrency`` 0 admits every
+    ranker call.
+    """
 
     lexical_candidates: int = 100
     recall_candidates: int = 100
@@ -195,6 +214,8 @@ class EngineConfig:
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
     max_length: int = 64
+    relevance_cache_entries: int = 0
+    ranker_max_concurrency: int = 0
 
     @classmethod
     def from_settings(cls, s: SearchSettings, max_length: int, **overrides: Any) -> EngineConfig:
@@ -210,6 +231,9 @@ class EngineConfig:
             "rank_candidates": s.rank_candidates, "ranker_enabled": s.ranker_enabled,
             "sequence_candidates": s.sequence_candidates,
             "query_rewrite": s.query_rewrite, "max_length": max_length,
+            "relevance_cache_entries": (s.relevance_cache_entries
+                                        if s.relevance_cache_enabled else 0),
+            "ranker_max_concurrency": s.ranker_max_concurrency,
             "weights": blend.Weights(s.weight_relevance, s.weight_personal, s.weight_popularity,
                                      s.weight_lexical, s.weight_session),
         }
@@ -250,11 +274,19 @@ class SearchEngine:
         sequence: Client of ``seq-recommender``; None without a sequence model (recent items then
             only leave what was just seen out of recommendations).
         session_model: The bundle's sequence component (rows <-> model indices, embeddings).
+        ranker_version: The ranker's bundle version (its component manifest's), the first part of
+            every relevance cache key.
+
+    Attributes:
+        relevance_cache: The cache of the ranker's scores; None when it is off.
+        ranker_admission: The limit on ranker calls in flight.
+        cache_errors: Failures of the cache (each one answered as if the cache were off).
     """
 
     def __init__(self, catalog: Catalog, tokenizer: PairTokenizer, recall: InferClient,
                  ranker: InferClient, config: EngineConfig, sequence: InferClient | None = None,
-                 session_model: SessionModel | None = None) -> None:
+                 session_model: SessionModel | None = None, ranker_version: str = "unknown"
+                 ) -> None:
         self.catalog = catalog
         # Titles tokenised once, on a thread of their own so that loading does not wait for them:
         # a request then tokenises only its query (shopserve.text.PairEncoder).
@@ -264,6 +296,10 @@ class SearchEngine:
         self.config = config
         self.sequence = sequence if session_model is not None else None
         self.session_model = session_model
+        self.relevance_cache = (RelevanceCache(config.relevance_cache_entries, ranker_version)
+                                if config.relevance_cache_entries else None)
+        self.ranker_admission = ConcurrencyLimit(config.ranker_max_concurrency)
+        self.cache_errors = 0
 
     async def search(self, req: SearchRequest, stage_ms: dict[str, float] | None = None
                      ) -> SearchResult:
@@ -445,18 +481,67 @@ class SearchEngine:
 
     async def _rank(self, req: SearchRequest, rows: np.ndarray, result: SearchResult
                     ) -> np.ndarray | None:
+        """The ranker's relevance of ``rows`` (sigmoid of its scores), None when degraded.
+
+        Cached pairs are not sent again; the misses go in one call, admitted only below the
+        concurrency limit. The scores are merged in ``rows`` order, so the answer is the one the
+        ranker would give for all of them.
+        """
         if not self.config.ranker_enabled:
             return None
-        with _Timer(result.stage_ms, Stage.TOKENISE):
-            batch = self.pairs.encode(req.query, rows)
-        result.ranker_pairs = int(rows.size)
+        scores, missing = self._cached(req.query, rows)
+        result.cached_pairs = int(rows.size - missing.sum())
+        if missing.any():
+            if not self.ranker_admission.try_acquire():
+                self._degrade(req, result, Dependency.RANKER, UpstreamOverloaded(
+                    f"{self.ranker.name} skipped: {self.ranker_admission.limit} calls in flight "
+                    "(ranker_max_concurrency)"))
+                return None
+            try:
+                misses = rows[missing]
+                with _Timer(result.stage_ms, Stage.TOKENISE):
+                    batch = self.pairs.encode(req.query, misses)
+                result.ranker_pairs = int(misses.size)
+                outputs = await self._timed(result.stage_ms, Stage.RANK,
+                                            self.ranker.infer(batch, None, req.request_id))
+            except ShopserveError as exc:
+                self._degrade(req, result, Dependency.RANKER, exc)
+                return None
+            finally:
+                self.ranker_admission.release()
+            fresh = outputs[SCORE].reshape(-1).astype(np.float32)
+            scores[missing] = fresh
+            self._keep(req.query, misses, fresh)
+        return blend.sigmoid(scores)
+
+    def _cached(self, query: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cached raw scores (NaN where missing) and the mask of misses; all misses when the
+        cache is off or fails (a cache bug costs ranker calls, never an answer)."""
+        cache = self.relevance_cache
+        if cache is not None:
+            try:
+                return cache.lookup(query, rows)
+            except Exception:  # noqa: BLE001 - degrade to no cache, counted and logged
+                self._cache_failed("look-up")
+        return np.full(rows.size, np.nan, np.float32), np.ones(rows.size, dtype=bool)
+
+    def _keep(self, query: str, rows: np.ndarray, scores: np.ndarray) -> None:
+        cache = self.relevance_cache
+        if cache is None:
+            return
         try:
-            outputs = await self._timed(result.stage_ms, Stage.RANK,
-                                        self.ranker.infer(batch, None, req.request_id))
-        except ShopserveError as exc:
-            self._degrade(req, result, Dependency.RANKER, exc)
-            return None
-        return blend.sigmoid(outputs[SCORE].reshape(-1).astype(np.float32))
+            cache.store(query, rows, scores)
+        except Exception:  # noqa: BLE001 - degrade to no cache, counted and logged
+            self._cache_failed("store")
+
+    def _cache_failed(self, what: str) -> None:
+        self.cache_errors += 1
+        if self.cache_errors == 1:
+            log.exception("relevance cache %s failed: answering without it (counted in "
+                          "shopserve_search_relevance_cache_errors_total; later failures at DEBUG)",
+                          what)
+        else:
+            log.debug("relevance cache %s failed", what, exc_info=True)
 
     @staticmethod
     def _degrade(req: SearchRequest, result: SearchResult, stage: str, exc: ShopserveError

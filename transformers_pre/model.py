@@ -3,7 +3,9 @@
 Decodes and validates the v2 request (400 naming the field, REST and gRPC alike), runs
 :class:`~transformers_pre.engine.SearchEngine` for every row concurrently, and encodes the ranked
 lists with ``degraded`` and ``stage_ms`` in the response parameters. Counts each degradation and
-times each stage in Prometheus.
+times each stage in Prometheus; logs degraded answers through
+:class:`~transformers_pre.monitoring.DegradationLog` (the first in full, then counts per interval)
+and never what a shopper typed.
 
 Response parameters are v2 scalars so REST and gRPC carry the same thing: ``degraded`` is a
 comma-separated list of stage names (empty when nothing degraded), ``degraded_reasons`` a JSON
@@ -74,7 +76,7 @@ from transformers_pre.engine import (
     SearchResult,
     Stage,
 )
-from transformers_pre.monitoring import DRIFT, load_window
+from transformers_pre.monitoring import DRIFT, ENGINE, DegradationLog, load_window
 from transformers_pre.session import SessionModel
 from transformers_pre.upstream import Upstream
 
@@ -129,6 +131,7 @@ class SearchModel(ContractModel):
         self.upstreams: tuple[Upstream, ...] = ()
         self._closing: asyncio.Task[None] | None = None
         self._in_flight = 0
+        self.degradation_log = DegradationLog(log, settings.failure_log_interval_ms / 1000)
 
     def load(self) -> bool:
         """Load the catalog and the ranker's tokenizer; open (lazy) upstream channels."""
@@ -159,7 +162,9 @@ class SearchModel(ContractModel):
         self.upstreams = tuple(u for u in (recall_upstream, ranker_upstream, sequence_upstream)
                                if u is not None)
         self.search_engine = SearchEngine(catalog, tokenizer, recall_upstream, ranker_upstream,
-                                          config, sequence_upstream, session_model)
+                                          config, sequence_upstream, session_model,
+                                          ranker_version=ranker.version)
+        ENGINE.engine = self.search_engine
         self.categories = frozenset(np.unique(catalog.categories).tolist())
         version = catalog.manifest.version if catalog.manifest else "unknown"
         MODEL_INFO.labels("search", self.name, version, "bm25").set(1)
@@ -174,9 +179,12 @@ class SearchModel(ContractModel):
         if s.query_rewrite and not catalog.has_synonyms:
             log.warning("the catalog component has no mined synonyms (a bundle older than query "
                         "rewriting): spelling correction only")
-        log.info("search ready: %d items, ranker %s (max_length %d), recall %s, sequence %s, "
-                 "%d query synonyms", len(catalog), s.ranker_host, max_length, s.recall_host,
-                 s.sequence_host if session_model is not None else "off",
+        log.info("search ready: %d items, ranker %s (max_length %d, version %s, %s calls at "
+                 "once, relevance cache %s), recall %s, sequence %s, %d query synonyms",
+                 len(catalog), s.ranker_host, max_length, ranker.version,
+                 s.ranker_max_concurrency or "unlimited",
+                 f"{s.relevance_cache_entries} entries" if s.relevance_cache_enabled else "off",
+                 s.recall_host, s.sequence_host if session_model is not None else "off",
                  len(catalog.rewriter.synonyms))
         self.ready = True
         return self.ready
@@ -206,6 +214,7 @@ class SearchModel(ContractModel):
         in-flight count to reach zero, on the serving loop; with no loop running it happens now.
         """
         super().stop()
+        self.degradation_log.flush()
         upstreams, self.upstreams = self.upstreams, ()
         if not upstreams:
             return
@@ -394,8 +403,7 @@ class SearchModel(ContractModel):
         for req, result, is_known in zip(requests, results, known, strict=True):
             window.record(req.query, is_known, result.relevance)
 
-    @staticmethod
-    def _observe(requests: list[SearchRequest], results: list[SearchResult]) -> None:
+    def _observe(self, requests: list[SearchRequest], results: list[SearchResult]) -> None:
         BATCH_SIZE.observe(len(requests))
         for req, result in zip(requests, results, strict=True):
             REQUESTS.labels("search" if req.query else "recommend").inc()
@@ -404,8 +412,9 @@ class SearchModel(ContractModel):
             for stage, ms in result.stage_ms.items():
                 STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
             for stage, exc in result.failures.items():
-                DEGRADED_TOTAL.labels(stage, DegradationReason.of(exc)).inc()
-                log.warning("request %s degraded: %s", req.request_id or "-", exc)
+                reason = DegradationReason.of(exc)
+                DEGRADED_TOTAL.labels(stage, reason).inc()
+                self.degradation_log.record(stage, reason, exc, req.request_id)
 
 
 def _explanations(result: SearchResult) -> list[bytes]:

@@ -9,6 +9,14 @@ comes back is used again within a second, not after gRPC's default two minutes.
 A small circuit breaker keeps a dead dependency from costing every request its retry backoff:
 after ``breaker_failures`` consecutive failures the upstream is skipped (the caller degrades at
 once) for ``breaker_cooldown_s``; then the next request probes it again, and one success closes it.
+
+What counts as a failure: an error status, a dropped or refused connection, and a timeout. A busy
+ranker is kept from timing out by the engine's admission limit (``ranker_max_concurrency``): calls
+beyond what it finishes within its budget are never made (reason ``overload``), so they neither
+count nor reset the count here, and a call that still runs past its budget means a ranker that
+cannot keep the pace it was admitted at (stopped, hung, or the limit set above its capacity) and
+counts like an error. With the limit off (0) a burst can still time calls out and open the circuit,
+as before admission existed.
 """
 
 from __future__ import annotations

@@ -317,7 +317,11 @@ def step_package(ctx: StepContext) -> StepOutcome:
         config = ctx.config.ranker(progress=False)
         # ``package.torchserve: true`` also writes the TorchServe model store (the optional
         # ``torchserve`` extra) that the chart's ``ranker.server: torchserve`` serves.
-        package(load_optimised(ctx), staging / RANKER_COMPONENT, config,
+        optimised = load_optimised(ctx)
+        # The ranker's fp16 export ships the evaluation pairs (pre-tokenised, with the CPU
+        # graphs' scores); the lists are derived deterministically from the data and config.
+        optimised.eval_lists = _ranker_data(ctx).eval_lists
+        package(optimised, staging / RANKER_COMPONENT, config,
                 data=summary, version=version, parent=parent,
                 torchserve=bool(ctx.config.section("package").get("torchserve", False)))
         # seq-recommender: its Triton repository written around the train-sequence export.

@@ -5,9 +5,13 @@
   ``http://127.0.0.1:8080``), writes CSV, HTML and a JSON summary, and exits non-zero when the SLO
   is missed.
 * ``gate`` walks a step plan (``--steps 10,50,100``): sets the canary's share, runs locust,
-  judges canary against stable and the SLO (:mod:`pipeline.rollout.gate`), and promotes, holds or rolls
-  back, printing the metric that decided. The candidate bundle's offline NDCG@10 is checked
-  against the stable one's before any traffic.
+  judges canary against stable and the SLO with one-sided tests at ``--confidence``
+  (:mod:`pipeline.rollout.gate`, :mod:`pipeline.rollout.evidence`), and promotes, holds (pooling
+  more requests), stops when both sides are short of capacity, or rolls back, printing the metric,
+  the test, its p-value and the counts that decided. Each step's per-request response times come
+  from locust's own histogram (``--json-file``, ``load-requests.json`` beside the CSVs). The
+  candidate bundle's offline NDCG@10 is checked against the stable one's before any traffic.
+  Exit 0 promoted, 1 rolled back, 2 bad arguments, 3 stopped (neither promoted nor rolled back).
 
   - ``--local`` rehearses without a cluster: two local stacks, stable and canary (the canary may
     differ by bundle and/or settings, ``--canary-env SEARCH_FAULT_DELAY_MS=300``); locust sends
@@ -15,6 +19,9 @@
     transformers share one recall and one ranker process (what differs is the transformer's
     settings); with two bundles, two full stacks start. ``--stable-url``/``--canary-url`` use
     stacks that already run instead.
+  - ``--repeat N`` (with ``--local``) runs the whole gate N times in a row on the same stacks and
+    prints a table of the outcomes; with one bundle on both sides and no ``--canary-env`` that is
+    an A/A check of the gate itself: identical versions must not be rolled back.
   - In a cluster the share is set through the Kubernetes API (:mod:`pipeline.rollout.kube`) on
     ``--isvc``/``--namespace``; locust measures ``--url`` as stable and ``--canary-url`` as the
     canary. What we assume of KServe: with tag routing (the InferenceService annotation
@@ -30,8 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,9 +47,11 @@ from typing import Any
 from loadtest.runner import LoadRun, run_locust
 from loadtest.slo import DEFAULT_SLO_FILE, SLO, LoadStats, load_slo
 from pipeline.local import DEFAULT_BUNDLE, parse_env
+from pipeline.rollout.evidence import Latencies
 from pipeline.rollout.gate import (
     ROLLBACK,
     Decision,
+    GateResult,
     LocalTraffic,
     StepStats,
     Tolerance,
@@ -134,19 +144,54 @@ class LocustMeasure:
     def __call__(self, percent: int) -> StepStats:
         """Measure at ``percent``."""
         self._runs += 1
-        run = LoadRun(host=self.stable_url, out_dir=self.out_dir / f"step-{self._runs}-{percent}",
+        out = self.out_dir / f"step-{self._runs}-{percent}"
+        run = LoadRun(host=self.stable_url, out_dir=out,
                       users=self.users, spawn_rate=float(self.users), run_time_s=self.seconds,
                       bundle=self.bundle, canary_host=self.canary_url, canary_percent=percent,
-                      rate_per_user=self.rate_per_user)
+                      rate_per_user=self.rate_per_user,
+                      # A stream of its own per measurement: a hold or a repeated gate draws new
+                      # requests (and new tail queries) rather than replaying the last ones.
+                      seed=self._runs,
+                      # locust's per-request histogram of every name, for the latency tests.
+                      extra=("--json-file", str(out / REQUESTS_JSON_STEM)))
         result = run_locust(run, echo=self.echo)
         if result.summary is None:
             raise RuntimeError(f"locust failed (exit {result.returncode}):\n{result.output[-3000:]}")
+        entries = read_request_entries(out / f"{REQUESTS_JSON_STEM}.json")
         if not self.canary_url:
-            return StepStats(percent, LoadStats.from_dict(result.summary["total"]), None)
+            return StepStats(percent, LoadStats.from_dict(result.summary["total"]), None,
+                             latencies_of(entries, None))
         targets = result.summary["targets"]
         canary = LoadStats.from_dict(targets.get("canary") or {"requests": 0, "failures": 0})
         stable = targets.get("stable")
-        return StepStats(percent, canary, LoadStats.from_dict(stable) if stable else None)
+        return StepStats(percent, canary, LoadStats.from_dict(stable) if stable else None,
+                         latencies_of(entries, "canary"),
+                         latencies_of(entries, "stable") if stable else None)
+
+
+#: File stem of locust's ``--json-file`` in each step's folder (locust adds ``.json``).
+REQUESTS_JSON_STEM = "load-requests"
+
+
+def read_request_entries(path: Path) -> list[dict[str, Any]]:
+    """The per-name entries of locust's ``--json-file`` (``[]`` when locust wrote none)."""
+    if not path.is_file():
+        return []
+    raw = json.loads(path.read_text())
+    return [entry for entry in raw if isinstance(entry, dict)] if isinstance(raw, list) else []
+
+
+def latencies_of(entries: Sequence[Mapping[str, Any]], target: str | None) -> Latencies | None:
+    """Per-request response times of one side: the ``response_times`` histograms of the entries
+    named ``... [<target>]`` (every entry when ``target`` is ``None``), or ``None`` without any."""
+    histograms = [entry.get("response_times") or {} for entry in entries
+                  if target is None or str(entry.get("name", "")).endswith(f"[{target}]")]
+    if not entries:
+        return None
+    merged = Latencies()
+    for histogram in histograms:
+        merged = merged + Latencies.from_histogram(histogram)
+    return merged
 
 
 class KubeTraffic:
@@ -205,7 +250,7 @@ def _tolerance(args: argparse.Namespace) -> Tolerance:
     return Tolerance(latency_ratio=args.latency_ratio, latency_slack_ms=args.latency_slack_ms,
                      ratio_slack=args.ratio_slack, min_requests=args.min_requests,
                      max_ndcg_drop=args.max_ndcg_drop, max_holds=args.max_holds,
-                     min_tail_samples=args.min_tail_samples)
+                     min_tail_samples=args.min_tail_samples, confidence=args.confidence)
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
@@ -213,10 +258,16 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         slo = _slo(args)
         plan = [int(p) for p in args.steps.split(",") if p.strip()]
         search_env, canary_env = parse_env(args.search_env), parse_env(args.canary_env)
+        tol = _tolerance(args)
+        tol.level()  # a confidence outside (0, 1) fails here, before any stack starts
+        if args.repeat < 1:
+            raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
     except (ValueError, FileNotFoundError) as exc:
         print(f"bad argument: {exc}", file=sys.stderr)
         return 2
-    tol = _tolerance(args)
+    if args.repeat > 1 and not args.local:
+        print("--repeat runs local rehearsals only: add --local", file=sys.stderr)
+        return 2
     stable_bundle, candidate_bundle = Path(args.stable_bundle), Path(args.candidate_bundle)
     quality = quality_guard(bundle_quality(stable_bundle), bundle_quality(candidate_bundle),
                             tol.max_ndcg_drop)
@@ -224,34 +275,46 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     traffic_bundle = Path(args.traffic_bundle or stable_bundle)
     print(f"stable bundle {stable_bundle}, candidate bundle {candidate_bundle}; reports in {out}")
 
-    def gate(controller: TrafficController, stable_url: str, canary_url: str) -> int:
-        measure = LocustMeasure(stable_url, canary_url, traffic_bundle, out, args.step_seconds,
+    def gate(controller: TrafficController, stable_url: str, canary_url: str,
+             run_out: Path = out) -> GateResult:
+        measure = LocustMeasure(stable_url, canary_url, traffic_bundle, run_out, args.step_seconds,
                                 args.users, args.rate_per_user, echo=args.verbose)
-        try:
-            result = run_gate(plan, controller, measure, slo, tol, quality, echo=_print)
-        except ValueError as exc:
-            print(f"bad argument: {exc}", file=sys.stderr)
-            return 2
-        return result.exit_code
+        return run_gate(plan, controller, measure, slo, tol, quality, echo=_print)
 
-    if args.local:
-        controller = LocalTraffic(stable=_describe_side(stable_bundle, search_env),
-                                  canary=_describe_side(candidate_bundle, {**search_env, **canary_env}))
-        if quality.action == ROLLBACK or (args.stable_url and args.canary_url):
-            # A quality rollback needs no traffic; given URLs need no stacks.
-            return gate(controller, args.stable_url or "", args.canary_url or "")
-        if args.stable_url or args.canary_url:
-            print("give both --stable-url and --canary-url, or neither", file=sys.stderr)
-            return 2
-        print("starting the local stable and canary stacks ...")
-        try:
-            with local_stacks(stable_bundle, candidate_bundle, search_env, canary_env,
-                              out / "logs") as (stable_url, canary_url):
-                print(f"stable {stable_url}, canary {canary_url}")
-                return gate(controller, stable_url, canary_url)
-        except RuntimeError as exc:
-            print(f"the local stacks did not start: {exc}", file=sys.stderr)
-            return 2
+    def local_controller() -> LocalTraffic:
+        return LocalTraffic(stable=_describe_side(stable_bundle, search_env),
+                            canary=_describe_side(candidate_bundle, {**search_env, **canary_env}))
+
+    def gates(stable_url: str, canary_url: str) -> int:
+        if args.repeat == 1:
+            return gate(local_controller(), stable_url, canary_url).exit_code
+        results = []
+        for run in range(1, args.repeat + 1):
+            print(f"=== gate run {run}/{args.repeat}", flush=True)
+            results.append(gate(local_controller(), stable_url, canary_url, out / f"run-{run}"))
+        print(repeat_table(results))
+        return repeat_exit_code(results)
+
+    try:
+        if args.local:
+            if quality.action == ROLLBACK or (args.stable_url and args.canary_url):
+                # A quality rollback needs no traffic; given URLs need no stacks.
+                return gates(args.stable_url or "", args.canary_url or "")
+            if args.stable_url or args.canary_url:
+                print("give both --stable-url and --canary-url, or neither", file=sys.stderr)
+                return 2
+            print("starting the local stable and canary stacks ...")
+            try:
+                with local_stacks(stable_bundle, candidate_bundle, search_env, canary_env,
+                                  out / "logs") as (stable_url, canary_url):
+                    print(f"stable {stable_url}, canary {canary_url}")
+                    return gates(stable_url, canary_url)
+            except RuntimeError as exc:
+                print(f"the local stacks did not start: {exc}", file=sys.stderr)
+                return 2
+    except ValueError as exc:
+        print(f"bad argument: {exc}", file=sys.stderr)
+        return 2
     if not (args.isvc and args.namespace and args.url):
         print("cluster mode needs --isvc, --namespace and --url (or use --local)", file=sys.stderr)
         return 2
@@ -261,10 +324,34 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         print(f"cluster mode needs the kubernetes client: {exc}", file=sys.stderr)
         return 2
     try:
-        return gate(KubeTraffic(args), args.url, args.canary_url or "")
+        return gate(KubeTraffic(args), args.url, args.canary_url or "").exit_code
+    except ValueError as exc:
+        print(f"bad argument: {exc}", file=sys.stderr)
+        return 2
     except KubeError as exc:
         print(f"kubernetes: {exc}", file=sys.stderr)
         return 2
+
+
+def repeat_table(results: Sequence[GateResult]) -> str:
+    """The outcomes of repeated gates as a table, one row a run, and a count of each outcome."""
+    lines = [f"{'run':>3}  {'outcome':<26} {'at':>4}  {'metric':<15} {'p-value':>8}  reason"]
+    for run, result in enumerate(results, 1):
+        p = result.decision.pvalue
+        lines.append(f"{run:>3}  {result.outcome:<26} {result.percent:>3}%  "
+                     f"{result.decision.metric:<15} {'-' if p is None else f'{p:.2g}':>8}  "
+                     f"{result.decision.reason}")
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    lines.append(f"{len(results)} gates: " + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def repeat_exit_code(results: Sequence[GateResult]) -> int:
+    """1 when any run rolled back, else 3 when any stopped, else 0."""
+    codes = {r.exit_code for r in results}
+    return 1 if 1 in codes else 3 if 3 in codes else 0
 
 
 def _print(line: str) -> None:
@@ -316,8 +403,10 @@ def register(sub: Any) -> None:
 
     gate = sub.add_parser(
         "gate", help="canary gate: step the canary's share under locust, promote or roll back",
-        description="Step a canary through --steps under locust; promote, hold or roll back on "
-                    "the SLO, the comparison with stable, and the offline NDCG@10 guard.",
+        description="Step a canary through --steps under locust; promote, hold, stop (short of "
+                    "capacity) or roll back on one-sided tests against the SLO and stable at "
+                    "--confidence, after the offline NDCG@10 guard. Exit 0 promoted, 1 rolled "
+                    "back, 3 stopped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="local rehearsal:\n  shopserve gate --local --candidate-bundle artifacts/demo "
                "--canary-env SEARCH_FAULT_DELAY_MS=300\ncluster:\n  shopserve gate -i search -n "
@@ -363,9 +452,16 @@ def register(sub: Any) -> None:
     how.add_argument("--max-holds", type=int, default=defaults.max_holds)
     how.add_argument("--min-tail-samples", type=int, default=defaults.min_tail_samples,
                      help="requests above a percentile each side needs before it is compared")
+    how.add_argument("--confidence", type=float, default=defaults.confidence,
+                     help="confidence of the whole gate, 0..1 (default %(default)s): an A/A gate "
+                          "rolls back with at most 1 - this probability (Bonferroni over its tests)")
+    how.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="local: run the gate N times in a row on the same stacks and print a "
+                          "table of outcomes (one bundle, no --canary-env: an A/A check)")
     how.add_argument("--out", type=Path, default=None, help="report folder")
     how.add_argument("--verbose", action="store_true", help="stream locust's output")
     gate.set_defaults(func=_cmd_gate)
 
 
-__all__ = ["Decision", "KubeTraffic", "LocustMeasure", "local_stacks", "register"]
+__all__ = ["Decision", "KubeTraffic", "LocustMeasure", "latencies_of", "local_stacks",
+           "read_request_entries", "register", "repeat_exit_code", "repeat_table"]

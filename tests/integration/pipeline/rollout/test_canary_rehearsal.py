@@ -176,6 +176,9 @@ def test_good_canary_is_promoted_through_every_step(rehearsal: Rehearsal, tmp_pa
     for step in ("step 1/3", "step 2/3", "step 3/3"):
         assert step in done.stdout
     assert len(list(tmp_path.glob("step-*/load_stats.csv"))) >= 3
+    # locust's per-request histogram feeds the Mann-Whitney test of each step.
+    assert len(list(tmp_path.glob("step-*/load-requests.json"))) >= 3
+    assert "one-sided Mann-Whitney U test p=" in done.stdout
 
 
 @pytest.mark.parametrize(("canary", "metric"), [("slow", "p9"), ("failing", "failure_ratio")])
@@ -188,6 +191,8 @@ def test_bad_canary_is_rolled_back_naming_the_metric(rehearsal: Rehearsal, tmp_p
                      "--out", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ROLLED BACK at 30% because of " + metric in done.stdout
+    verdict = next(line for line in done.stdout.splitlines() if line.startswith("ROLLED BACK"))
+    assert " p=" in verdict and "(95% for the gate over" in verdict  # the test, p-value, level
     assert "local: canary rolled back" in done.stdout
     assert "step 2/3" not in done.stdout
 

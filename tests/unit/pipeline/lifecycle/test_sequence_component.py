@@ -138,13 +138,15 @@ def test_an_export_whose_graph_disagrees_with_its_result_is_refused(export: Path
         package_sequence(copy, tmp_path / "sequence", "v1")
 
 
-def test_train_sequence_is_a_step_the_package_step_reads() -> None:
+def test_train_sequence_is_a_step_the_evaluate_and_package_steps_read() -> None:
     steps = {s.name: s for s in STEPS}
     train = steps["train-sequence"]
     assert (train.sections, train.inputs, train.folder) == (("sequence",), ("data",), SEQUENCE_TRAIN_DIR)
-    assert "train-sequence" in steps["package"].inputs and "sequence" in steps["package"].sections
+    # evaluate reports the sequence model from its export: a new model must re-run it.
+    for reader in ("evaluate", "package"):
+        assert "train-sequence" in steps[reader].inputs and "sequence" in steps[reader].sections
     names = [s.name for s in STEPS]
-    assert names.index("train-sequence") < names.index("package")
+    assert names.index("train-sequence") < names.index("evaluate") < names.index("package")
 
 
 def test_sequence_section_presets_and_overrides() -> None:

@@ -9,11 +9,13 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtest.shapes import Spike, Steady, StepRamp, make_shape
 from loadtest.slo import DEFAULT_SLO_FILE, SLO, LoadStats, check, load_slo
 from loadtest.traffic import MixConfig, TrafficMix
+from pipeline.rollout.evidence import Latencies, side_stats
 from pipeline.rollout.gate import (
     HOLD,
     PROMOTE,
@@ -21,6 +23,8 @@ from pipeline.rollout.gate import (
     RECALL_NDCG,
     ROLLBACK,
     SEQUENCE_NDCG,
+    SHORT_OF_CAPACITY,
+    STOP,
     Decision,
     LocalTraffic,
     StepStats,
@@ -143,56 +147,110 @@ def test_traffic_mix_shares_and_bodies() -> None:
 TOL = Tolerance(latency_ratio=0.5, latency_slack_ms=10, ratio_slack=0.01, min_requests=20)
 SLO_GATE = SLO(p95_ms=100, p99_ms=150, max_failure_ratio=0.0, max_degraded_ratio=0.05)
 
+
+def side(n: int = 1000, failures: int = 0, degraded: int = 0, median: float = 30.0,
+         spread: float = 0.4, seed: int = 0) -> tuple[LoadStats, Latencies]:
+    """A measured side: ``n`` requests with log-normal response times (median 30 ms: p95 about
+    58 ms, p99 about 76 ms), their percentiles computed as locust does."""
+    rng = np.random.default_rng(seed)
+    ms = Latencies.from_samples(np.round(rng.lognormal(np.log(median), spread, n)))
+    return side_stats(ms, failures, degraded), ms
+
+
+def step(canary: tuple[LoadStats, Latencies], stable: tuple[LoadStats, Latencies] | None,
+         percent: int = 10) -> StepStats:
+    if stable is None:
+        return StepStats(percent, canary[0], None, canary[1], None)
+    return StepStats(percent, canary[0], stable[0], canary[1], stable[1])
+
+
 DECISIONS = [
     # (case, canary, stable, action, metric)
-    ("healthy, like stable", stats(p95=40, p99=60), stats(p95=40, p99=60), PROMOTE, "p99_ms"),
-    ("no stable baseline: SLO alone", stats(p95=40, p99=140), None, PROMOTE, "p99_ms"),
-    ("p99 over the SLO", stats(p95=90, p99=412), stats(p95=40, p99=60), ROLLBACK, "p99_ms"),
-    ("p95 regressed within the SLO", stats(p95=95, p99=120), stats(p95=40, p99=110), ROLLBACK,
-     "p95_ms"),
-    ("p95 within 1.5x + 10 ms", stats(p95=70, p99=100), stats(p95=40, p99=90), PROMOTE, "p95_ms"),
-    ("a failure against a zero SLO", stats(failures=1), stats(), ROLLBACK, "failure_ratio"),
-    ("failures beat latency", stats(failures=20, p99=900), stats(), ROLLBACK, "failure_ratio"),
-    ("degraded over the SLO", stats(degraded=60), stats(degraded=1), ROLLBACK, "degraded_ratio"),
-    ("degraded regressed", stats(degraded=40), stats(degraded=0), ROLLBACK, "degraded_ratio"),
-    ("both over the SLO, canary no worse", stats(p95=90, p99=300), stats(p95=85, p99=290), HOLD,
-     "p99_ms"),
-    ("both over the SLO, canary worse", stats(p95=90, p99=900), stats(p95=85, p99=290), ROLLBACK,
-     "p99_ms"),
-    ("too few canary requests", stats(requests=5), stats(), HOLD, "requests"),
-    ("too few, but failing", stats(requests=5, failures=1), stats(), ROLLBACK, "failure_ratio"),
-    # 95 of 100 ms is less headroom than 140 of 150 ms; with a baseline, 95 > 10 x 1.5 + 10 would fail.
-    ("too few stable requests: no baseline", stats(p95=95, p99=140), stats(requests=3, p95=10),
-     PROMOTE, "p95_ms"),
-    # 200 requests: 10 above p95 (compared), 2 above p99 (not: the p99 of 200 is almost the max).
-    ("p99 tail too thin to compare", stats(requests=200, p95=40, p99=140),
-     stats(requests=200, p95=40, p99=60), PROMOTE, "p99_ms"),
-    ("p95 tail thick enough to compare", stats(requests=200, p95=95, p99=140),
-     stats(requests=200, p95=40, p99=140), ROLLBACK, "p95_ms"),
-    ("thin tails: the SLO still applies", stats(requests=40, p95=90, p99=300),
-     stats(requests=40, p95=40, p99=60), ROLLBACK, "p99_ms"),
+    ("healthy, like stable", side(seed=1), side(seed=2), PROMOTE, None),
+    ("no stable baseline: SLO alone", side(seed=1), None, PROMOTE, None),
+    # 300 requests: 15 above p95 (its effect compared), 3 above p99 (too thin to compare).
+    ("latencies 2x: Mann-Whitney and the p95 effect", side(300, median=60, seed=1),
+     side(300, seed=2), ROLLBACK, "p95_ms"),
+    ("10% vs 1% failures on 300", side(300, failures=30, seed=1), side(300, failures=3, seed=2),
+     ROLLBACK, "failure_ratio"),
+    ("failures beat latency", side(300, failures=30, median=90, seed=1), side(300, seed=2),
+     ROLLBACK, "failure_ratio"),
+    ("degraded regressed beyond the tolerance", side(degraded=40, seed=1), side(seed=2), ROLLBACK,
+     "degraded_ratio"),
+    # Significant with 10,000 a side, but 0.5 points is within the 1-point tolerance.
+    ("degraded worse within the tolerance", side(10_000, degraded=300, seed=1),
+     side(10_000, degraded=250, seed=2), PROMOTE, None),
+    # One failure in 1,000 misses a zero SLO, but stable could have had one just as well.
+    ("one failure against a zero SLO: hold", side(failures=1, seed=1), side(seed=2), HOLD,
+     "failure_ratio"),
+    ("twenty failures against a clean stable", side(failures=20, seed=1), side(seed=2), ROLLBACK,
+     "failure_ratio"),
+    # The issue's A/A run: 69.2% vs 66.3% degraded on 78 and 86 requests.
+    ("both miss the degraded SLO alike", side(78, degraded=54, seed=1), side(86, degraded=57, seed=2),
+     SHORT_OF_CAPACITY, "degraded_ratio"),
+    ("both miss the p99 SLO alike", side(400, median=100, seed=1), side(400, median=100, seed=2),
+     SHORT_OF_CAPACITY, "p99_ms"),
+    ("both over the SLO, canary 3x slower", side(600, median=300, seed=1),
+     side(600, median=100, seed=2), ROLLBACK, "p99_ms"),
+    # The canary alone misses the p95 SLO by far and stable meets it: significant on its own and
+    # against stable, though its p95 is within stable's x1.5 + 10 ms of a slow-tailed stable.
+    ("canary alone misses the p95 SLO", side(400, median=100, spread=0.12, seed=1),
+     side(400, median=40, spread=0.45, seed=2), ROLLBACK, "p95_ms"),
+    ("too few canary requests", side(5, seed=1), side(seed=2), HOLD, "requests"),
+    ("too few, but failing", side(5, failures=3, seed=1), side(seed=2), ROLLBACK, "failure_ratio"),
+    ("too few stable requests: no baseline, SLO alone", side(seed=1), side(3, seed=2), PROMOTE,
+     None),
 ]
 
 
 @pytest.mark.parametrize(("case", "canary", "stable", "action", "metric"), DECISIONS,
                          ids=[d[0] for d in DECISIONS])
-def test_decide(case: str, canary: LoadStats, stable: LoadStats | None, action: str,
-                metric: str) -> None:
-    decision = decide(StepStats(10, canary, stable), SLO_GATE, TOL)
-    assert (decision.action, decision.metric) == (action, metric), decision
+def test_decide(case: str, canary: tuple[LoadStats, Latencies],
+                stable: tuple[LoadStats, Latencies] | None, action: str, metric: str | None) -> None:
+    decision = decide(step(canary, stable), SLO_GATE, TOL)
+    assert decision.action == action, decision
+    if metric is not None:
+        assert decision.metric == metric, decision
     assert decision.reason
 
 
+def test_small_counts_hold() -> None:
+    tol = Tolerance(min_requests=2)
+    # 2 of 10 degraded against a 5% SLO, none of 10 for stable: not significant either way.
+    d = decide(step(side(10, degraded=2, seed=1), side(10, seed=2)), SLO_GATE, tol)
+    assert (d.action, d.metric) == (HOLD, "degraded_ratio"), d
+    assert "collecting more" in d.reason
+    # 2 and 3 requests: even every canary request failing could not be significant.
+    d = decide(step(side(2, seed=1), side(3, seed=2)), SLO(), tol)
+    assert (d.action, d.metric) == (HOLD, "requests"), d
+    assert "too few to decide" in d.reason
+
+
+def test_without_per_request_latencies_a_latency_miss_holds() -> None:
+    canary = LoadStats(1000, 0, 0, p50_ms=90, p95_ms=140, p99_ms=400)
+    d = decide(StepStats(10, canary, LoadStats(1000, 0, 0, 20, 40, 60)), SLO_GATE, TOL)
+    assert (d.action, d.metric) == (HOLD, "p99_ms") and "no per-request latencies" in d.reason
+
+
 def test_uncompared_percentiles_are_named() -> None:
-    d = decide(StepStats(10, stats(requests=200), stats(requests=200)), SLO_GATE, TOL)
+    d = decide(step(side(200, seed=1), side(200, seed=2)), SLO_GATE, TOL)
     assert d.action == PROMOTE and "(p99_ms not compared with stable" in d.reason
 
 
-def test_decide_reason_has_the_numbers() -> None:
-    d = decide(StepStats(10, stats(p95=90, p99=412), stats(p95=40, p99=60)), SLO_GATE, TOL)
-    assert str(d) == "ROLLBACK [p99_ms] canary p99_ms 412 ms > SLO 150 ms (stable 60 ms)"
-    d = decide(StepStats(10, stats(p95=95, p99=120), stats(p95=40, p99=110)), SLO_GATE, TOL)
-    assert d.reason == "canary p95_ms 95 ms > stable 40 ms x 1.5 + 10 ms = 70 ms"
+def test_decide_reason_has_the_test_the_counts_and_the_p_value() -> None:
+    d = decide(step(side(300, failures=30, seed=1), side(300, failures=3, seed=2)), SLO_GATE, TOL)
+    assert d.reason.startswith("canary 10.0% vs stable 1.0% (30/300 vs 3/300), worse by 9.0% > "
+                               "tolerance 1.0%: one-sided Fisher exact two-proportion test p=")
+    assert d.reason.endswith("< alpha 0.01 (95% for the gate over 5 tests)")
+    assert d.pvalue is not None and d.pvalue < 1e-4
+    d = decide(step(side(78, degraded=54, seed=1), side(86, degraded=57, seed=2)), SLO_GATE, TOL)
+    assert d.reason.startswith("canary 69.2% (54/78) misses the SLO 5.00% and stable 66.3% (57/86) "
+                               "misses it too, the canary not significantly worse: one-sided "
+                               "Boschloo exact two-proportion test p=0.")
+    assert d.reason.endswith("short of capacity, not a bad candidate")
+    assert d.pvalue is not None and d.pvalue > 0.2
+    d = decide(step(side(300, median=60, seed=1), side(300, seed=2)), SLO_GATE, TOL)
+    assert "vs stable" in d.reason and "one-sided Mann-Whitney U test p=" in d.reason
 
 
 QUALITY = [
@@ -304,9 +362,9 @@ def _measure(script: dict[int, list[StepStats]]):  # type: ignore[no-untyped-def
 
 
 def test_gate_promotes_through_every_step() -> None:
-    good = stats(p95=40, p99=60)
-    measure, calls = _measure({10: [StepStats(10, good, good)], 50: [StepStats(50, good, good)],
-                               100: [StepStats(100, good, None)]})
+    measure, calls = _measure({10: [step(side(seed=1), side(seed=2), 10)],
+                               50: [step(side(seed=3), side(seed=4), 50)],
+                               100: [step(side(seed=5), None, 100)]})
     traffic = LocalTraffic("A", "B")
     lines: list[str] = []
     result = run_gate([10, 50, 100], traffic, measure, SLO_GATE, TOL,
@@ -316,27 +374,60 @@ def test_gate_promotes_through_every_step() -> None:
     # At 100% stable got nothing: the canary is compared with stable's last measurement.
     assert any("comparing with its last measurement" in line for line in lines)
     assert lines[-1].startswith("PROMOTED after 3 steps")
+    assert "95% confidence for the gate" in lines[0]
 
 
 def test_gate_rolls_back_and_stops() -> None:
-    measure, calls = _measure({10: [StepStats(10, stats(p95=40, p99=60), stats())],
-                               50: [StepStats(50, stats(p95=90, p99=400), stats())]})
+    measure, calls = _measure({10: [step(side(seed=1), side(seed=2))],
+                               50: [step(side(median=100, seed=3), side(seed=4), 50)]})
     traffic = LocalTraffic("A", "B")
     lines: list[str] = []
     result = run_gate([10, 50, 100], traffic, measure, SLO_GATE, TOL, echo=lines.append)
     assert (result.action, result.decision.metric, result.percent) == (ROLLBACK, "p99_ms", 50)
     assert calls == [10, 50] and traffic.outcome == "rolled back" and result.exit_code == 1
-    assert lines[-1].startswith("ROLLED BACK at 50% because of p99_ms")
+    assert lines[-1].startswith("ROLLED BACK at 50% because of p99_ms: canary ")
+    assert "Mann-Whitney U test p=" in lines[-1]
 
 
-def test_gate_holds_then_gives_up() -> None:
-    few = StepStats(10, stats(requests=3), stats())
+def test_gate_holds_then_stops_without_rolling_back() -> None:
+    few = step(side(3, seed=1), side(seed=2))
     measure, calls = _measure({10: [few, few, few]})
-    result = run_gate([10, 100], LocalTraffic("A", "B"), measure, SLO_GATE,
-                      Tolerance(min_requests=20, max_holds=2), echo=lambda _: None)
+    traffic = LocalTraffic("A", "B")
+    lines: list[str] = []
+    result = run_gate([10, 100], traffic, measure, SLO_GATE,
+                      Tolerance(min_requests=20, max_holds=2), echo=lines.append)
     assert calls == [10, 10, 10]
-    assert (result.action, result.decision.metric) == (ROLLBACK, "requests")
+    assert (result.action, result.decision.metric, result.exit_code) == (STOP, "requests", 3)
+    assert result.outcome == "stopped: inconclusive" and traffic.outcome == ""
     assert result.decision.reason.startswith("held 3 times at 10%")
+    # Holds pool: the third look judges the 9 canary requests of all three.
+    assert "9 requests" in result.decision.reason
+    assert lines[-1].startswith("STOPPED at 10% (stopped: inconclusive)")
+
+
+def test_gate_short_of_capacity_stops_without_rollback() -> None:
+    def short(seed: int) -> StepStats:
+        return step(side(78, degraded=54, seed=seed), side(86, degraded=57, seed=seed + 1), 50)
+
+    measure, calls = _measure({50: [short(1), short(3), short(5)]})
+    traffic = LocalTraffic("A", "B")
+    lines: list[str] = []
+    result = run_gate([50, 100], traffic, measure, SLO_GATE, TOL, echo=lines.append)
+    assert calls == [50, 50, 50] and result.action == STOP and result.exit_code == 3
+    assert (result.decision.action, result.decision.metric) == (SHORT_OF_CAPACITY, "degraded_ratio")
+    assert result.outcome == "stopped: short of capacity" and traffic.outcome == ""
+    assert "canary 69.2% (162/234)" in result.decision.reason  # pooled over the three looks
+    assert any("the canary keeps 50%" in line for line in lines)
+
+
+def test_gate_hold_then_promote_pools_the_measurements() -> None:
+    measure, calls = _measure({10: [step(side(12, seed=1), side(100, seed=2)),
+                                    step(side(12, seed=3), side(100, seed=4))],
+                               100: [step(side(seed=5), None, 100)]})
+    result = run_gate([10, 100], LocalTraffic("A", "B"), measure, SLO_GATE, TOL,
+                      echo=lambda _: None)
+    assert calls == [10, 10, 100] and result.action == PROMOTE
+    assert [d.action for _, d in result.history] == [HOLD, PROMOTE, PROMOTE]
 
 
 def test_gate_quality_rollback_sends_no_traffic() -> None:
