@@ -41,7 +41,7 @@ up: $(STAMP) demo-bundle
 	$(PY) -m pipeline.cli up --bundle $(DEMO_BUNDLE)
 
 test: $(STAMP) $(TS_STAMP) tools lint-imports
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -19,6 +19,7 @@ of two scrapes, before and after the run.
 
 from __future__ import annotations
 
+import itertools
 import math
 import platform
 import time
@@ -189,13 +190,19 @@ class Measured:
         return sum(self.search.degraded.values()) / rows if rows else 0.0
 
 
+#: Seeds of the request streams: every run of a benchmark process draws a stream of its own, so a
+#: repeat or a warm-up never replays the tail queries of another run (the cache would answer them).
+_SEEDS = itertools.count(1)
+
+
 def offer(url: str, ranker_http: str, bundle: Path, work: Path, name: str, rate: float,
           seconds: float, rate_per_user: float, extra: tuple[str, ...] = ()) -> Measured:
-    """Offer ``rate`` requests/s for ``seconds`` with locust (each user at a constant rate) and
-    read the servers' counters around it."""
+    """Offer ``rate`` requests/s for ``seconds`` with locust (each user at a constant rate, on a
+    stream of its own) and read the servers' counters around it."""
     users = max(1, math.ceil(rate / rate_per_user))
     run = LoadRun(host=url, out_dir=work, prefix=name, users=users, spawn_rate=float(users),
-                  run_time_s=seconds, bundle=bundle, rate_per_user=rate / users, extra=extra)
+                  run_time_s=seconds, bundle=bundle, rate_per_user=rate / users, extra=extra,
+                  seed=next(_SEEDS))
     search_before, ranker_before = scrape_search(url), triton_batches(ranker_http)
     start = time.perf_counter()
     result = run_locust(run)

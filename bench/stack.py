@@ -50,6 +50,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
 from pipeline.local import StackPorts, stack_components
+from pipeline.observe.harness import cpu_model
 from pipeline.supervisor import Stack
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
@@ -338,8 +339,12 @@ def measure_layout(layout: Layout, bundle: Path, bodies: list[dict], batches: li
     ports = StackPorts()
     # A budget no queued call should exceed: throughput is compared with every request ranked
     # (a degraded answer skips the ranker and would flatter the transformer).
+    # Every search calls the ranker (the relevance cache would answer the repeats of the same
+    # bodies, and the admission limit would skip calls): this measures the transformer around it.
     components = stack_components(bundle, ports, {"SEARCH_RANK_CANDIDATES": str(shortlist),
-                                                  "SEARCH_RANKER_TIMEOUT_MS": "10000"})
+                                                  "SEARCH_RANKER_TIMEOUT_MS": "10000",
+                                                  "SEARCH_RELEVANCE_CACHE_ENABLED": "false",
+                                                  "SEARCH_RANKER_MAX_CONCURRENCY": "0"})
     for comp in components:
         comp.cpus = layout.ranker_cpus if comp.name == "ranker" else layout.other_cpus
     if layout.ranker_threads:
@@ -436,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     assert batches is not None
     pairs = statistics.mean(b[INPUT_IDS].shape[0] for b in batches)
     cpus = len(os.sched_getaffinity(0))
-    lines = [f"{len(bodies)} held-out queries per run, {args.top_n} results each out of "
+    lines = [f"CPU: {cpu_model()}", "",
+             f"{len(bodies)} held-out queries per run, {args.top_n} results each out of "
              f"{pairs:.0f} (query, title) pairs per ranker call, median of {args.repeats} runs; "
              f"times in ms; {cpus} CPUs", "",
              *(f"- {lay.name}: " + (f"ranker on CPUs {sorted(lay.ranker_cpus or ())} with "
@@ -462,7 +468,8 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(f"# Search stack: transformer overhead and throughput\n\nCommand: "
                        f"`python -m bench.stack --repeats {args.repeats} --layouts {args.layouts}`"
-                       f"\n\n{text}\n")
+                       f" (relevance cache off and no ranker admission limit: every search calls "
+                       f"the ranker)\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from shopserve.catalog_files import CatalogFiles
+from shopserve.text import keyboard_neighbours
 
 #: The mined synonym table of a catalog component (written by the build, read by the transformer).
 QUERY_REWRITES_FILE = "query_rewrites.json"
@@ -52,23 +53,7 @@ LEAD_ATTRIBUTES: tuple[str, ...] = ("brand", "gender", "colour", "material")
 MAX_REDRAWS = 50
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
-_KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-
-
-def _neighbours() -> dict[str, str]:
-    """Letter -> the letters around it on a QWERTY keyboard (the substitution typo)."""
-    out: dict[str, str] = {}
-    for r, row in enumerate(_KEYBOARD):
-        for c, ch in enumerate(row):
-            near = row[max(c - 1, 0):c] + row[c + 1:c + 2]
-            for other in (r - 1, r + 1):
-                if 0 <= other < len(_KEYBOARD):
-                    near += _KEYBOARD[other][max(c - 1, 0):c + 1]
-            out[ch] = near
-    return out
-
-
-_NEIGHBOURS = _neighbours()
+_NEIGHBOURS = keyboard_neighbours()
 
 
 def typo(word: str, rng: random.Random) -> str:

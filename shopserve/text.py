@@ -32,6 +32,24 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 
 
+#: The rows of a QWERTY keyboard, for typos a finger makes.
+KEYBOARD_ROWS: tuple[str, ...] = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+
+
+def keyboard_neighbours() -> dict[str, str]:
+    """Letter -> the letters around it on a QWERTY keyboard: the neighbour-key typo of the data
+    generator's queries and of the load test's composed ones (one table for both)."""
+    out: dict[str, str] = {}
+    for r, row in enumerate(KEYBOARD_ROWS):
+        for c, ch in enumerate(row):
+            near = row[max(c - 1, 0):c] + row[c + 1:c + 2]
+            for other in (r - 1, r + 1):
+                if 0 <= other < len(KEYBOARD_ROWS):
+                    near += KEYBOARD_ROWS[other][max(c - 1, 0):c + 1]
+            out[ch] = near
+    return out
+
+
 def tokens(text: str) -> list[str]:
     """Lower-case alphanumeric tokens: the tokenisation under which the generator's guarantees hold
     (e.g. a ``synonym`` query shares no token with its category's name or noun) and the terms the

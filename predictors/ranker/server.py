@@ -73,6 +73,12 @@ log = logging.getLogger(__name__)
 COMPONENT = RANKER_COMPONENT
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its scheduler affinity; the CPU count where there is none)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
 class RankerSettings(BaseSettings):
     """Settings of the local ranker server; environment variables ``RANKER_<FIELD>``."""
 
@@ -108,8 +114,10 @@ class RankerSettings(BaseSettings):
     java_heap_mb: int = Field(512, ge=64)
     """TorchServe only: heap limit of its Java frontend (``-Xmx``)."""
 
-    threads: int = Field(2, ge=1)
-    """ONNX Runtime intra-op threads of the model instance (the cores the ranker may use)."""
+    threads: int = Field(default_factory=usable_cpus, ge=1)
+    """ONNX Runtime intra-op threads of each model instance: by default the CPUs this process
+    may run on (its affinity, e.g. ``taskset``), so the session's threads fit the cores the ranker
+    has instead of oversubscribing them. With several ``instances``, divide."""
 
     instances: int = Field(1, ge=1)
     """Model instances (each is a Python stub process, or a TorchServe worker, with its own ONNX

@@ -50,6 +50,7 @@ from shopserve.catalog_files import (
 )
 from shopserve.catalog_files import item_text as _item_text
 from shopserve.interactions import IdMap, Interactions
+from shopserve.text import keyboard_neighbours
 
 EVENT_WEIGHTS: tuple[float, ...] = (1.0, 3.0, 5.0)
 """Implicit-feedback confidence of each event type, in :data:`EVENT_TYPES` order."""
@@ -1204,15 +1205,7 @@ _PATTERNS: tuple[tuple[tuple[str, ...], float], ...] = (
 # Radix of each attribute's code in a packed match key (> the number of values of each).
 _KEY_RADIX = (("brand", 256), ("colour", 64), ("material", 256), ("gender", 8), ("size", 64))
 # Typo edits substitute letters with a neighbour on a QWERTY keyboard, as fingers do.
-_KEYBOARD = "qwertyuiop asdfghjkl zxcvbnm".split()
-_NEIGHBOURS: dict[str, str] = {}
-for _r, _row in enumerate(_KEYBOARD):
-    for _c, _ch in enumerate(_row):
-        near = _row[max(_c - 1, 0) : _c] + _row[_c + 1 : _c + 2]
-        for _other in (_r - 1, _r + 1):
-            if 0 <= _other < len(_KEYBOARD):
-                near += _KEYBOARD[_other][max(_c - 1, 0) : _c + 1]
-        _NEIGHBOURS[_ch] = near
+_NEIGHBOURS: dict[str, str] = keyboard_neighbours()
 
 
 def _typo(word: str, rng: np.random.Generator) -> str:

@@ -6,7 +6,9 @@ Checked over REST and gRPC: an anonymous shopper's recommendations change once r
 given and come from the sequence model's own next items (asked of it directly here); a search
 with recent items carries the session term; the sequence model unloaded through Triton's model
 control degrades recommendations to popularity (``degraded: sequence``) and they follow the
-session again once it is loaded back.
+session again once it is loaded back; its model process killed (SIGKILL, as a crash or the OOM
+killer would) loses no request: answers degrade to popularity while no process serves it, and
+follow the session again once the ranker launcher's watchdog has a new one serving it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from shopserve.protocol import (
     STAGE_MS,
     USER_ID,
 )
-from tests.servers import Server, free_port, start_ranker, start_recall, start_server
+from tests.servers import (
+    Server,
+    free_port,
+    model_stubs,
+    start_ranker,
+    start_recall,
+    start_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -220,4 +229,25 @@ def test_the_sequence_model_unloaded_degrades_to_popularity_and_recovers_when_lo
     finally:
         _repository(stack, "load")
     assert _eventually(lambda: _rest(stack, _body("", world.recent))["parameters"][DEGRADED] == "")
+    assert _ids(_rest(stack, _body("", world.recent))) == following
+
+
+def test_the_sequence_models_process_killed_recovers_without_a_failed_request(
+        stack: Stack, world: World) -> None:
+    following = _ids(_rest(stack, _body("", world.recent)))
+    # One stub serves the model (one left over from an unload above may still be exiting).
+    assert _eventually(lambda: len(model_stubs(stack.ranker, SEQUENCE_MODEL)) == 1)
+    killed = model_stubs(stack.ranker, SEQUENCE_MODEL)[0]
+    killed.kill()
+    answers: list[str] = []
+
+    def serves_again() -> bool:
+        # Every answer is a 200 (``_rest`` asserts it): degraded to popularity while no stub
+        # answers, from the session again once the watchdog has a new stub serving the model.
+        answers.append(_rest(stack, _body("", world.recent))["parameters"][DEGRADED])
+        stubs = model_stubs(stack.ranker, SEQUENCE_MODEL)
+        return answers[-1] == "" and bool(stubs) and killed.pid not in {p.pid for p in stubs}
+
+    assert _eventually(serves_again, timeout_s=90.0), f"last answers: {answers[-5:]}"
+    assert set(answers) <= {"", "sequence"}, answers
     assert _ids(_rest(stack, _body("", world.recent))) == following

@@ -3,6 +3,7 @@ launcher's process."""
 
 from __future__ import annotations
 
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -35,6 +36,10 @@ def test_settings_defaults_are_the_design_ports_on_loopback() -> None:
     settings = RankerSettings()
     assert (settings.host, settings.http_port, settings.grpc_port, settings.metrics_port) == (
         "127.0.0.1", 8000, 8001, 8002)  # fmt: skip
+
+
+def test_the_sessions_threads_default_to_the_cpus_the_process_may_use() -> None:
+    assert RankerSettings().threads == len(os.sched_getaffinity(0))
 
 
 def test_settings_read_the_ranker_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
