@@ -21,6 +21,15 @@ Two uses:
   Without CUDA it runs on the CPU in fp32 with smaller counts (no CUDA-graph row): that is how
   the tests run it.
 
+* **The sequence recommender's rows**, from the repository on the GPU machine (it rebuilds SASRec
+  from the bundle's ``sequence/weights.safetensors`` with the project's model code,
+  :mod:`bench.gpu_sequence`)::
+
+      python -m bench.gpu_ranker --sequence artifacts/demo/sequence
+
+  checks the fp16 session vectors and next items against the ONNX graph Triton serves and prints
+  p50 per one-session request, eager and as a CUDA-graph replay, and sessions/s at batch 1024.
+
 * **In the project**, to make that folder from a bundle::
 
       python -m bench.gpu_ranker --pack OUTDIR --bundle artifacts/demo
@@ -557,10 +566,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the GPU folder from --bundle instead (needs the project)")
     parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo"))
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--sequence", type=Path, default=None, metavar="COMPONENT",
+                        help="the sequence model's rows instead, from a bundle's sequence "
+                             "component (run from the repository: bench.gpu_sequence)")
     args = parser.parse_args(argv)
     if args.pack is not None:
         pack(args.pack, args.bundle, args.threads)
         return 0
+    if args.sequence is not None:
+        # Imported here: the packed script runs without the project; these rows need it.
+        from bench import gpu_sequence
+
+        print(f"CPU: {cpu_model()}")
+        rows = gpu_sequence.run(args.sequence, device=args.device, requests=args.requests,
+                                batch=args.batch, batch_iters=args.batch_iters)
+        print(gpu_sequence.report(rows))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        # fp16 session vectors against the fp32 graph; a CUDA graph that replays what eager does.
+        ok = rows["max_abs_diff_session"] <= (args.tolerance or 0.05) and rows.get(
+            "graph_matches_eager", True)
+        return 0 if ok else 1
     result = run(args.dir, device=args.device, impl=args.impl, requests=args.requests,
                  batch=args.batch, batch_iters=args.batch_iters)
     # The fp16 weights against the fp32 graph: about 0.01 on the demo ranker in fp32 on the CPU

@@ -42,6 +42,9 @@ SEQUENCE_COMPONENT = "sequence"
 #: holds -1) and the model's item embeddings (float32 [n_items + 1, dim], row 0 the padding).
 SEQUENCE_ITEM_IDS_FILE = "item_ids.npy"
 SEQUENCE_EMBEDDINGS_FILE = "item_embeddings.npy"
+#: The SASRec weights (safetensors, fp32) in the sequence component: what the GPU rows of
+#: ``bench/gpu_ranker.py --sequence`` rebuild the model from (Triton serves the ONNX graph).
+SEQUENCE_WEIGHTS_FILE = "weights.safetensors"
 #: Sequence manifest parameters: the fixed input length, and K of the model's top-K output.
 SEQUENCE_LENGTH = "sequence_length"
 SEQUENCE_TOP_K = "top_k"

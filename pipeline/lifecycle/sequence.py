@@ -33,6 +33,7 @@ from shopserve.artifacts import (
     SEQUENCE_COMPONENT,
     SEQUENCE_EMBEDDINGS_FILE,
     SEQUENCE_ITEM_IDS_FILE,
+    SEQUENCE_WEIGHTS_FILE,
     Manifest,
     write_manifest,
 )
@@ -124,6 +125,8 @@ def package_sequence(
     component.mkdir(parents=True, exist_ok=True)
     for name in (SEQUENCE_ITEM_IDS_FILE, SEQUENCE_EMBEDDINGS_FILE):
         shutil.copyfile(source / name, component / name)
+    if (source / SEQUENCE_WEIGHTS_FILE).is_file():  # exports before the GPU rows have none
+        shutil.copyfile(source / SEQUENCE_WEIGHTS_FILE, component / SEQUENCE_WEIGHTS_FILE)
     write_sequence_repository(component, source / ONNX_FILE, config)
     params.pop("model_file", None)  # the graph lives in the model folder: the profiles say where
     params["profiles"] = sequence_profiles()

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.torch import save_file
 
 from shopserve.artifacts import (
     SEQUENCE_EMBEDDINGS_FILE,
     SEQUENCE_ITEM_IDS_FILE,
     SEQUENCE_LENGTH,
     SEQUENCE_TOP_K,
+    SEQUENCE_WEIGHTS_FILE,
 )
 from shopserve.interactions import Interactions
 from training.sequence.data import ItemIndex, leave_one_out, user_sequences
@@ -113,7 +115,8 @@ def train_sequence_model(
 
 
 def export_sequence(trained: TrainedSequence, out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Write ``item_ids.npy``, ``item_embeddings.npy`` and ``model.onnx`` into ``out_dir``.
+    """Write ``item_ids.npy``, ``item_embeddings.npy``, ``model.onnx`` and the weights
+    (``weights.safetensors``) into ``out_dir``.
 
     Returns:
         The manifest fields: ``params`` (``sequence_length``, ``top_k``, ``dim``, ``n_items``,
@@ -128,6 +131,9 @@ def export_sequence(trained: TrainedSequence, out_dir: Path) -> dict[str, dict[s
     embeddings = model.embeddings.detach().cpu().numpy().astype(np.float32)
     np.save(out_dir / SEQUENCE_EMBEDDINGS_FILE, embeddings, allow_pickle=False)
     export_onnx(model, out_dir / SEQUENCE_ONNX_FILE, trained.top_k)
+    # The weights too, for the GPU rows (bench.gpu_sequence): safetensors, no pickle.
+    save_file({name: tensor.detach().cpu().contiguous()
+               for name, tensor in model.state_dict().items()}, out_dir / SEQUENCE_WEIGHTS_FILE)
     valid = trained.training.best_valid
     params: dict[str, Any] = {
         SEQUENCE_LENGTH: config.max_length,

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from shopserve.artifacts import (
     SEQUENCE_EMBEDDINGS_FILE,
     SEQUENCE_ITEM_IDS_FILE,
     SEQUENCE_LENGTH,
     SEQUENCE_TOP_K,
+    SEQUENCE_WEIGHTS_FILE,
 )
 from shopserve.protocol import NEXT_ITEMS, NEXT_SCORES, SEQUENCE, SESSION_EMBEDDING
 from training.data.generator import GeneratorConfig, generate
@@ -102,6 +104,11 @@ def test_export_sequence_writes_the_component(tmp_path: Path) -> None:
     assert table.dtype == np.float32 and table.shape == (len(ids), 16)
     assert not table[PADDING].any()
     np.testing.assert_array_equal(table, trained.model.embeddings.detach().numpy())
+    # The weights, for the GPU rows: the model's state, tensor for tensor (safetensors, no pickle).
+    weights = load_file(str(tmp_path / "sequence" / SEQUENCE_WEIGHTS_FILE))
+    state = trained.model.state_dict()
+    assert weights.keys() == state.keys()
+    assert all(torch.equal(weights[k], state[k].cpu()) for k in state)
 
     params, metrics = out["params"], out["metrics"]
     assert params[SEQUENCE_LENGTH] == 8 and params[SEQUENCE_TOP_K] == 50
