@@ -26,9 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serving_load import CONFIGS, Measured, machine_line, offer
-from pipeline.local import StackPorts, stack_components
-from pipeline.supervisor import Stack
+from bench.serving_load import CONFIGS, Measured, configured_stack, machine_line, offer
 
 P99_MS = 150.0
 MAX_DEGRADED = 0.01
@@ -111,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     best: dict[str, float | None] = {}
     for config in args.configs.split(","):
-        ports = StackPorts.free()
-        components = stack_components(args.bundle, ports, dict(CONFIGS[config]))
-        url = components[-1].url
-        ranker_http = f"http://127.0.0.1:{ports.ranker_http}"
-        with Stack(components, args.work / f"logs-{config}") as stack:
-            stack.start(timeout=240)
+        with configured_stack(args.bundle, config, args.work) as stack:
+            url, ranker_http = stack.url, stack.ranker_http
             print(f"{config}: stack ready at {url}; rates {args.rates}, {args.repeats} x "
                   f"{args.seconds:g}s each", file=sys.stderr)
 

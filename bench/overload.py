@@ -29,10 +29,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench.serving_load import CONFIGS, Measured, machine_line, offer
+from bench.serving_load import CONFIGS, Measured, configured_stack, machine_line, offer
 from bench.stack import candidate_batches, triton_load
-from pipeline.local import StackPorts, stack_components
-from pipeline.supervisor import Stack
 from shopserve.artifacts import (
     CATALOG_COMPONENT,
     MAX_SEQUENCE_LENGTH,
@@ -121,16 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     batches: list[dict] | None = None
     for config in args.configs.split(","):
-        ports = StackPorts.free()
-        components = stack_components(args.bundle, ports, dict(CONFIGS[config]))
-        url = components[-1].url
-        ranker_http = f"http://127.0.0.1:{ports.ranker_http}"
-        with Stack(components, args.work / f"logs-{config}") as stack:
-            stack.start(timeout=240)
+        with configured_stack(args.bundle, config, args.work) as stack:
+            url, ranker_http = stack.url, stack.ranker_http
             if batches is None:
                 batches = ranker_batches(args.bundle, url, args.queries)
-            capacity, detail = direct_capacity(f"127.0.0.1:{ports.ranker_grpc}", batches,
-                                               args.capacity_seconds)
+            capacity, detail = direct_capacity(stack.ranker_grpc, batches, args.capacity_seconds)
             notes.append(f"{config}: ranker direct capacity {capacity:.1f} calls/s of "
                          f"{SHORTLIST} pairs ({detail})")
             print(notes[-1], file=sys.stderr)

@@ -24,7 +24,8 @@ import math
 import platform
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.runner import LoadRun, run_locust
 from loadtest.slo import LoadStats
+from pipeline.local import StackPorts, stack_components
 from pipeline.observe.harness import cpu_model
+from pipeline.supervisor import Stack
 from shopserve import metric_names
 from shopserve.protocol import RANKER_MODEL
 
@@ -42,6 +45,26 @@ CONFIGS: Mapping[str, Mapping[str, str]] = {
     "today": {"SEARCH_RELEVANCE_CACHE_ENABLED": "false", "SEARCH_RANKER_MAX_CONCURRENCY": "0"},
     "new": {},
 }
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """A local stack started for one configuration: where to send load and read counters."""
+
+    url: str
+    ranker_http: str
+    ranker_grpc: str
+
+
+@contextmanager
+def configured_stack(bundle: Path, config: str, logs: Path) -> Iterator[RunningStack]:
+    """The local stack on free ports with ``config``'s search settings, until the block ends."""
+    ports = StackPorts.free()
+    components = stack_components(bundle, ports, dict(CONFIGS[config]))
+    with Stack(components, logs / f"logs-{config}") as stack:
+        stack.start(timeout=240)
+        yield RunningStack(components[-1].url, f"http://127.0.0.1:{ports.ranker_http}",
+                           f"127.0.0.1:{ports.ranker_grpc}")
 
 
 def machine_line() -> str:
