@@ -300,6 +300,18 @@ def score_all(model: nn.Module, pairs: dict[str, np.ndarray], device: torch.devi
 # ------------------------------------------------------------------------------------ timing
 
 
+def plan(device: str | None, requests: int | None, batch: int | None, batch_iters: int | None,
+         *, cpu_requests: int, cpu_batch: int) -> tuple[torch.device, torch.dtype, int, int, int]:
+    """The device (CUDA when present), its precision (fp16 on a GPU, fp32 on a CPU) and the
+    counts: the ones given, else 500 requests and 50 batches of 1024 on a GPU, the CPU's small
+    ones there (3 batches)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = dev.type == "cuda"
+    return (dev, torch.float16 if gpu else torch.float32,
+            requests or (500 if gpu else cpu_requests), batch or (1024 if gpu else cpu_batch),
+            batch_iters or (50 if gpu else 3))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -382,12 +394,9 @@ def run(folder: Path, *, device: str | None = None, impl: str = "plain", request
     Returns:
         The environment, the checks and the timings (``None`` where not measured).
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev, dtype, requests, batch, batch_iters = plan(device, requests, batch, batch_iters,
+                                                    cpu_requests=20, cpu_batch=128)
     gpu = dev.type == "cuda"
-    dtype = torch.float16 if gpu else torch.float32
-    requests = requests or (500 if gpu else 20)
-    batch = batch or (1024 if gpu else 128)
-    batch_iters = batch_iters or (50 if gpu else 3)
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text())
     with np.load(folder / EVAL_FILE, allow_pickle=False) as data:

@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import load_file
 
-from bench.gpu_ranker import graph_replay, time_requests
+from bench.gpu_ranker import graph_replay, plan, time_requests
 from shopserve.artifacts import MANIFEST, SEQUENCE_LENGTH, SEQUENCE_TOP_K, SEQUENCE_WEIGHTS_FILE
 from training.sequence.export import ServingGraph
 from training.sequence.model import SASRec
@@ -81,12 +81,9 @@ def _run(graph: ServingGraph, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def run(component: Path, *, device: str | None = None, requests: int | None = None,
         batch: int | None = None, batch_iters: int | None = None) -> dict[str, Any]:
     """Check and time the sequence model; the figures as a dict (see the module docstring)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev, dtype, requests, batch, batch_iters = plan(device, requests, batch, batch_iters,
+                                                    cpu_requests=30, cpu_batch=64)
     on_gpu = dev.type == "cuda"
-    dtype = torch.float16 if on_gpu else torch.float32
-    requests = requests or (500 if on_gpu else 30)
-    batch = batch or (1024 if on_gpu else 64)
-    batch_iters = batch_iters or (50 if on_gpu else 3)
     graph, params = load_graph(component, dev, dtype)
     length, n_items = int(params[SEQUENCE_LENGTH]), int(params["n_items"])
 

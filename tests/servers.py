@@ -21,6 +21,7 @@ import psutil
 
 from pipeline.supervisor import LOOPBACK, free_port
 from shopserve.process import ChildProcess
+from shopserve.protocol import SEARCH_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +132,21 @@ def start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Se
          "RANKER_GRPC_PORT": str(grpc_port), "RANKER_METRICS_PORT": str(free_port())},
         logs / f"ranker-{time.monotonic_ns()}.log", http_port=http_port, grpc_port=grpc_port,
         timeout=180,
+    )
+
+
+def start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
+                 env: Mapping[str, str] | None = None) -> Server:
+    """The search transformer on a bundle, its recall and ranker at the given gRPC addresses, as
+    KServe starts it (flags ``--predictor_host`` and ``--model_name``); ``env`` adds settings."""
+    http_port, grpc_port = free_port(), free_port()
+    return start_server(
+        "transformers_pre",
+        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall_host, **(env or {})},
+        log,
+        args=["--http_port", str(http_port), "--grpc_port", str(grpc_port),
+              "--predictor_host", ranker_host, "--model_name", SEARCH_MODEL],
+        http_port=http_port, grpc_port=grpc_port,
     )
 
 

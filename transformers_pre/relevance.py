@@ -99,10 +99,6 @@ class RelevanceCache:
             entries.popitem(last=False)
         self.stats.evictions += max(overflow, 0)
 
-    def clear(self) -> None:
-        """Drop every entry (counts are kept)."""
-        self._entries.clear()
-
 
 class ConcurrencyLimit:
     """At most ``limit`` holders at once; 0 admits everything.

@@ -37,7 +37,7 @@ from shopserve.protocol import (
     STAGE_MS,
     USER_ID,
 )
-from tests.servers import Server, free_port, start_ranker, start_recall, start_server
+from tests.servers import Server, free_port, start_ranker, start_recall, start_search
 
 pytestmark = pytest.mark.integration
 
@@ -69,20 +69,13 @@ def search(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         ranker = start_ranker(tiny_bundle, logs, free_port(), free_port())
         started.append(ranker)
-        http_port, grpc_port = free_port(), free_port()
-        server = start_server(
-            "transformers_pre",
-            {"SEARCH_BUNDLE_DIR": str(tiny_bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
-             "SEARCH_RANKER_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
-             "SEARCH_RECALL_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
-             "SEARCH_RANK_CANDIDATES": str(RANK_CANDIDATES),
-             "SEARCH_RELEVANCE_CACHE_ENABLED": "true",
-             "SEARCH_RANKER_MAX_CONCURRENCY": "1"},
-            logs / "search.log",
-            args=["--http_port", str(http_port), "--grpc_port", str(grpc_port),
-                  "--predictor_host", ranker.grpc_address, "--model_name", SEARCH_MODEL],
-            http_port=http_port, grpc_port=grpc_port,
-        )
+        server = start_search(tiny_bundle, logs / "search.log", recall.grpc_address,
+                              ranker.grpc_address, {
+                                  "SEARCH_RANKER_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
+                                  "SEARCH_RECALL_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
+                                  "SEARCH_RANK_CANDIDATES": str(RANK_CANDIDATES),
+                                  "SEARCH_RELEVANCE_CACHE_ENABLED": "true",
+                                  "SEARCH_RANKER_MAX_CONCURRENCY": "1"})
         started.append(server)
         yield server
     finally:

@@ -52,7 +52,7 @@ from shopserve.protocol import (
     STAGE_MS,
     USER_ID,
 )
-from tests.servers import Server, free_port, start_ranker, start_recall, start_server
+from tests.servers import Server, free_port, start_ranker, start_recall, start_search
 
 pytestmark = pytest.mark.integration
 
@@ -108,24 +108,16 @@ class World:
 
 def _start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
                   **env: str) -> Server:
-    http_port, grpc_port = free_port(), free_port()
-    return start_server(
-        "transformers_pre",
-        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall_host,
-         "SEARCH_RANKER_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
-         "SEARCH_RECALL_TIMEOUT_MS": str(RECALL_TIMEOUT_MS),
-         "SEARCH_BREAKER_FAILURES": str(BREAKER_FAILURES),
-         "SEARCH_BREAKER_COOLDOWN_MS": str(int(BREAKER_COOLDOWN_S * 1000)),
-         # The tests repeat one query and need the ranker called each time (a cached score would
-         # answer without it), and read each degraded answer's error in the log (not summarised
-         # per interval): the cache and the summary are tested in test_cache_and_overload.py.
-         "SEARCH_RELEVANCE_CACHE_ENABLED": "false", "SEARCH_FAILURE_LOG_INTERVAL_MS": "1",
-         **env},
-        log,
-        args=["--http_port", str(http_port), "--grpc_port", str(grpc_port),
-              "--predictor_host", ranker_host, "--model_name", SEARCH_MODEL],
-        http_port=http_port, grpc_port=grpc_port,
-    )
+    return start_search(bundle, log, recall_host, ranker_host, {
+        "SEARCH_RANKER_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
+        "SEARCH_RECALL_TIMEOUT_MS": str(RECALL_TIMEOUT_MS),
+        "SEARCH_BREAKER_FAILURES": str(BREAKER_FAILURES),
+        "SEARCH_BREAKER_COOLDOWN_MS": str(int(BREAKER_COOLDOWN_S * 1000)),
+        # The tests repeat one query and need the ranker called each time (a cached score would
+        # answer without it), and read each degraded answer's error in the log (not summarised
+        # per interval): the cache and the summary are tested in test_cache_and_overload.py.
+        "SEARCH_RELEVANCE_CACHE_ENABLED": "false", "SEARCH_FAILURE_LOG_INTERVAL_MS": "1",
+        **env})
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from tests.servers import (
     model_stubs,
     start_ranker,
     start_recall,
-    start_server,
+    start_search,
 )
 
 pytestmark = pytest.mark.integration
@@ -97,19 +97,12 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         ranker = start_ranker(tiny_bundle, logs, free_port(), free_port())
         started.append(ranker)
-        http_port, grpc_port = free_port(), free_port()
-        search = start_server(
-            "transformers_pre",
-            {"SEARCH_BUNDLE_DIR": str(tiny_bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
-             "SEARCH_SEQUENCE_HOST": ranker.grpc_address,
+        search = start_search(
+            tiny_bundle, logs / "search.log", recall.grpc_address, ranker.grpc_address,
+            {"SEARCH_SEQUENCE_HOST": ranker.grpc_address,
              # Generous budgets: the tiny models on a small shared CPU, never the point here.
              "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_SEQUENCE_TIMEOUT_MS": "3000",
-             "SEARCH_RECALL_TIMEOUT_MS": "3000"},
-            logs / "search.log",
-            args=["--http_port", str(http_port), "--grpc_port", str(grpc_port),
-                  "--predictor_host", ranker.grpc_address, "--model_name", SEARCH_MODEL],
-            http_port=http_port, grpc_port=grpc_port,
-        )
+             "SEARCH_RECALL_TIMEOUT_MS": "3000"})
         started.append(search)
         yield Stack(recall, ranker, search)
     finally:
