@@ -16,7 +16,14 @@ test never imports the build):
   rewrite table (``query_rewrites.json``) read backwards;
 * **typos**: one or two character edits (drop, swap, neighbouring key, double), never the first
   letter, as the generator makes them;
-* **kinds**: exact, synonym and typo in the shares the logged queries have.
+* **the harder classes**, from the phrase tables and edit functions the generator uses
+  (:mod:`shopserve.phrasing`): ``described`` needs ("something to carry my laptop to school for my
+  son"), ``paraphrase`` ("jacket warm puffy for a man"), ``negation`` ("black jacket without
+  down", the excluded value one the category has and the item has not) and ``misspelling`` (two or
+  three edits a word, "bakpak");
+* **kinds**: all of :data:`KINDS` in the shares the logged queries have (a log without the harder
+  classes composes none). A kind that cannot be written for the drawn item (a category without
+  need phrases, nothing to paraphrase or to exclude) is written ``exact`` instead.
 
 A composed text that is a logged query, or one the stream already sent, is drawn again, so within
 one stream every composed query is new. The vocabulary is large (thousands of items times attribute
@@ -40,13 +47,27 @@ from pathlib import Path
 import numpy as np
 
 from shopserve.catalog_files import CatalogFiles
+from shopserve.phrasing import (
+    DESCRIBED_ATTRIBUTES,
+    describable,
+    describe,
+    is_plural,
+    misspell,
+    negate,
+    paraphrase,
+    phrase_words,
+)
 from shopserve.text import keyboard_neighbours
 
 #: The mined synonym table of a catalog component (written by the build, read by the transformer).
 QUERY_REWRITES_FILE = "query_rewrites.json"
-#: Query kinds the composer writes, as the generator names them.
+#: Query kinds the composer writes, as the generator names them (``training.data.generator``'s
+#: ``QUERY_KINDS``, which the load test may not import).
 EXACT, SYNONYM, TYPO = "exact", "synonym", "typo"
-KINDS: tuple[str, ...] = (EXACT, SYNONYM, TYPO)
+DESCRIBED, PARAPHRASE, NEGATION, MISSPELLING = "described", "paraphrase", "negation", "misspelling"
+KINDS: tuple[str, ...] = (EXACT, SYNONYM, TYPO, DESCRIBED, PARAPHRASE, NEGATION, MISSPELLING)
+#: Attributes a negation may exclude.
+EXCLUDABLE: tuple[str, ...] = ("colour", "material")
 #: Attributes a composed query may name besides the category noun, in the generator's word order.
 LEAD_ATTRIBUTES: tuple[str, ...] = ("brand", "gender", "colour", "material")
 #: Redraws before a stream gives up on finding a text it has not sent (never reached in practice).
@@ -119,8 +140,9 @@ class ComposedQuery:
 
     Attributes:
         text: What the shopper typed.
-        base_text: The same attributes in the catalog's words (before synonyms and typos).
-        kind: ``exact``, ``synonym`` or ``typo``.
+        base_text: The same attributes in the catalog's words (before synonyms and typos); for a
+            negation, the wanted ones' words then ``not`` and the excluded value.
+        kind: One of :data:`KINDS`.
         category: The category of the item it was composed from (for filters).
     """
 
@@ -137,7 +159,7 @@ class QueryComposer:
         items: Item columns (``category``, ``brand``, ``colour``, ``material``, ``size``,
             ``gender``, ``title``, ``popularity``).
         synonyms: Catalog word (lower case) -> phrases shoppers type instead.
-        kind_shares: Shares of ``exact``, ``synonym`` and ``typo`` queries.
+        kind_shares: Share of each kind of :data:`KINDS` (a kind left out gets none).
         known: Texts never to compose (the logged queries, which the head already sends).
     """
 
@@ -149,7 +171,7 @@ class QueryComposer:
         self.synonyms = {word: sorted(phrases) for word, phrases in synonyms.items() if phrases}
         shares = [max(float(kind_shares.get(k, 0.0)), 0.0) for k in KINDS]
         if sum(shares) <= 0:
-            shares = [1.0, 0.0, 0.0]
+            shares = [1.0] + [0.0] * (len(KINDS) - 1)  # exact only
         self.kind_shares = dict(zip(KINDS, shares, strict=True))
         self._kind_cum = list(accumulate(shares))
         # Seed items by the square root of popularity: the tail reaches further down the catalog
@@ -162,11 +184,20 @@ class QueryComposer:
         self.brand = [str(v).lower() for v in items["brand"].tolist()]
         self.colour = [str(v).lower() for v in items["colour"].tolist()]
         self.material = [str(v).lower() for v in items["material"].tolist()]
-        self.size = [size_words(str(v)) for v in items["size"].tolist()]
+        self.raw_size = [str(v).lower() for v in items["size"].tolist()]
+        self.size = [size_words(v) for v in self.raw_size]
         self.gender = [str(v).lower() for v in items["gender"].tolist()]
         titles = [str(t).lower() for t in items["title"].tolist()]
         self.nouns, self.gendered, self.sized = self._category_words(titles)
         self.gender_words = self._gender_words(titles)
+        # What a negation may exclude: the colours and materials each category has.
+        self.category_values: dict[str, dict[str, list[str]]] = {}
+        for attr in EXCLUDABLE:
+            seen: dict[str, set[str]] = defaultdict(set)
+            for category, value in zip(self.category, getattr(self, attr), strict=True):
+                if value:
+                    seen[category].add(value)
+            self.category_values[attr] = {c: sorted(v) for c, v in seen.items()}
 
     def _category_words(self, titles: list[str]) -> tuple[dict[str, str], set[str], set[str]]:
         """Each category's noun (the words in all its titles that are no attribute's), and which
@@ -250,9 +281,10 @@ class QueryComposer:
         return words
 
     def vocabulary(self) -> set[str]:
-        """Every word a composed query may contain before typos: :meth:`lexicon` and the words of
-        every synonym phrase."""
-        words = self.lexicon()
+        """Every word a composed query may contain before typos and misspellings: :meth:`lexicon`,
+        the words of every synonym phrase and those of the shared phrase tables
+        (:func:`shopserve.phrasing.phrase_words`)."""
+        words = self.lexicon() | phrase_words()
         for phrases in self.synonyms.values():
             for phrase in phrases:
                 words.update(phrase.split())
@@ -288,14 +320,62 @@ class QueryComposer:
         tail = [self.size[row]] if with_size else []
         base = " ".join([words[a] for a in lead] + [noun] + tail)
         kind = KINDS[min(bisect_right(self._kind_cum, rng.random() * self._kind_cum[-1]), len(KINDS) - 1)]
+        composed: tuple[str, str] | None = None
         if kind == SYNONYM:
             swapped = [self._synonym(words[a], rng) for a in lead] + [self._synonym(noun, rng)]
-            text = " ".join(swapped + tail)
+            composed = " ".join(swapped + tail), base
         elif kind == TYPO:
-            text = make_typos(base, rng)
-        else:
-            text = base
-        return ComposedQuery(text, base, kind, category)
+            composed = make_typos(base, rng), base
+        elif kind == DESCRIBED:
+            composed = self._described(row, words, rng)
+        elif kind == PARAPHRASE:
+            values = {a: self._value(a, row) for a in lead if a != "brand"}
+            if with_size:
+                values["size"] = self.raw_size[row]
+            word = noun if rng.random() < 0.5 else self._synonym(noun, rng)
+            text = paraphrase(word, values, rng.randrange, size_words=" ".join(tail),
+                              brand=words["brand"] if "brand" in lead else "")
+            composed = (text, base) if text else None
+        elif kind == NEGATION:
+            composed = self._negation(row, lead, words, tail, rng)
+        elif kind == MISSPELLING:
+            composed = misspell(base, rng.randrange), base
+        if composed is None:  # the kind does not apply to this item
+            return ComposedQuery(base, base, EXACT, category)
+        return ComposedQuery(composed[0], composed[1], kind, category)
+
+    def _value(self, attribute: str, row: int) -> str:
+        """An item's attribute value as the phrase tables key it (gender by name: ``men``)."""
+        return str(getattr(self, attribute)[row])
+
+    def _described(self, row: int, words: dict[str, str],
+                   rng: random.Random) -> tuple[str, str] | None:
+        """A need of the item's category in other words with one or two of its material, colour
+        and gender described; its base names the same attributes in the catalog's words."""
+        category = self.category[row]
+        options = [a for a in DESCRIBED_ATTRIBUTES if describable(a, self._value(a, row))
+                   and (a != "gender" or category in self.gendered)]  # fmt: skip
+        chosen = rng.sample(options, min(rng.choice((1, 2)), len(options)))
+        text = describe(category, {a: self._value(a, row) for a in chosen}, rng.randrange)
+        if text is None:
+            return None
+        lead = [a for a in LEAD_ATTRIBUTES if a in chosen]
+        return text, " ".join([words[a] for a in lead] + [self.nouns[category]])
+
+    def _negation(self, row: int, lead: list[str], words: dict[str, str], tail: list[str],
+                  rng: random.Random) -> tuple[str, str] | None:
+        """The item's wanted words then a colour or material of its category that it has not."""
+        category = self.category[row]
+        attr = rng.choice(EXCLUDABLE)
+        values = [v for v in self.category_values[attr].get(category, [])
+                  if v != self._value(attr, row)]  # fmt: skip
+        if not values:
+            return None
+        excluded = rng.choice(values)
+        noun = self.nouns[category]
+        wanted = " ".join([words[a] for a in lead if a != attr] + [noun] + tail)
+        text = negate(wanted, attr, excluded, rng.randrange, plural=is_plural(noun))
+        return text, f"{wanted} not {excluded}"
 
     def _synonym(self, word: str, rng: random.Random) -> str:
         options = self.synonyms.get(word)

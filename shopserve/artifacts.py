@@ -5,6 +5,9 @@ A release bundle looks like::
     <bundle>/recall/manifest.json   item/user factors (.npz), id maps, ANN index
     <bundle>/ranker/manifest.json   Triton model repository and tokenizer files
     <bundle>/catalog/manifest.json  items with titles, attributes, prices
+    <bundle>/sequence/manifest.json the sequence recommender's Triton repository (optional)
+    <bundle>/semantic/manifest.json bi-encoder item embeddings, their ANN index, the query
+                                    encoder's Triton repository and tokenizer (optional)
     <bundle>/drift/manifest.json    reference distributions for drift monitoring (optional)
 
 Every file of a component is listed in its manifest with its sha256. Loading verifies each one and
@@ -48,6 +51,24 @@ SEQUENCE_WEIGHTS_FILE = "weights.safetensors"
 #: Sequence manifest parameters: the fixed input length, and K of the model's top-K output.
 SEQUENCE_LENGTH = "sequence_length"
 SEQUENCE_TOP_K = "top_k"
+#: Semantic retrieval: the bi-encoder's item embeddings, their FAISS index and the query
+#: tokenizer (``transformers_pre.semantic`` reads them), beside a Triton repository for the
+#: ``query-encoder`` model like the sequence component's; optional: a bundle without it searches
+#: with BM25 and MF only.
+SEMANTIC_COMPONENT = "semantic"
+#: Inside the semantic component: ``item_id`` int64 [N] and ``vectors`` float32 [N, D]
+#: (L2-normalised, ``save_npz``); the FAISS index over them (label i is ``item_id[i]``); the
+#: tokenizer (``tokenizers`` JSON).
+SEMANTIC_EMBEDDINGS_FILE = "item_embeddings.npz"
+SEMANTIC_INDEX_FILE = "index.faiss"
+SEMANTIC_TOKENIZER_FILE = "tokenizer.json"
+#: The arrays of ``item_embeddings.npz``: catalog item id per row, and the row's embedding.
+SEMANTIC_ITEM_IDS = "item_id"
+SEMANTIC_VECTORS = "vectors"
+#: Semantic manifest parameters: the embedding size and the longest query in tokens (special
+#: tokens included) the encoder takes; the tokenizer.json truncates there.
+SEMANTIC_DIM = "dim"
+SEMANTIC_MAX_QUERY_LENGTH = "max_query_length"
 #: Drift reference distributions (``shopserve.drift``), recorded from the catalog's queries and
 #: the ranker's scores; optional: a bundle without it serves with drift reported as unavailable.
 DRIFT_COMPONENT = "drift"

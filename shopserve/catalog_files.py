@@ -8,8 +8,10 @@ A catalog component folder holds (all arrays ``.npz``, read with ``allow_pickle=
 * ``users.npz``: registered shoppers, ascending ``user_id`` (and their profile columns);
 * ``events.npz``: the behaviour log sorted by time: ``user_id``, ``item_id``, ``timestamp``,
   ``weight``, ``event_type`` (an index into :data:`EVENT_TYPES`);
-* ``queries.npz``: the logged search queries (``query_id``, ``text``, ``category``, ``user_id``,
-  ``frequency`` and the judged targets);
+* ``queries.npz``: the logged search queries (``query_id``, ``text``, ``kind``, ``base_text``,
+  ``category``, ``user_id``, ``frequency``, the judged targets and the values a ``negation``
+  query excludes, ``exclude_colour`` and ``exclude_material``, ``''`` when none; files written
+  before negations lack those two columns, and readers take them as excluding nothing);
 * ``qrels.npz``, ``truth.npz``: judgements and hidden tastes, read only by the offline build;
 * ``query_rewrites.json``: the mined synonym table (see :mod:`transformers_pre.rewrite`);
 * ``lexical_index/`` (optional, :data:`LEXICAL_INDEX_DIR`): the BM25 index over :func:`item_text`,

@@ -104,6 +104,7 @@ SEARCH_MODEL = "search"
 RECALL_MODEL = "mf-recall"
 RANKER_MODEL = "bert-ranker"
 SEQUENCE_MODEL = "seq-recommender"
+QUERY_ENCODER_MODEL = "query-encoder"
 
 # Tensor names.
 QUERY = "query"
@@ -121,6 +122,9 @@ ITEM_SEQUENCE = "item_sequence"
 NEXT_ITEMS = "next_items"
 NEXT_SCORES = "next_scores"
 SESSION_EMBEDDING = "session_embedding"
+#: query-encoder: the bi-encoder's embedding of each query (mean-pooled, L2-normalised), searched
+#: against the item embeddings of the bundle's ``semantic`` component.
+QUERY_EMBEDDING = "query_embedding"
 ITEM_IDS = "item_ids"
 SCORES = "scores"
 TITLES = "titles"
@@ -200,8 +204,17 @@ SEQUENCE = ModelContract(
     ),
 )
 
+QUERY_ENCODER = ModelContract(
+    name=QUERY_ENCODER_MODEL,
+    inputs=(
+        TensorSpec(INPUT_IDS, "INT64", (-1, -1)),
+        TensorSpec(ATTENTION_MASK, "INT64", (-1, -1)),
+    ),
+    outputs=(TensorSpec(QUERY_EMBEDDING, "FP32", (-1, -1)),),
+)
+
 CONTRACTS: Mapping[str, ModelContract] = {
-    c.name: c for c in (SEARCH, RECALL, RANKER, SEQUENCE)}
+    c.name: c for c in (SEARCH, RECALL, RANKER, SEQUENCE, QUERY_ENCODER)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ The build side of :mod:`transformers_pre.rewrite`: a shop mines its click log, w
 generator's training queries and their relevance judgements (never the held-out ones). The table
 is saved into the bundle's ``catalog`` component (``query_rewrites.json``, checksummed by its
 manifest), which the search transformer reads at load.
+
+Only the lexical kinds' training queries teach it (``exact``, ``synonym``, ``typo``:
+:data:`training.data.generator.LEXICAL_KINDS`). The understanding kinds (described needs,
+paraphrases, negations, misspellings) are left out: their phrase words would be mined back as
+one-token rewrites ("puffy" -> down, "husband" -> men's), turning the classes a ranker must
+understand into ones a lookup table solves, and their evaluation into a measure of the table.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from shopserve.text import normalise_query
-from training.data.generator import Dataset
+from training.data.generator import LEXICAL_KINDS, Dataset
 from transformers_pre.rewrite import REWRITES_FILE, correct_spelling, query_tokens, spelling_dictionary
 
 
@@ -85,21 +91,31 @@ def mine_synonyms(
     return dict(sorted(synonyms.items()))
 
 
+def lexical_query_ids(dataset: Dataset, query_ids: np.ndarray) -> np.ndarray:
+    """The ids among ``query_ids`` of queries of a lexical kind (:data:`LEXICAL_KINDS`): the only
+    ones synonym mining learns from."""
+    queries = dataset.queries
+    ids = np.asarray(query_ids, dtype=np.int64)
+    kinds = queries.kind[queries.query_id.searchsorted(ids)]
+    return ids[np.isin(kinds, LEXICAL_KINDS)]
+
+
 def synonyms_from_dataset(
     dataset: Dataset, train_query_ids: np.ndarray, config: MiningConfig | None = None
 ) -> dict[str, str]:
-    """Mine the synonym table from a generated world's training queries only.
+    """Mine the synonym table from a generated world's training queries of the lexical kinds.
 
     Args:
         dataset: The world (catalog and judged query log).
         train_query_ids: Queries to learn from: never the held-out ones the bundle is evaluated on.
+            Those of an understanding kind are skipped (see the module docstring).
         config: Thresholds.
     """
     config = config or MiningConfig()
     documents = [frozenset(query_tokens(t)) for t in dataset.item_text()]
     items = dataset.items.item_id
     queries = dataset.queries
-    rows = queries.query_id.searchsorted(np.asarray(train_query_ids))
+    rows = queries.query_id.searchsorted(lexical_query_ids(dataset, train_query_ids))
     judged = []
     for query_id, text in zip(queries.query_id[rows], queries.text[rows], strict=True):
         exact = np.flatnonzero(dataset.grade(np.full(items.shape, query_id), items) >= 3)
@@ -116,7 +132,8 @@ def mine_into(folder: Path, dataset: Dataset, train_query_ids: np.ndarray) -> di
     """
     synonyms = synonyms_from_dataset(dataset, train_query_ids)
     save_synonyms(folder, synonyms)
-    return {"synonyms": len(synonyms), "synonyms_mined_from_queries": len(train_query_ids)}
+    return {"synonyms": len(synonyms),
+            "synonyms_mined_from_queries": len(lexical_query_ids(dataset, train_query_ids))}
 
 
 def save_synonyms(folder: Path, synonyms: Mapping[str, str]) -> Path:

@@ -5,17 +5,23 @@
     helm upgrade --install shopserve charts/shopserve --namespace shopserve --create-namespace \\
       --values charts/shopserve/values-ENV.yaml --set image.tag=TAG \\
       --set search.storageUri=URI --set ranker.storageUri=URI/ranker --set recall.storageUri=URI/recall \
-      --set sequence.enabled=true --set sequence.storageUri=URI/sequence
+      --set sequence.enabled=true --set sequence.storageUri=URI/sequence \
+      --set semantic.enabled=true --set semantic.storageUri=URI/semantic
 
 where ``URI`` is ``<storage prefix>/<version>`` (the bundle as published, see the README's
 "Publish a bundle"). A bundle without a ``sequence/`` component deploys with
-``sequence.enabled=false`` (no ``seq-recommender``; recommendations from MF and popularity).
+``sequence.enabled=false`` (no ``seq-recommender``; recommendations from MF and popularity), one
+without a ``semantic/`` component with ``semantic.enabled=false`` (no ``query-encoder``; search
+candidates from BM25 and MF only).
 ``--canary N`` deploys the bundle as a canary instead: the stable ``storageUri`` values point at the
 stable bundle (``--stable``, default the bundle's parent) and the ranker's, recall's and the
 sequence model's ``canary`` values take the new bundle with ``trafficPercent: N``. The sequence
 model takes part in a canary only when both bundles have it (the stable one as the local registry
 holds it); otherwise it stays off until the full rollout, since the transformer's
-``SEARCH_SEQUENCE_ENABLED`` is not split by the canary.
+``SEARCH_SEQUENCE_ENABLED`` is not split by the canary. The query encoder never takes part: the
+transformer searches the item embeddings of the bundle it serves (the stable one during a canary),
+and only that bundle's encoder embeds queries into their space, so ``query-encoder`` serves the
+stable bundle's ``semantic/`` (and is off when the stable bundle has none) until the full rollout.
 
 ``--dry-run`` renders the same values with ``helm template`` (no cluster, no credentials) and prints
 the manifests, so what would be installed can be read and tested.
@@ -32,7 +38,13 @@ from pathlib import Path
 
 from pipeline.lifecycle.registry import BUNDLE_MANIFEST, DEFAULT_REGISTRY, BundleManifest, Registry
 from pipeline.rollout.manifests import CHART, ENVIRONMENTS, NAMESPACE, RELEASE, HelmNotFound, find_helm
-from shopserve.artifacts import MANIFEST, RANKER_COMPONENT, RECALL_COMPONENT, SEQUENCE_COMPONENT
+from shopserve.artifacts import (
+    MANIFEST,
+    RANKER_COMPONENT,
+    RECALL_COMPONENT,
+    SEMANTIC_COMPONENT,
+    SEQUENCE_COMPONENT,
+)
 from shopserve.errors import BundleError
 
 #: Where published bundles live (``aws s3 sync <bundle> <prefix>/<version>``); the chart's default.
@@ -55,6 +67,9 @@ class DeployPlan:
         sequence: The bundle has a sequence component (else ``sequence.enabled=false``).
         stable_sequence: During a canary, the stable bundle has one too (else the sequence model
             stays off until the full rollout).
+        semantic: The bundle has a semantic component (else ``semantic.enabled=false``).
+        stable_semantic: During a canary, the stable bundle has one: the query encoder serves it
+            (it must match the item embeddings of the bundle the transformer serves).
     """
 
     env: str
@@ -67,6 +82,8 @@ class DeployPlan:
     namespace: str = NAMESPACE
     sequence: bool = False
     stable_sequence: bool = False
+    semantic: bool = False
+    stable_semantic: bool = False
 
     @property
     def values_file(self) -> Path:
@@ -89,6 +106,13 @@ class DeployPlan:
         values.append(f"{SEQUENCE_COMPONENT}.enabled={str(sequence).lower()}")
         if sequence:
             values.append(f"{SEQUENCE_COMPONENT}.storageUri={stable}/{SEQUENCE_COMPONENT}")
+        # The query encoder follows the bundle the transformer serves (search.storageUri): its
+        # embeddings must be in the space of that bundle's item embeddings. No canary of its own.
+        semantic = self.stable_semantic if canary else self.semantic
+        values.append(f"{SEMANTIC_COMPONENT}.enabled={str(semantic).lower()}")
+        if semantic:
+            values += [f"{SEMANTIC_COMPONENT}.storageUri={stable}/{SEMANTIC_COMPONENT}",
+                       f"{SEMANTIC_COMPONENT}.canary.enabled=false"]
         components = (RANKER_COMPONENT, RECALL_COMPONENT, *((SEQUENCE_COMPONENT,) if sequence else ()))
         if canary:
             for component in components:
@@ -148,8 +172,9 @@ def plan_deploy(
         version, parent = manifest.version, manifest.parent
     prefix = storage_prefix.rstrip("/")
     stable_uri = None
-    sequence = _has_sequence(folder)
-    stable_sequence = False
+    sequence = _has_component(folder, SEQUENCE_COMPONENT)
+    semantic = _has_component(folder, SEMANTIC_COMPONENT)
+    stable_sequence = stable_semantic = False
     if canary is not None:
         if not 1 <= canary <= 99:
             raise ValueError(f"--canary takes a traffic percent in 1..99, got {canary}")
@@ -158,18 +183,22 @@ def plan_deploy(
             raise ValueError(f"bundle {version} has no parent: name the stable bundle with --stable")
         stable_uri = f"{prefix}/{stable}"
         try:
-            stable_sequence = _has_sequence(Registry(registry).resolve(stable))
+            stable_folder = Registry(registry).resolve(stable)
+            stable_sequence = _has_component(stable_folder, SEQUENCE_COMPONENT)
+            stable_semantic = _has_component(stable_folder, SEMANTIC_COMPONENT)
         except BundleError:
-            # Not in the local registry: whether it has a sequence component is unknown, and a
-            # storageUri without one would leave seq-recommender failing; keep it off instead.
-            stable_sequence = False
+            # Not in the local registry: whether it has a sequence or semantic component is
+            # unknown, and a storageUri without one would leave seq-recommender or query-encoder
+            # failing; keep them off instead.
+            stable_sequence = stable_semantic = False
     return DeployPlan(env, version, f"{prefix}/{version}", image_tag, canary, stable_uri,
-                      sequence=sequence, stable_sequence=stable_sequence)
+                      sequence=sequence, stable_sequence=stable_sequence,
+                      semantic=semantic, stable_semantic=stable_semantic)
 
 
-def _has_sequence(bundle: Path) -> bool:
-    """Whether a bundle folder has a sequence component (its manifest)."""
-    return (bundle / SEQUENCE_COMPONENT / MANIFEST).is_file()
+def _has_component(bundle: Path, component: str) -> bool:
+    """Whether a bundle folder has an optional component (its manifest)."""
+    return (bundle / component / MANIFEST).is_file()
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:

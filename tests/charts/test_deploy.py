@@ -21,6 +21,11 @@ VERSION = "20260102.000000"
 SEQ_PARENT = "20251201.000000"
 SEQ_VERSION = "20251202.000000"
 FIRST_SEQ = "20251203.000000"
+#: Bundles with a semantic component: SEM_VERSION and its parent SEM_PARENT; FIRST_SEM, whose parent
+#: PARENT has none.
+SEM_PARENT = "20251101.000000"
+SEM_VERSION = "20251102.000000"
+FIRST_SEM = "20251103.000000"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +35,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for version, parent, components in (
         (SEQ_PARENT, None, (*plain, "sequence")), (SEQ_VERSION, SEQ_PARENT, (*plain, "sequence")),
         (FIRST_SEQ, PARENT, (*plain, "sequence")),
+        (SEM_PARENT, None, (*plain, "semantic")), (SEM_VERSION, SEM_PARENT, (*plain, "semantic")),
+        (FIRST_SEM, PARENT, (*plain, "semantic")),
         (PARENT, None, plain), (VERSION, PARENT, plain),
     ):
         for component in components:
@@ -82,6 +89,8 @@ def test_dry_run_renders_the_bundle_storage_uri(helm: str, registry: Path, env: 
     assert _uris(rendered) == {root, f"{root}/ranker", f"{root}/recall"}
     assert _isvcs(rendered) == {"search", "mf-recall"}
     assert 'SEARCH_SEQUENCE_ENABLED: "false"' in rendered
+    # No semantic component either: no query-encoder, BM25 and MF candidates only.
+    assert 'SEARCH_SEMANTIC_ENABLED: "false"' in rendered
     assert "ghcr.io/shopserve/shopserve:9.9.9" in rendered
     assert "canaryTrafficPercent" not in rendered
 
@@ -159,3 +168,50 @@ def test_canary_of_a_first_sequence_model_keeps_it_off(registry: Path) -> None:
 def test_canary_against_a_stable_bundle_not_in_the_registry(registry: Path) -> None:
     plan = plan_deploy("prod", SEQ_VERSION, registry=registry, canary=10, stable="20250101.000000")
     assert "sequence.enabled=false" in plan.set_values()
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_dry_run_serves_the_bundle_semantic_component(helm: str, registry: Path, env: str) -> None:
+    rendered = _deploy(helm, registry, "--env", env, "--bundle", SEM_VERSION)
+    root = f"{DEFAULT_STORAGE_PREFIX}/{SEM_VERSION}"
+    assert _uris(rendered) == {root, f"{root}/ranker", f"{root}/recall", f"{root}/semantic"}
+    assert _isvcs(rendered) == {"search", "mf-recall", "query-encoder"}
+    assert 'SEARCH_SEMANTIC_ENABLED: "true"' in rendered
+    assert "canaryTrafficPercent" not in rendered
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_canary_keeps_the_query_encoder_on_the_stable_bundle(helm: str, registry: Path, mode: str) -> None:
+    """The transformer serves the stable bundle's item embeddings during a canary: only the stable
+    bundle's encoder embeds queries into their space."""
+    plan = plan_deploy("staging", SEM_VERSION, registry=registry, canary=25)
+    assert plan.semantic and plan.stable_semantic
+    stable = f"{DEFAULT_STORAGE_PREFIX}/{SEM_PARENT}"
+    values = plan.set_values()
+    assert {"semantic.enabled=true", f"semantic.storageUri={stable}/semantic",
+            "semantic.canary.enabled=false"} <= set(values)
+    cmd = [helm, *plan.helm_args(dry_run=True), "--set", f"deploymentMode={mode}"]
+    rendered = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    [encoder] = [d for d in yaml.safe_load_all(rendered)
+                 if d and d["kind"] == "InferenceService" and d["metadata"]["name"] == "query-encoder"]
+    assert encoder["spec"]["predictor"]["model"]["storageUri"] == f"{stable}/semantic"
+    assert "canary" not in encoder["spec"] and "canaryTrafficPercent" not in encoder["spec"]["predictor"]
+    assert f"{DEFAULT_STORAGE_PREFIX}/{SEM_VERSION}/semantic" not in _uris(rendered)
+
+
+def test_canary_of_a_first_semantic_component_keeps_it_off(registry: Path) -> None:
+    """The stable bundle, which the transformer serves, has no item embeddings: the semantic path
+    waits for the full rollout."""
+    plan = plan_deploy("prod", FIRST_SEM, registry=registry, canary=10)
+    assert plan.semantic and not plan.stable_semantic
+    values = plan.set_values()
+    assert "semantic.enabled=false" in values
+    assert not [v for v in values if v.startswith("semantic.") and v != "semantic.enabled=false"]
+    full = plan_deploy("prod", FIRST_SEM, registry=registry).set_values()
+    assert f"semantic.storageUri={DEFAULT_STORAGE_PREFIX}/{FIRST_SEM}/semantic" in full
+    assert {"semantic.enabled=true", "semantic.canary.enabled=false"} <= set(full)
+
+
+def test_canary_against_an_unknown_stable_bundle_keeps_the_query_encoder_off(registry: Path) -> None:
+    plan = plan_deploy("prod", SEM_VERSION, registry=registry, canary=10, stable="20250101.000000")
+    assert "semantic.enabled=false" in plan.set_values()

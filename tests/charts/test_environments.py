@@ -10,14 +10,20 @@ import pytest
 from pipeline.rollout.manifests import NAMESPACE, RENDERS, Render
 from shopserve import metric_names
 from shopserve.drift import SIGNALS
-from shopserve.protocol import RANKER_MODEL, RECALL_MODEL, SEARCH_MODEL, SEQUENCE_MODEL
+from shopserve.protocol import (
+    QUERY_ENCODER_MODEL,
+    RANKER_MODEL,
+    RECALL_MODEL,
+    SEARCH_MODEL,
+    SEQUENCE_MODEL,
+)
 from tests.charts.conftest import Obj, by_kind, one
 
 GPU = "nvidia.com/gpu"
 COMPONENTS = (("search", "transformer"), ("search", "predictor"), ("mf-recall", "predictor"),
-              ("seq-recommender", "predictor"))
+              ("seq-recommender", "predictor"), ("query-encoder", "predictor"))
 #: The InferenceServices whose predictor is Triton, and the bundle component each serves.
-TRITON_PREDICTORS = {SEARCH_MODEL: "ranker", SEQUENCE_MODEL: "sequence"}
+TRITON_PREDICTORS = {SEARCH_MODEL: "ranker", SEQUENCE_MODEL: "sequence", QUERY_ENCODER_MODEL: "semantic"}
 
 
 def components(isvc: Obj) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -63,9 +69,15 @@ def test_model_names_are_the_protocol_constants(target: Render, rendered: dict[R
     one(objects, "InferenceService", SEQUENCE_MODEL)
     assert settings["SEARCH_SEQUENCE_MODEL"] == SEQUENCE_MODEL
     assert settings["SEARCH_SEQUENCE_ENABLED"] == "true"
+    # The query encoder likewise.
+    one(objects, "InferenceService", QUERY_ENCODER_MODEL)
+    assert settings["SEARCH_SEMANTIC_MODEL"] == QUERY_ENCODER_MODEL
+    assert settings["SEARCH_SEMANTIC_ENABLED"] == "true"
     # In-cluster upstreams: the predictors' services, gRPC on port 80 in both modes.
     assert settings["SEARCH_RECALL_HOST"] == f"{RECALL_MODEL}-predictor.shopserve.svc.cluster.local:80"
     assert settings["SEARCH_SEQUENCE_HOST"] == f"{SEQUENCE_MODEL}-predictor.shopserve.svc.cluster.local:80"
+    assert settings["SEARCH_SEMANTIC_HOST"] == (
+        f"{QUERY_ENCODER_MODEL}-predictor.shopserve.svc.cluster.local:80")
     ranker_host = args[args.index("--predictor_host") + 1]
     assert ranker_host == f"{SEARCH_MODEL}-predictor.shopserve.svc.cluster.local:80"
 
@@ -83,10 +95,12 @@ def test_entrypoints_and_triton_runtime(target: Render, rendered: dict[Render, l
     assert set(runtime["spec"]["protocolVersions"]) == {"v2", "grpc-v2"}
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8002"
     assert "--metrics-port=8002" in runtime["spec"]["containers"][0]["args"]
-    # The sequence model runs on the same Triton runtime, as its own predictor.
-    sequence = one(objects, "InferenceService", SEQUENCE_MODEL)["spec"]["predictor"]["model"]
-    assert sequence["modelFormat"]["name"] == "triton" and sequence["protocolVersion"] == "grpc-v2"
-    assert sequence["runtime"] == model["runtime"]
+    # The sequence model and the query encoder run on the same Triton runtime, each as its own
+    # predictor.
+    for isvc_name in (SEQUENCE_MODEL, QUERY_ENCODER_MODEL):
+        own = one(objects, "InferenceService", isvc_name)["spec"]["predictor"]["model"]
+        assert own["modelFormat"]["name"] == "triton" and own["protocolVersion"] == "grpc-v2"
+        assert own["runtime"] == model["runtime"]
     # The predictor's first port is the gRPC one the transformer calls.
     assert runtime["spec"]["containers"][0]["ports"][0]["containerPort"] == 8001
     assert recall["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"] == 8091
@@ -145,8 +159,8 @@ def test_settings_changes_roll_the_pods(target: Render, rendered: dict[Render, l
 
 
 # --------------------------------------------------------------------------------------------------
-# GPUs: the Triton predictors (ranker, sequence model) in staging and prod, nothing else and not
-# in dev.
+# GPUs: the Triton predictors (ranker, sequence model, query encoder) in staging and prod, nothing
+# else and not in dev.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -168,7 +182,7 @@ def test_gpu_only_for_triton_predictors_in_staging_and_prod(target: Render,
                     assert gpus == {"requests": None, "limits": None}, f"{isvc['metadata']['name']} {name}"
                     assert "tolerations" not in spec
                 if is_triton:
-                    # One model repository (the bundle's ranker/ or sequence/), two
+                    # One model repository (the bundle's ranker/, sequence/ or semantic/), two
                     # configurations: Triton on CPU (dev) picks <model>/configs/cpu.pbtxt
                     # (KIND_CPU), a GPU pod the default config.pbtxt (KIND_GPU). KServe appends
                     # these args to the runtime's.
@@ -203,12 +217,69 @@ def test_sequence_canary_takes_ten_percent(env: str, rendered: dict[Render, list
     assert not autoscaling_fields & set(canary["predictor"])
 
 
+@pytest.mark.parametrize(("env", "mode"), [("prod", "Knative"), ("prod", "Standard")])
+def test_query_encoder_on_a_gpu_in_prod(env: str, mode: str, rendered: dict[Render, list[Obj]]) -> None:
+    """prod: the query encoder's Triton on a GPU node with one GPU, the default (KIND_GPU)
+    config.pbtxt of the bundle's semantic/ model repository, on the ranker's runtime."""
+    objects = rendered[Render(env, mode)]
+    predictor = one(objects, "InferenceService", QUERY_ENCODER_MODEL)["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["resources"]["requests"][GPU] == model["resources"]["limits"][GPU] == 1
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"] == [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
+    assert "args" not in model  # no --model-config-name: Triton loads config.pbtxt (KIND_GPU)
+    assert model["storageUri"] == "s3://shopserve-models/bundles/20261120.090000/semantic"
+    ranker = one(objects, "InferenceService", SEARCH_MODEL)["spec"]["predictor"]["model"]
+    assert model["runtime"] == ranker["runtime"]
+    assert predictor["minReplicas"] == 2 and predictor["labels"]["app.kubernetes.io/component"] == "semantic"
+
+
+@pytest.mark.parametrize("target", [r for r in RENDERS if r.env != "dev"], ids=lambda r: r.folder)
+def test_query_encoder_stays_on_the_stable_bundle(target: Render,
+                                                  rendered: dict[Render, list[Obj]]) -> None:
+    """staging and prod carry ranker and sequence canaries, none for the query encoder: the
+    transformer's index (search.storageUri) holds the stable bundle's item embeddings."""
+    objects = rendered[target]
+    spec = one(objects, "InferenceService", QUERY_ENCODER_MODEL)["spec"]
+    assert "canary" not in spec and "canaryTrafficPercent" not in spec["predictor"]
+    transformer = one(objects, "InferenceService", SEARCH_MODEL)["spec"]["transformer"]
+    search_uri = transformer["storageUris"][0]["uri"]
+    assert spec["predictor"]["model"]["storageUri"] == f"{search_uri}/semantic"
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_query_encoder_canary_alone(mode: str, render: Any,
+                                    kserve_validators: dict[tuple[str, str], Any]) -> None:
+    objects = render("dev", mode, "semantic.canary.enabled=true", "semantic.canary.trafficPercent=25",
+                     "semantic.canary.storageUri=s3://b/new/semantic")
+    encoder = one(objects, "InferenceService", QUERY_ENCODER_MODEL)
+    for other in (SEARCH_MODEL, RECALL_MODEL, SEQUENCE_MODEL):
+        spec = one(objects, "InferenceService", other)["spec"]
+        assert "canary" not in spec and "canaryTrafficPercent" not in spec["predictor"]
+    if mode == "Knative":
+        assert encoder["spec"]["predictor"]["canaryTrafficPercent"] == 25
+        assert encoder["spec"]["predictor"]["model"]["storageUri"] == "s3://b/new/semantic"
+    else:
+        assert "canaryTrafficPercent" not in encoder["spec"]["predictor"]
+        assert encoder["spec"]["predictor"]["model"]["storageUri"].endswith("/semantic")
+        assert "name" not in encoder["spec"]["predictor"]["model"]
+        [canary] = encoder["spec"]["canary"]
+        assert canary["trafficPercent"] == 25 and canary["predictor"]["name"] == "canary"
+        assert canary["predictor"]["model"]["storageUri"] == "s3://b/new/semantic"
+        assert canary["predictor"]["model"]["name"] == "kserve-container"
+        # The canary runs the CPU configuration too, and takes no autoscaling fields.
+        assert canary["predictor"]["model"]["args"] == ["--model-config-name=cpu"]
+        assert not {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"} & set(canary["predictor"])
+    validator = kserve_validators[("serving.kserve.io/v1beta1", "InferenceService")]
+    assert not list(validator.iter_errors(encoder))
+
+
 @pytest.mark.parametrize("mode", ["Knative", "Standard"])
 def test_sequence_canary_alone(mode: str, render: Any, kserve_validators: dict[tuple[str, str], Any]) -> None:
     objects = render("dev", mode, "sequence.canary.enabled=true", "sequence.canary.trafficPercent=25",
                      "sequence.canary.storageUri=s3://b/new/sequence")
     sequence = one(objects, "InferenceService", SEQUENCE_MODEL)
-    for other in (SEARCH_MODEL, RECALL_MODEL):
+    for other in (SEARCH_MODEL, RECALL_MODEL, QUERY_ENCODER_MODEL):
         spec = one(objects, "InferenceService", other)["spec"]
         assert "canary" not in spec and "canaryTrafficPercent" not in spec["predictor"]
     if mode == "Knative":
@@ -335,12 +406,14 @@ def test_standard_autoscaler_classes(rendered: dict[Render, list[Obj]]) -> None:
         "serving.kserve.io/autoscalerClass"] == "external"
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind(prod, "HorizontalPodAutoscaler")}
     assert set(hpas) == {"search-transformer", "search-predictor", "mf-recall-predictor",
-                         f"{SEQUENCE_MODEL}-predictor"}
+                         f"{SEQUENCE_MODEL}-predictor", f"{QUERY_ENCODER_MODEL}-predictor"}
     transformer_metric = hpas["search-transformer"]["spec"]["metrics"][0]["pods"]["metric"]
     assert transformer_metric["name"] == "shopserve_search_rows"
     assert hpas["search-predictor"]["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
     sequence_target = hpas[f"{SEQUENCE_MODEL}-predictor"]["spec"]["metrics"][0]["resource"]["target"]
     assert sequence_target["averageUtilization"] == 60
+    encoder_target = hpas[f"{QUERY_ENCODER_MODEL}-predictor"]["spec"]["metrics"][0]["resource"]["target"]
+    assert encoder_target["averageUtilization"] == 60
     assert all(h["spec"]["minReplicas"] == 2 for h in hpas.values())
     assert not by_kind(rendered[Render("prod", "Knative")], "HorizontalPodAutoscaler")
 
@@ -363,9 +436,10 @@ def test_fixed_replicas_when_autoscaling_is_off(render: Any) -> None:
 def test_network_policy_and_pdbs(target: Render, rendered: dict[Render, list[Obj]]) -> None:
     objects = rendered[target]
     policy = one(objects, "NetworkPolicy", "shopserve-predictors")
-    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall", "sequence"]
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == [
+        "ranker", "recall", "sequence", "semantic"]
     # Every predictor pod carries a component label the policy selects.
-    for isvc_name in (SEARCH_MODEL, RECALL_MODEL, SEQUENCE_MODEL):
+    for isvc_name in (SEARCH_MODEL, RECALL_MODEL, SEQUENCE_MODEL, QUERY_ENCODER_MODEL):
         predictor = one(objects, "InferenceService", isvc_name)["spec"]["predictor"]
         assert predictor["labels"]["app.kubernetes.io/component"] in (
             policy["spec"]["podSelector"]["matchExpressions"][0]["values"])
@@ -394,9 +468,12 @@ def test_alerts_and_dashboard(target: Render, rendered: dict[Render, list[Obj]])
     drift_alerts = {f"ShopserveDrift{camel(signal)[0].upper()}{camel(signal)[1:]}" for signal in SIGNALS}
     assert set(alerts) == {"ShopserveSearchErrorRatioHigh", "ShopserveSearchLatencyP99High",
                            "ShopserveSearchDegradedRatioHigh", "ShopserveRankerGpuSaturated",
-                           "ShopserveSequenceGpuSaturated", *drift_alerts}
+                           "ShopserveSequenceGpuSaturated", "ShopserveSemanticGpuSaturated",
+                           *drift_alerts}
     assert f'pod=~"{SEQUENCE_MODEL}-.*predictor.*"' in alerts["ShopserveSequenceGpuSaturated"]["expr"]
     assert alerts["ShopserveSequenceGpuSaturated"]["labels"]["component"] == "sequence"
+    assert f'pod=~"{QUERY_ENCODER_MODEL}-.*predictor.*"' in alerts["ShopserveSemanticGpuSaturated"]["expr"]
+    assert alerts["ShopserveSemanticGpuSaturated"]["labels"]["component"] == "semantic"
     # One drift alert per signal of shopserve.drift, on the transformer's PSI gauge.
     for signal in SIGNALS:
         rule = alerts[f"ShopserveDrift{camel(signal)[0].upper()}{camel(signal)[1:]}"]
@@ -407,7 +484,7 @@ def test_alerts_and_dashboard(target: Render, rendered: dict[Render, list[Obj]])
     assert all(r["labels"]["environment"] == target.env for r in alerts.values())
     monitors = {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
                 for m in by_kind(objects, "PodMonitor")}
-    assert monitors == {"search", "ranker", "recall", "sequence"}
+    assert monitors == {"search", "ranker", "recall", "sequence", "semantic"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,11 +496,11 @@ def test_alerts_and_dashboard(target: Render, rendered: dict[Render, list[Obj]])
 def test_sequence_disabled_renders_none_of_its_objects(env: str, mode: str, render: Any) -> None:
     objects = render(env, mode, "sequence.enabled=false")
     isvcs = {i["metadata"]["name"] for i in by_kind(objects, "InferenceService")}
-    assert isvcs == {SEARCH_MODEL, RECALL_MODEL}
+    assert isvcs == {SEARCH_MODEL, RECALL_MODEL, QUERY_ENCODER_MODEL}
     for kind in ("PodDisruptionBudget", "PodMonitor", "HorizontalPodAutoscaler"):
         assert "shopserve-sequence" not in {o["metadata"]["name"] for o in by_kind(objects, kind)}
     policy = one(objects, "NetworkPolicy", "shopserve-predictors")
-    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall"]
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall", "semantic"]
     # The transformer then never asks for the sequence model.
     assert one(objects, "ConfigMap", "shopserve-search")["data"]["SEARCH_SEQUENCE_ENABLED"] == "false"
     for rules in by_kind(objects, "PrometheusRule"):
@@ -445,3 +522,57 @@ def test_sequence_on_cpu_in_prod(render: Any) -> None:
     assert model["args"] == ["--model-config-name=cpu"] and GPU not in model["resources"]["limits"]
     alerts = {r["alert"] for g in by_kind(objects, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
     assert "ShopserveSequenceGpuSaturated" not in alerts
+
+
+# --------------------------------------------------------------------------------------------------
+# semantic.enabled: false, a bundle without a semantic component.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "mode"), [("prod", "Knative"), ("prod", "Standard"), ("dev", "Knative")])
+def test_semantic_disabled_renders_none_of_its_objects(env: str, mode: str, render: Any) -> None:
+    objects = render(env, mode, "semantic.enabled=false")
+    isvcs = {i["metadata"]["name"] for i in by_kind(objects, "InferenceService")}
+    assert isvcs == {SEARCH_MODEL, RECALL_MODEL, SEQUENCE_MODEL}
+    assert not [o for o in objects if QUERY_ENCODER_MODEL in o["metadata"]["name"]
+                or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "semantic"]
+    for kind in ("PodDisruptionBudget", "PodMonitor", "HorizontalPodAutoscaler"):
+        assert "shopserve-semantic" not in {o["metadata"]["name"] for o in by_kind(objects, kind)}
+    policy = one(objects, "NetworkPolicy", "shopserve-predictors")
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["ranker", "recall", "sequence"]
+    # The transformer then never asks for the query encoder.
+    settings = one(objects, "ConfigMap", "shopserve-search")["data"]
+    assert settings["SEARCH_SEMANTIC_ENABLED"] == "false"
+    assert settings["SEARCH_SEQUENCE_ENABLED"] == "true"
+    for rules in by_kind(objects, "PrometheusRule"):
+        alerts = {r["alert"] for g in rules["spec"]["groups"] for r in g["rules"]}
+        assert "ShopserveSemanticGpuSaturated" not in alerts
+    assert by_kind(objects, "ServingRuntime")
+
+
+def test_semantic_enabled_value_alone_turns_the_path_off(render: Any) -> None:
+    """search.semanticEnabled=false keeps the query encoder deployed but unasked (as
+    search.sequenceEnabled does for the sequence model)."""
+    objects = render("dev", "Knative", "search.semanticEnabled=false")
+    one(objects, "InferenceService", QUERY_ENCODER_MODEL)
+    assert one(objects, "ConfigMap", "shopserve-search")["data"]["SEARCH_SEMANTIC_ENABLED"] == "false"
+
+
+def test_semantic_settings_reach_the_transformer(render: Any) -> None:
+    objects = render("dev", "Knative", "search.semanticHost=enc.example:8001",
+                     "search.semanticTimeoutMs=75", "search.semanticCandidates=40",
+                     "search.weightSemantic:=0.75")
+    settings = one(objects, "ConfigMap", "shopserve-search")["data"]
+    assert settings["SEARCH_SEMANTIC_HOST"] == "enc.example:8001"
+    assert settings["SEARCH_SEMANTIC_TIMEOUT_MS"] == "75"
+    assert settings["SEARCH_SEMANTIC_CANDIDATES"] == "40"
+    assert settings["SEARCH_WEIGHT_SEMANTIC"] == "0.75"
+
+
+def test_semantic_on_cpu_in_prod(render: Any) -> None:
+    """The GPU is the default, not a rule: a CPU query encoder names the CPU configuration."""
+    objects = render("prod", "Knative", "semantic.gpu.count=0", "semantic.modelConfigName=cpu")
+    model = one(objects, "InferenceService", QUERY_ENCODER_MODEL)["spec"]["predictor"]["model"]
+    assert model["args"] == ["--model-config-name=cpu"] and GPU not in model["resources"]["limits"]
+    alerts = {r["alert"] for g in by_kind(objects, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    assert "ShopserveSemanticGpuSaturated" not in alerts

@@ -17,7 +17,7 @@ import yaml
 from pipeline.rollout.manifests import RENDERS, Render
 from shopserve import metric_names
 from shopserve.drift import SIGNALS
-from shopserve.protocol import RANKER_MODEL, SEQUENCE_MODEL
+from shopserve.protocol import QUERY_ENCODER_MODEL, RANKER_MODEL, SEQUENCE_MODEL
 from tests.charts.conftest import CHART, Obj, by_kind
 
 #: Series of other systems the chart reads on purpose (Knative queue-proxy, Istio, Prometheus).
@@ -49,7 +49,7 @@ def test_dashboard_queries_name_exported_series() -> None:
     assert metric_names.DRIFT_PSI in names
     assert not {n for n in names if not known(n)}, "dashboard reads series no server exports"
     # Each model on Triton has its inference rate and its queue and compute time.
-    for model in (RANKER_MODEL, SEQUENCE_MODEL):
+    for model in (RANKER_MODEL, SEQUENCE_MODEL, QUERY_ENCODER_MODEL):
         selected = [e for e in exprs if f'model="{model}"' in e]
         assert {"nv_inference_request_success", "nv_inference_queue_duration_us",
                 "nv_inference_compute_infer_duration_us"} <= set().union(*(series(e) for e in selected))

@@ -2,8 +2,9 @@
 gracefully: ``terminationGracePeriodSeconds`` > preStop sleep + the server's own drain.
 
 Containers are those the chart writes: the transformer's and recall's ``containers`` and the Triton
-ServingRuntime's, once for every predictor that runs on it (the ranker's and the sequence model's
-``model``, canaries included, is merged into it by KServe, so it inherits its probes and preStop;
+ServingRuntime's, once for every predictor that runs on it (the ranker's, the sequence model's and
+the query encoder's ``model``, canaries included, is merged into it by KServe, so it inherits its
+probes and preStop;
 its pod, and so ``terminationGracePeriodSeconds``, is the predictor's). Knative forbids lifecycle
 hooks and ``terminationGracePeriodSeconds`` (its queue-proxy drains a pod), so the graceful-stop
 fields are checked in Standard mode and asserted absent in Knative mode.
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from pipeline.rollout.manifests import RENDERS, Render
-from shopserve.protocol import SEARCH_MODEL, SEQUENCE_MODEL
+from shopserve.protocol import QUERY_ENCODER_MODEL, SEARCH_MODEL, SEQUENCE_MODEL
 from tests.charts.conftest import ROOT, Obj, by_kind, one
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
@@ -46,8 +47,9 @@ def _pods(isvc: Obj) -> Iterator[tuple[str, Obj]]:
 
 def containers(objects: list[Obj]) -> Iterator[tuple[str, Obj, Obj | None]]:
     """(where, container, its pod spec) of every container the chart renders. A Triton runtime's
-    container is yielded once per predictor pod that names the runtime (the ranker's and the
-    sequence model's, canaries included), with that pod; with none, once with None."""
+    container is yielded once per predictor pod that names the runtime (the ranker's, the
+    sequence model's and the query encoder's, canaries included), with that pod; with none, once
+    with None."""
     for isvc in by_kind(objects, "InferenceService"):
         name = isvc["metadata"]["name"]
         for component, pod in _pods(isvc):
@@ -67,10 +69,11 @@ def containers(objects: list[Obj]) -> Iterator[tuple[str, Obj, Obj | None]]:
 def test_every_container_has_all_three_probes(target: Render,
                                               rendered: dict[Render, list[Obj]]) -> None:
     found = list(containers(rendered[target]))
-    # transformer, recall, Triton for the ranker, Triton for the sequence model (and canaries)
-    assert len(found) >= 4
+    # transformer, recall, Triton for the ranker, the sequence model and the query encoder (and
+    # canaries)
+    assert len(found) >= 5
     assert {where.split(" (")[1].split(".")[0] for where, _, _ in found if " (" in where} == {
-        SEARCH_MODEL, SEQUENCE_MODEL}
+        SEARCH_MODEL, SEQUENCE_MODEL, QUERY_ENCODER_MODEL}
     for where, container, _ in found:
         for probe in PROBES:
             assert probe in container, f"{target.folder}: {where} has no {probe}"
@@ -142,13 +145,25 @@ def test_a_short_sequence_grace_period_is_caught(render: Any) -> None:
         test_graceful_stop(Render("prod", "Standard"), {Render("prod", "Standard"): objects})
 
 
+def test_a_short_query_encoder_grace_period_is_caught(render: Any) -> None:
+    """The query encoder's pod runs the shared runtime's preStop and Triton drain too."""
+    objects = render("prod", "Standard", "semantic.termination.gracePeriodSeconds=14")
+    with pytest.raises(AssertionError,
+                       match=f"{QUERY_ENCODER_MODEL}.predictor.*terminationGracePeriodSeconds 14"):
+        test_graceful_stop(Render("prod", "Standard"), {Render("prod", "Standard"): objects})
+
+
+@pytest.mark.parametrize("isvc_name", [SEQUENCE_MODEL, QUERY_ENCODER_MODEL])
 @pytest.mark.parametrize("mode", ["Knative", "Standard"])
-def test_sequence_predictor_inherits_the_runtime_probes(mode: str, render: Any) -> None:
-    """The seq-recommender predictor names the Triton runtime and sets no probes of its own, so
-    KServe's merge gives it the runtime's startup, readiness and liveness probes."""
-    objects = render("staging", mode)
+def test_triton_model_predictors_inherit_the_runtime_probes(mode: str, isvc_name: str,
+                                                            render: Any) -> None:
+    """The seq-recommender and query-encoder predictors name the Triton runtime and set no probes
+    of their own, so KServe's merge gives them the runtime's startup, readiness and liveness
+    probes (canaries included)."""
+    objects = render("staging", mode, "semantic.canary.enabled=true",
+                     "semantic.canary.storageUri=s3://b/new/semantic")
     runtime = by_kind(objects, "ServingRuntime")[0]
-    isvc = one(objects, "InferenceService", SEQUENCE_MODEL)
+    isvc = one(objects, "InferenceService", isvc_name)
     for component, pod in _pods(isvc):
         assert pod["model"]["runtime"] == runtime["metadata"]["name"], component
         assert not set(PROBES) & set(pod["model"]), component

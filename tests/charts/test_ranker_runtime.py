@@ -3,8 +3,8 @@
 TorchServe renders KServe's `kserve-torchserve` predictor (model format `pytorch`, protocol v2, the
 bundle's TorchServe model store as storageUri) and every other part of the ranker pod unchanged:
 resources, hardening, scheduling, canaries. The Triton ServingRuntime stays for the sequence model
-(`seq-recommender`), unless that is disabled too. Each rendering is validated against the strict
-KServe CRD schemas, like the environment renders.
+(`seq-recommender`) and the query encoder (`query-encoder`), unless both are disabled too. Each
+rendering is validated against the strict KServe CRD schemas, like the environment renders.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shopserve.protocol import SEARCH_MODEL, SEQUENCE_MODEL
+from shopserve.protocol import QUERY_ENCODER_MODEL, SEARCH_MODEL, SEQUENCE_MODEL
 from tests.charts.conftest import Obj, by_kind, one
 
 TS = "ranker.server=torchserve"
@@ -43,12 +43,16 @@ def test_torchserve_predictor(mode: str, render: Any, kserve_validators: dict[tu
     assert model["securityContext"]["readOnlyRootFilesystem"] is True
     assert model["resources"]["limits"]["memory"]
     assert predictor["annotations"]["prometheus.io/port"] == "8082"
-    # The Triton ServingRuntime is rendered for the sequence model only.
+    # The Triton ServingRuntime is rendered for the sequence model and the query encoder only.
     [runtime] = by_kind(objects, "ServingRuntime")
-    sequence = one(objects, "InferenceService", SEQUENCE_MODEL)["spec"]["predictor"]["model"]
-    assert sequence["runtime"] == runtime["metadata"]["name"]
-    # Without it, no Triton ServingRuntime at all.
-    assert not by_kind(render("dev", mode, TS, "sequence.enabled=false"), "ServingRuntime")
+    for isvc_name in (SEQUENCE_MODEL, QUERY_ENCODER_MODEL):
+        model = one(objects, "InferenceService", isvc_name)["spec"]["predictor"]["model"]
+        assert model["runtime"] == runtime["metadata"]["name"]
+    # Either one keeps it; without both, no Triton ServingRuntime at all.
+    for off in ("sequence", "semantic"):
+        assert by_kind(render("dev", mode, TS, f"{off}.enabled=false"), "ServingRuntime")
+    assert not by_kind(render("dev", mode, TS, "sequence.enabled=false", "semantic.enabled=false"),
+                       "ServingRuntime")
 
 
 def test_triton_stays_the_default(render: Any) -> None:

@@ -30,6 +30,7 @@ CHART_FIXED = {
         "recall_model": "shopserve.protocol.RECALL_MODEL",
         "ranker_model": "shopserve.protocol.RANKER_MODEL",
         "sequence_model": "shopserve.protocol.SEQUENCE_MODEL",
+        "semantic_model": "shopserve.protocol.QUERY_ENCODER_MODEL",
     },
     "recall": {
         "model_name": "the InferenceService name, shopserve.protocol.RECALL_MODEL",

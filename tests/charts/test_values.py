@@ -104,6 +104,16 @@ def test_environment_files_only_use_known_keys(env: str) -> None:
      "Additional property preStopSleepSeconds is not allowed"),
     (["sequence.storageUri=bucket/sequence"], "sequence.storageUri"),
     (["sequence.enabled=yes"], "sequence.enabled"),
+    (["semantic.canary.trafficPercent=101"], "semantic.canary.trafficPercent"),
+    (["semantic.modelConfigName=c p u"], "semantic.modelConfigName"),
+    (["semantic.termination.preStopSleepSeconds=5"],
+     "Additional property preStopSleepSeconds is not allowed"),
+    (["semantic.storageUri=bucket/semantic"], "semantic.storageUri"),
+    (["semantic.enabled=yes"], "semantic.enabled"),
+    (["search.semanticHost=query-encoder"], "search.semanticHost"),
+    (["search.semanticTimeoutMs=0"], "search.semanticTimeoutMs"),
+    (["search.semanticCandidates=0"], "search.semanticCandidates"),
+    (["search.semanticEnabled=yes"], "search.semanticEnabled"),
 ])
 def test_schema_rejects(sets: list[str], message: str, template_error: Any) -> None:
     assert message in template_error("dev", "Knative", *sets)
@@ -128,6 +138,10 @@ def test_staging_and_prod_without_a_gpu_ranker_fail(env: str, template_error: An
     ("Standard", ["sequence.canary.enabled=true"], "sequence.canary.storageUri"),
     ("Knative", ["sequence.autoscaling.minReplicas=3", "sequence.autoscaling.maxReplicas=2"],
      "sequence.autoscaling.minReplicas (3) exceeds maxReplicas (2)"),
+    ("Knative", ["semantic.modelConfigName="], "set semantic.modelConfigName=cpu"),
+    ("Standard", ["semantic.canary.enabled=true"], "semantic.canary.storageUri"),
+    ("Knative", ["semantic.autoscaling.minReplicas=3", "semantic.autoscaling.maxReplicas=2"],
+     "semantic.autoscaling.minReplicas (3) exceeds maxReplicas (2)"),
 ])
 def test_inconsistent_values_fail(mode: str, sets: list[str], message: str, template_error: Any) -> None:
     assert message in template_error("dev", mode, *sets)
@@ -137,3 +151,10 @@ def test_a_disabled_sequence_model_is_not_checked(render: Any) -> None:
     """Values of a sequence model that is not rendered cannot fail the release."""
     objects = render("dev", "Knative", "sequence.enabled=false", "sequence.modelConfigName=")
     assert "seq-recommender" not in {o["metadata"]["name"] for o in objects}
+
+
+def test_a_disabled_query_encoder_is_not_checked(render: Any) -> None:
+    """Values of a query encoder that is not rendered cannot fail the release."""
+    objects = render("dev", "Knative", "semantic.enabled=false", "semantic.modelConfigName=",
+                     "semantic.canary.enabled=true")
+    assert "query-encoder" not in {o["metadata"]["name"] for o in objects}

@@ -12,12 +12,21 @@ comes from here, so the data is built to carry real, learnable signal:
   and a funnel turns some views into carts and some carts into purchases, with time stamps over
   ``n_days``.
 * **Queries.** Each query is built from a target attribute set (category, plus some of brand,
-  colour, material, gender, size) and comes in three kinds: ``exact`` (title words), ``synonym``
-  (the category word and other attribute words swapped for synonyms, so nothing of the category
-  word is left for BM25 to match) and ``typo`` (character edits). Broad queries are frequent (head),
-  specific ones rare (tail), by a Zipf law. Graded labels: 3 exact, 2 substitute (same category),
-  1 complement (a related category), 0 irrelevant; :meth:`Dataset.grade` computes the same grade
-  for any item, so evaluation is not limited to the judged pool.
+  colour, material, gender, size) and comes in one of seven kinds (:data:`QUERY_KINDS`). Three
+  are solved by words (:data:`LEXICAL_KINDS`): ``exact`` (title words), ``synonym`` (the category
+  word and other attribute words swapped for synonyms, so nothing of the category word is left for
+  BM25 to match) and ``typo`` (one character edit a word). Four need understanding
+  (:data:`UNDERSTANDING_KINDS`), their phrases from :mod:`shopserve.phrasing`: ``described`` (a
+  need in other words, "something to carry my laptop to school for my son", with the material,
+  colour and gender described, never the category's or the attributes' title words nor any
+  synonym of the table), ``paraphrase`` (the category word kept or swapped for a synonym, the
+  attributes paraphrased: "jacket warm puffy for a man extra large"), ``negation`` (a category and
+  a colour or material it must not be: "black jacket without down"; items with that value are
+  irrelevant) and ``misspelling`` (every word spelt by ear, 2-3 edits each: "sneekurz"). Broad
+  queries are frequent (head), specific ones rare (tail), by a Zipf law. Graded labels: 3 exact,
+  2 substitute (same category), 1 complement (a related category), 0 irrelevant (and any item
+  with a value the query excludes); :meth:`Dataset.grade` computes the same grade for any item,
+  so evaluation is not limited to the judged pool.
 
 Generation is vectorised with numpy; the only per-item Python work is formatting title strings.
 Every random stream comes from one :class:`numpy.random.SeedSequence`, one child per stage, so a
@@ -50,13 +59,38 @@ from shopserve.catalog_files import (
 )
 from shopserve.catalog_files import item_text as _item_text
 from shopserve.interactions import IdMap, Interactions
+from shopserve.phrasing import (
+    DESCRIBED_ATTRIBUTES,
+    describable,
+    describe,
+    is_plural,
+    misspell,
+    negate,
+    paraphrasable,
+    paraphrase,
+)
 from shopserve.text import keyboard_neighbours
 
 EVENT_WEIGHTS: tuple[float, ...] = (1.0, 3.0, 5.0)
 """Implicit-feedback confidence of each event type, in :data:`EVENT_TYPES` order."""
 
-QUERY_KINDS: tuple[str, ...] = ("exact", "synonym", "typo")
+LEXICAL_KINDS: tuple[str, ...] = ("exact", "synonym", "typo")
+"""Query kinds that words solve: title words, synonyms a table can map, one-edit typos."""
+
+UNDERSTANDING_KINDS: tuple[str, ...] = ("described", "paraphrase", "negation", "misspelling")
+"""Query kinds that words alone do not solve: described needs, paraphrased attributes, negations
+and misspellings of two or more edits a word."""
+
+QUERY_KINDS: tuple[str, ...] = LEXICAL_KINDS + UNDERSTANDING_KINDS
 """Query kinds, in the order of :attr:`GeneratorConfig.query_kind_shares`."""
+
+QUERY_KIND_SHARES: tuple[float, ...] = (0.35, 0.21, 0.14, 0.09, 0.07, 0.07, 0.07)
+"""Default share of each of :data:`QUERY_KINDS`: the lexical kinds keep their former proportions
+(5:3:2) in 70% of the queries, the understanding kinds share the other 30% (described 9%,
+paraphrase, negation and misspelling 7% each)."""
+
+EXCLUDABLE: tuple[str, ...] = ("colour", "material")
+"""Attributes a ``negation`` query can exclude (``Queries.exclude_colour``, ``exclude_material``)."""
 
 GRADES: dict[str, int] = {"exact": 3, "substitute": 2, "complement": 1, "irrelevant": 0}
 """Graded relevance labels."""
@@ -314,7 +348,9 @@ class GeneratorConfig:
         cart_logit: Log-odds of carting a viewed item liked as much as an average candidate.
         purchase_logit: Log-odds of buying a carted item liked as much as an average candidate.
         start_timestamp: Start of the log, seconds since the epoch (default 2026-01-01 UTC).
-        query_kind_shares: Shares of ``exact``, ``synonym`` and ``typo`` queries.
+        query_kind_shares: Share of each of :data:`QUERY_KINDS`, in that order (default
+            :data:`QUERY_KIND_SHARES`: exact .35, synonym .21, typo .14, described .09, paraphrase
+            .07, negation .07, misspelling .07).
         query_zipf_exponent: Exponent of query traffic over query frequency rank.
         head_fraction: Fraction of queries, most frequent first, flagged as head queries.
         anonymous_fraction: Fraction of queries issued by anonymous visitors (user id -1).
@@ -338,7 +374,7 @@ class GeneratorConfig:
     cart_logit: float = -3.2
     purchase_logit: float = -1.2
     start_timestamp: int = 1_767_225_600
-    query_kind_shares: tuple[float, float, float] = (0.5, 0.3, 0.2)
+    query_kind_shares: tuple[float, ...] = QUERY_KIND_SHARES
     query_zipf_exponent: float = 1.0
     head_fraction: float = 0.1
     anonymous_fraction: float = 0.3
@@ -361,7 +397,10 @@ class GeneratorConfig:
             raise ValueError("GeneratorConfig.views_per_user must be >= 1")
         shares = tuple(float(s) for s in self.query_kind_shares)
         if len(shares) != len(QUERY_KINDS) or min(shares) < 0 or sum(shares) <= 0:
-            raise ValueError("GeneratorConfig.query_kind_shares needs 3 non-negative shares")
+            raise ValueError(
+                f"GeneratorConfig.query_kind_shares needs {len(QUERY_KINDS)} non-negative shares "
+                f"(one per kind of {QUERY_KINDS}), got {self.query_kind_shares}"
+            )
         # JSON round trips give lists; keep the field hashable and comparable.
         object.__setattr__(self, "query_kind_shares", shares)
         for name in ("head_fraction", "anonymous_fraction"):
@@ -496,12 +535,15 @@ class Queries:
     """Search queries, rows in ascending ``query_id`` order (``query_id`` = row).
 
     Target attributes are what a query asks for; an empty string leaves that attribute free.
+    Excluded values are what a ``negation`` query refuses (``''`` when none): an item with one is
+    irrelevant whatever else it matches.
 
     Attributes:
         query_id: Id (int64).
         text: What the shopper typed (lower case).
-        kind: ``exact``, ``synonym`` or ``typo``.
-        base_text: The ``exact`` wording of the same target (equal to ``text`` for exact queries).
+        kind: One of :data:`QUERY_KINDS`.
+        base_text: The ``exact`` wording of the same target (equal to ``text`` for exact queries);
+            for a negation, the positive targets' wording then ``not`` and the excluded value.
         user_id: Issuing user, :data:`ANONYMOUS` (-1) for a visitor.
         category: Target category (always set).
         brand: Target brand or ``''``.
@@ -509,9 +551,12 @@ class Queries:
         material: Target material or ``''``.
         gender: Target gender or ``''``.
         size: Target size or ``''``.
+        exclude_colour: Colour the query excludes or ``''``.
+        exclude_material: Material the query excludes or ``''``.
         frequency: Share of search traffic (float32, sums to 1).
         is_head: Whether the query is among the most frequent ``head_fraction``.
-        n_exact: Number of catalog items that match every target attribute (grade 3).
+        n_exact: Number of catalog items that match every target attribute and have no excluded
+            value (grade 3).
     """
 
     query_id: np.ndarray
@@ -525,6 +570,8 @@ class Queries:
     material: np.ndarray
     gender: np.ndarray
     size: np.ndarray
+    exclude_colour: np.ndarray
+    exclude_material: np.ndarray
     frequency: np.ndarray
     is_head: np.ndarray
     n_exact: np.ndarray
@@ -669,10 +716,11 @@ class Dataset:
     def grade(self, query_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
         """Graded relevance of any (query, item) pairs, judged or not.
 
-        Uses the rules the qrels were made with: 3 when the item is of the target category and
-        matches every target attribute (brand, gender, colour, material, size), 2 for another
-        item of the target category, 1 for an item of a complementary category
-        (:data:`COMPLEMENT_PAIRS`), else 0. The arguments broadcast against each other.
+        Uses the rules the qrels were made with: 0 when the item has a value the query excludes
+        (a negation's colour or material, whatever its category), else 3 when the item is of the
+        target category and matches every target attribute (brand, gender, colour, material,
+        size), 2 for another item of the target category, 1 for an item of a complementary
+        category (:data:`COMPLEMENT_PAIRS`), else 0. The arguments broadcast against each other.
 
         Returns:
             int8 grades of the broadcast shape.
@@ -789,14 +837,14 @@ class Dataset:
         raw = {name: load_npz(folder / file) for name, file in _FILES.items()}
         ev = raw["events"]
         return cls(
-            config=GeneratorConfig(**meta["config"]),
+            config=GeneratorConfig(**_upgrade_config(meta["config"])),
             items=Items(**raw["items"]),
             users=Users(**raw["users"]),
             events=Events(
                 Interactions(ev["user_id"], ev["item_id"], ev["timestamp"], ev["weight"]),
                 ev["event_type"],
             ),
-            queries=Queries(**raw["queries"]),
+            queries=Queries(**_upgrade_queries(raw["queries"])),
             qrels=Qrels(**raw["qrels"]),
             meta={"summary": meta.get("summary", {})},
             truth=_load_truth(folder / TRUTH_FILE),
@@ -810,6 +858,22 @@ _SORTED_GENDERS = np.array(GENDERS)[_GENDER_ORDER]
 def _gender_codes(names: np.ndarray) -> np.ndarray:
     """Codes into :data:`GENDERS` of gender names."""
     return _GENDER_ORDER[np.searchsorted(_SORTED_GENDERS, names)]
+
+
+def _upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration from before the understanding kinds: their shares were 0."""
+    shares = config.get("query_kind_shares")
+    if shares is not None and len(shares) == len(LEXICAL_KINDS):
+        config = config | {"query_kind_shares": [*shares, *[0.0] * len(UNDERSTANDING_KINDS)]}
+    return config
+
+
+def _upgrade_queries(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Saved queries from before negations: nothing excluded."""
+    n = columns["query_id"].shape[0]
+    missing = {f"exclude_{a}": np.full(n, "", dtype="U1") for a in EXCLUDABLE
+               if f"exclude_{a}" not in columns}  # fmt: skip
+    return columns | missing
 
 
 def _load_truth(path: Path) -> Truth | None:
@@ -847,8 +911,13 @@ def _grade(queries: Queries, q_rows: np.ndarray, items: Items, i_rows: np.ndarra
     for attr in _ATTRS:
         target = getattr(queries, attr)[q_rows]
         exact &= (target == "") | (target == getattr(items, attr)[i_rows])
+    excluded = np.zeros(same.shape, bool)
+    for attr in EXCLUDABLE:
+        value = getattr(queries, f"exclude_{attr}")[q_rows]
+        excluded |= (value != "") & (value == getattr(items, attr)[i_rows])
     complement = _COMPLEMENT[_category_codes(q_cat), _category_codes(i_cat)]
-    return np.where(exact, 3, np.where(same, 2, np.where(complement, 1, 0))).astype(np.int8)
+    graded = np.where(exact, 3, np.where(same, 2, np.where(complement, 1, 0)))
+    return np.where(excluded, 0, graded).astype(np.int8)
 
 
 def split_queries(
@@ -857,7 +926,8 @@ def split_queries(
     """Split query ids into train and test, stratified by query kind.
 
     Query texts are unique, so no test query's text is ever trained on; the same target may appear
-    in both sides under different wordings, which is what teaches a ranker synonyms.
+    in both sides under different wordings, which is what teaches a ranker synonyms. Every kind of
+    :data:`QUERY_KINDS`, the understanding ones too, is held out in the same fraction.
 
     Returns:
         ``(train_query_ids, test_query_ids)``, each sorted.
@@ -1251,6 +1321,7 @@ class _QueryDraft:
     kind: int
     text: str
     base_text: str
+    excludes: dict[str, int] = field(default_factory=dict)  # attribute -> code it must not have
 
 
 def _size_words(size: str) -> str:
@@ -1265,7 +1336,8 @@ def _draft_queries(
     """Distinct query texts, each targeting the attributes of a popularity-drawn seed item.
 
     Draws in batches until every kind has its quota or the vocabulary runs dry (then there are
-    fewer than ``n_queries``), dropping texts already drawn.
+    fewer than ``n_queries``), dropping texts already drawn and draws a kind cannot use (a
+    paraphrase of a query with nothing to paraphrase).
     """
     p = popularity.astype(np.float64)
     p /= p.sum()  # in float64: a float32 sum over 1M items is off by more than choice() allows
@@ -1276,6 +1348,11 @@ def _draft_queries(
     nouns = [spec.noun.lower() for spec in CATEGORIES]
     names = [name.replace("-", " ") for name in CATEGORY_NAMES]
     sizes = [str(size).lower() for size in vocab.sizes]
+    colours = [c.lower() for c in COLOURS]
+    materials = [str(m).lower() for m in vocab.materials]
+
+    def draw(n: int) -> int:
+        return int(rng.integers(0, n))
 
     quota = _largest_remainder(config.n_queries, kind_p, minimum=0)
     drafts: list[_QueryDraft] = []
@@ -1295,6 +1372,7 @@ def _draft_queries(
                 continue
             cat = int(catalog.category[seed_row])
             spec = CATEGORIES[cat]
+            name = QUERY_KINDS[kind]
             # Attributes the category does not vary (gender of a sofa, size of headphones) are
             # never targeted: they would not narrow anything.
             wanted = tuple(
@@ -1303,33 +1381,66 @@ def _draft_queries(
                 and not (a == "size" and len(spec.sizes) == 1)
             )
             codes = {attr: int(getattr(catalog, attr)[seed_row]) for attr in _ATTRS}
-            attrs = {a: codes[a] for a in wanted}
-            words = {
+            values = {
                 "brand": str(vocab.brands[codes["brand"]]).lower(),
-                "gender": _GENDER_TITLE[GENDERS[codes["gender"]]].lower(),
-                "colour": COLOURS[codes["colour"]].lower(),
-                "material": str(vocab.materials[codes["material"]]).lower(),
+                "gender": GENDERS[codes["gender"]],
+                "colour": colours[codes["colour"]],
+                "material": materials[codes["material"]],
+                "size": sizes[codes["size"]],
             }
+            words = values | {"gender": _GENDER_TITLE[values["gender"]].lower()}
+            excludes: dict[str, int] = {}
+            if name == "described":
+                # A need names neither a brand nor a size: those would give it away in title words.
+                wanted = tuple(a for a in wanted if a in DESCRIBED_ATTRIBUTES
+                               and describable(a, values[a]))  # fmt: skip
+            elif name == "paraphrase" and not any(paraphrasable(a, values[a]) for a in wanted):
+                continue
+            elif name == "negation":
+                # Exclude a colour or material the seed item does not have (so it stays an exact
+                # match); a target on the same attribute makes way for the exclusion.
+                attr = EXCLUDABLE[draw(len(EXCLUDABLE))]
+                choices = (np.arange(len(COLOURS)) if attr == "colour"
+                           else vocab.cat_materials[cat])  # fmt: skip
+                choices = choices[choices != codes[attr]]
+                excludes = {attr: int(choices[draw(choices.shape[0])])}
+                wanted = tuple(a for a in wanted if a != attr)
+            attrs = {a: codes[a] for a in wanted}
             # A category-only query uses either the title noun or the category name: both occur
             # in the item text, so both are exact.
             noun = nouns[cat] if wanted or rng.random() < 0.5 else names[cat]
             size = [_size_words(sizes[codes["size"]])] if "size" in attrs else []
             lead = [a for a in _ATTRS if a in attrs and a != "size"]
             base = " ".join([words[a] for a in lead] + [noun] + size)
-            if QUERY_KINDS[kind] == "exact":
+            text: str | None
+            if name == "exact":
                 text = base
-            elif QUERY_KINDS[kind] == "synonym":
+            elif name == "synonym":
                 # Brands and sizes have no synonyms; every other word is swapped where the table
                 # has one, and the category word always is.
                 swapped = [_synonym(words[a], rng) for a in lead]
                 text = " ".join(swapped + [_synonym(nouns[cat], rng)] + size)
-            else:
+            elif name == "typo":
                 text = _make_typo(base, rng)
-            if text in seen:
+            elif name == "described":
+                text = describe(CATEGORY_NAMES[cat], {a: values[a] for a in attrs}, draw)
+            elif name == "paraphrase":
+                word = nouns[cat] if draw(2) else _synonym(nouns[cat], rng)
+                text = paraphrase(word, {a: values[a] for a in attrs if a != "brand"}, draw,
+                                  brand=values["brand"] if "brand" in attrs else "",
+                                  size_words=" ".join(size))
+            elif name == "negation":
+                ((attr, code),) = excludes.items()
+                excluded = colours[code] if attr == "colour" else materials[code]
+                text = negate(base, attr, excluded, draw, plural=is_plural(noun))
+                base = f"{base} not {excluded}"
+            else:
+                text = misspell(base, draw)
+            if text is None or text in seen:
                 continue
             seen.add(text)
             quota[kind] -= 1
-            drafts.append(_QueryDraft(cat, attrs, kind, text, base))
+            drafts.append(_QueryDraft(cat, attrs, kind, text, base, excludes))
     return drafts
 
 
@@ -1369,7 +1480,10 @@ def _generate_queries(
         lo = np.searchsorted(sorted_keys, q_keys, "left")
         hi = np.searchsorted(sorted_keys, q_keys, "right")
         for qi, a, b in zip(members, lo.tolist(), hi.tolist(), strict=True):
-            exact_rows[qi] = order[a:b]
+            rows = order[a:b]
+            for attr, code in drafts[qi].excludes.items():
+                rows = rows[getattr(catalog, attr)[rows] != code]
+            exact_rows[qi] = rows
     n_exact = np.array([rows.shape[0] for rows in exact_rows], dtype=np.int64)
 
     # Who searches: a visitor, or a user drawn by their taste for the target category (so the
@@ -1393,8 +1507,9 @@ def _generate_queries(
     frequency /= frequency.sum()
     is_head = rank < max(1, int(round(config.head_fraction * n)))
 
-    def target(attr: str, names: np.ndarray) -> np.ndarray:
-        values = [str(names[d.attrs[attr]]) if attr in d.attrs else "" for d in drafts]
+    def target(attr: str, names: np.ndarray, excluded: bool = False) -> np.ndarray:
+        codes = [d.excludes if excluded else d.attrs for d in drafts]
+        values = [str(names[c[attr]]) if attr in c else "" for c in codes]
         return np.array(values, dtype=np.str_) if values else np.zeros(0, "U1")
 
     queries = Queries(
@@ -1409,6 +1524,8 @@ def _generate_queries(
         material=target("material", vocab.materials),
         gender=target("gender", np.array(GENDERS)),
         size=target("size", vocab.sizes),
+        exclude_colour=target("colour", np.array(COLOURS), excluded=True),
+        exclude_material=target("material", vocab.materials, excluded=True),
         frequency=frequency.astype(np.float32),
         is_head=is_head,
         n_exact=n_exact,
@@ -1426,13 +1543,16 @@ def _judge(
 
     Vectorised over queries: every query gets a fixed-width row of sampled candidates (three per
     judgment wanted, to survive duplicates and grade misses), graded on attribute codes by the
-    same rule as :meth:`Dataset.grade` (a unit test checks they agree).
+    same rule as :meth:`Dataset.grade` (a unit test checks they agree). A negation's excluded
+    items fall among the irrelevant ones, same-category ones first: the hard negatives it needs.
     """
     n = len(queries)
     if n == 0:
         return Qrels(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8))
     category = np.array([d.category for d in drafts], dtype=np.int64)
     targets = np.array([[d.attrs.get(a, -1) for a in _ATTRS] for d in drafts], dtype=np.int64)
+    excludes = np.array([[d.excludes.get(a, -1) for a in EXCLUDABLE] for d in drafts],
+                        dtype=np.int64)
 
     def in_category(cats: np.ndarray, width: int) -> np.ndarray:
         offsets = (rng.random((n, width)) * catalog.cat_count[cats]).astype(np.int64)
@@ -1449,7 +1569,7 @@ def _judge(
         in_category(comp_cats, comp_width),
         rng.integers(0, len(items), (n, 3 * config.n_irrelevant)),
     ], axis=1)
-    grades = _grade_codes(category, targets, catalog, pool)
+    grades = _grade_codes(category, targets, excludes, catalog, pool)
 
     # Each row's first occurrence of an item only, then the first `quota` of each grade.
     order = np.argsort(pool, axis=1, kind="stable")
@@ -1481,18 +1601,24 @@ def _judge(
 
 
 def _grade_codes(
-    category: np.ndarray, targets: np.ndarray, catalog: _Catalog, rows: np.ndarray
+    category: np.ndarray, targets: np.ndarray, excludes: np.ndarray, catalog: _Catalog,
+    rows: np.ndarray,
 ) -> np.ndarray:
-    """:func:`_grade` on codes: queries ``(n,)`` with targets ``(n, len(_ATTRS))`` (-1 = free)
-    against item rows ``(n, m)``."""
+    """:func:`_grade` on codes: queries ``(n,)`` with targets ``(n, len(_ATTRS))`` and excluded
+    values ``(n, len(EXCLUDABLE))`` (-1 = none) against item rows ``(n, m)``."""
     item_cat = catalog.category[rows]
     same = item_cat == category[:, None]
     exact = same.copy()
     for j, attr in enumerate(_ATTRS):
         target = targets[:, j, None]
         exact &= (target < 0) | (target == getattr(catalog, attr)[rows])
+    excluded = np.zeros(same.shape, bool)
+    for j, attr in enumerate(EXCLUDABLE):
+        value = excludes[:, j, None]
+        excluded |= (value >= 0) & (value == getattr(catalog, attr)[rows])
     complement = _COMPLEMENT[category[:, None], item_cat]
-    return np.where(exact, 3, np.where(same, 2, np.where(complement, 1, 0))).astype(np.int8)
+    graded = np.where(exact, 3, np.where(same, 2, np.where(complement, 1, 0)))
+    return np.where(excluded, 0, graded).astype(np.int8)
 
 
 def generate(config: GeneratorConfig | None = None) -> Dataset:

@@ -38,14 +38,16 @@ shopserve.io/environment: {{ .Values.environment }}
 
 {{/*
 Model and InferenceService names: the v2 model names of shopserve.protocol (SEARCH_MODEL,
-RECALL_MODEL, RANKER_MODEL, SEQUENCE_MODEL). KServe names the model of a transformer after its
-InferenceService, and `seq-recommender` is both its InferenceService and its Triton model, so these
-are fixed; tests/charts asserts they equal the Python constants.
+RECALL_MODEL, RANKER_MODEL, SEQUENCE_MODEL, QUERY_ENCODER_MODEL). KServe names the model of a
+transformer after its InferenceService, and `seq-recommender` and `query-encoder` are each both an
+InferenceService and its Triton model, so these are fixed; tests/charts asserts they equal the
+Python constants.
 */}}
 {{- define "shopserve.searchModel" -}}search{{- end -}}
 {{- define "shopserve.recallModel" -}}mf-recall{{- end -}}
 {{- define "shopserve.rankerModel" -}}bert-ranker{{- end -}}
 {{- define "shopserve.sequenceModel" -}}seq-recommender{{- end -}}
+{{- define "shopserve.queryEncoderModel" -}}query-encoder{{- end -}}
 
 {{/* Where KServe's storage initializer puts a storageUri in every pod. */}}
 {{- define "shopserve.modelMount" -}}/mnt/models{{- end -}}
@@ -86,9 +88,9 @@ component: {{ index . 1 }}
 {{- end -}}
 
 {{/*
-Runtime the Triton predictors (ranker and sequence model) name: the configured one, else the chart's
-own ServingRuntime, else empty (KServe then picks a cluster runtime that auto-selects the `triton`
-model format).
+Runtime the Triton predictors (ranker, sequence model, query encoder) name: the configured one,
+else the chart's own ServingRuntime, else empty (KServe then picks a cluster runtime that
+auto-selects the `triton` model format).
 */}}
 {{- define "shopserve.runtimeName" -}}
 {{- if .Values.ranker.runtime.name -}}
@@ -109,6 +111,9 @@ cluster-local gateway (which splits traffic between revisions), Standard through
 {{- define "shopserve.sequenceHost" -}}
 {{- default (printf "%s-predictor.%s.svc.cluster.local:80" (include "shopserve.sequenceModel" .) .Release.Namespace) .Values.search.sequenceHost -}}
 {{- end -}}
+{{- define "shopserve.semanticHost" -}}
+{{- default (printf "%s-predictor.%s.svc.cluster.local:80" (include "shopserve.queryEncoderModel" .) .Release.Namespace) .Values.search.semanticHost -}}
+{{- end -}}
 {{- define "shopserve.rankerHost" -}}
 {{- default (printf "%s-predictor.%s.svc.cluster.local:80" (include "shopserve.searchModel" .) .Release.Namespace) .Values.search.rankerHost -}}
 {{- end -}}
@@ -120,7 +125,7 @@ env `<PREFIX><UPPER_SNAKE>` -> settings field `<snake_case>`. The settings the c
 tests/charts checks both directions against shopserve.settings.
 */}}
 {{- define "shopserve.search.settingsKeys" -}}
-workers logLevel requestLogs recallTimeoutMs rankerTimeoutMs sequenceTimeoutMs upstreamRetries breakerFailures breakerCooldownMs rankerMaxConcurrency relevanceCacheEnabled relevanceCacheEntries failureLogIntervalMs lexicalCandidates recallCandidates rankCandidates sequenceCandidates sequenceEnabled maxRecentItems queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity weightSession defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
+workers logLevel requestLogs recallTimeoutMs rankerTimeoutMs sequenceTimeoutMs upstreamRetries breakerFailures breakerCooldownMs rankerMaxConcurrency relevanceCacheEnabled relevanceCacheEntries failureLogIntervalMs lexicalCandidates recallCandidates rankCandidates sequenceCandidates sequenceEnabled semanticTimeoutMs semanticCandidates semanticEnabled maxRecentItems queryRewrite rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity weightSession weightSemantic defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
 workers logLevel requestLogs index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads maxRequestBytes
@@ -254,7 +259,7 @@ tolerations:
 
 {{/*
 Resources of a Triton predictor: its values plus the GPU, in requests and limits, when count > 0.
-Usage: include "shopserve.tritonResources" .Values.ranker  (or .Values.sequence)
+Usage: include "shopserve.tritonResources" .Values.ranker  (or .Values.sequence, .Values.semantic)
 */}}
 {{- define "shopserve.tritonResources" -}}
 {{- $res := deepCopy .resources -}}
@@ -285,21 +290,25 @@ Checks the schema cannot express; `helm template` and `helm install` stop with t
 {{- if and .Values.sequence.enabled (lt (int .Values.sequence.gpu.count) 1) (not .Values.sequence.modelConfigName) -}}
 {{- fail "sequence.gpu.count is 0: Triton on CPU cannot load the bundle's default seq-recommender/config.pbtxt (KIND_GPU); set sequence.modelConfigName=cpu" -}}
 {{- end -}}
+{{- if and .Values.semantic.enabled (lt (int .Values.semantic.gpu.count) 1) (not .Values.semantic.modelConfigName) -}}
+{{- fail "semantic.gpu.count is 0: Triton on CPU cannot load the bundle's default query-encoder/config.pbtxt (KIND_GPU); set semantic.modelConfigName=cpu" -}}
+{{- end -}}
 {{- if and .Values.search.canary.enabled (eq .Values.deploymentMode "Standard") -}}
 {{- fail "search.canary: KServe's Standard-mode canary (spec.canary) covers predictors only; roll a transformer canary in Knative mode" -}}
 {{- end -}}
 {{- if and .Values.search.canary.enabled (not .Values.search.canary.imageTag) -}}
 {{- fail "search.canary.enabled needs search.canary.imageTag (the candidate image)" -}}
 {{- end -}}
-{{- /* A disabled sequence model renders nothing, so its values cannot fail the release. */ -}}
-{{- $sequence := ternary (list "sequence") (list) .Values.sequence.enabled -}}
-{{- range $name := concat (list "ranker" "recall") $sequence -}}
+{{- /* A disabled sequence model or query encoder renders nothing, so its values cannot fail the
+release. */ -}}
+{{- $optional := concat (ternary (list "sequence") (list) .Values.sequence.enabled) (ternary (list "semantic") (list) .Values.semantic.enabled) -}}
+{{- range $name := concat (list "ranker" "recall") $optional -}}
 {{- $c := index $.Values $name -}}
 {{- if and $c.canary.enabled (not $c.canary.storageUri) -}}
 {{- fail (printf "%s.canary.enabled needs %s.canary.storageUri (the candidate bundle)" $name $name) -}}
 {{- end -}}
 {{- end -}}
-{{- range $name := concat (list "search" "ranker" "recall") $sequence -}}
+{{- range $name := concat (list "search" "ranker" "recall") $optional -}}
 {{- $c := index $.Values $name -}}
 {{- if and $c.autoscaling.enabled (gt (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas)) -}}
 {{- fail (printf "%s.autoscaling.minReplicas (%v) exceeds maxReplicas (%v)" $name $c.autoscaling.minReplicas $c.autoscaling.maxReplicas) -}}
@@ -380,28 +389,32 @@ volumes:
 {{- end -}}
 
 {{/*
-Pod fields of the sequence-model predictor apart from scaling, shared by the stable predictor and a
-Standard-mode canary: Triton on the ranker's ServingRuntime (its probes, preStop sleep and
-`--exit-timeout-secs`), serving the bundle's sequence component as its model repository.
-Usage: include "shopserve.sequencePod" (list $ storageUri isCanary)
+Pod fields of a Triton model predictor of its own (the sequence model, the query encoder) apart
+from scaling, shared by the stable predictor and a Standard-mode canary: Triton on the ranker's
+ServingRuntime (its probes, preStop sleep and `--exit-timeout-secs`), serving a bundle component
+(`sequence/`, `semantic/`) as its model repository. `component` is the values key, also the pods'
+`app.kubernetes.io/component` label (NetworkPolicy, PodMonitor).
+Usage: include "shopserve.tritonModelPod" (list $ "sequence" storageUri isCanary)
 */}}
-{{- define "shopserve.sequencePod" -}}
+{{- define "shopserve.tritonModelPod" -}}
 {{- $root := index . 0 -}}
-{{- $storageUri := index . 1 -}}
-{{- $isCanary := index . 2 -}}
+{{- $component := index . 1 -}}
+{{- $storageUri := index . 2 -}}
+{{- $isCanary := index . 3 -}}
+{{- $values := index $root.Values $component -}}
 {{- with $root -}}
 {{ include "shopserve.podCommon" . }}
-{{- include "shopserve.terminationGrace" (list . .Values.sequence.termination) }}
+{{- include "shopserve.terminationGrace" (list . $values.termination) }}
 securityContext:
   {{- $uid := int .Values.ranker.runtime.runAsUser }}
   {{- toYaml (merge (dict "runAsUser" $uid "runAsGroup" $uid "fsGroup" $uid) (deepCopy .Values.podSecurityContext)) | nindent 2 }}
 labels:
   app.kubernetes.io/part-of: shopserve
   app.kubernetes.io/instance: {{ .Release.Name }}
-  app.kubernetes.io/component: sequence
+  app.kubernetes.io/component: {{ $component }}
 annotations:
   {{- include "shopserve.podAnnotations" (list . .Values.ranker.runtime.containerPorts.metrics) | trim | nindent 2 }}
-{{- include "shopserve.scheduling" .Values.sequence }}
+{{- include "shopserve.scheduling" $values }}
 model:
   {{- if $isCanary }}
   name: kserve-container
@@ -413,13 +426,13 @@ model:
   runtime: {{ . }}
   {{- end }}
   storageUri: {{ $storageUri | quote }}
-  {{- with .Values.sequence.modelConfigName }}
-  {{- /* Appended by KServe to the runtime's `tritonserver` args: seq-recommender/configs/<name>.pbtxt. */}}
+  {{- with $values.modelConfigName }}
+  {{- /* Appended by KServe to the runtime's `tritonserver` args: <model>/configs/<name>.pbtxt. */}}
   args:
     - --model-config-name={{ . }}
   {{- end }}
   resources:
-    {{- include "shopserve.tritonResources" .Values.sequence | nindent 4 }}
+    {{- include "shopserve.tritonResources" $values | nindent 4 }}
   securityContext:
     {{- toYaml .Values.containerSecurityContext | nindent 4 }}
   volumeMounts:

@@ -15,10 +15,21 @@ import numpy as np
 import pytest
 
 from loadtest.runner import LOCUSTFILE, LoadRun
-from loadtest.tail import QUERY_REWRITES_FILE, QueryComposer, make_typos, mined_synonyms, size_words, typo
+from loadtest.tail import (
+    KINDS,
+    NEGATION,
+    QUERY_REWRITES_FILE,
+    QueryComposer,
+    make_typos,
+    mined_synonyms,
+    size_words,
+    typo,
+)
 from loadtest.traffic import MixConfig, TrafficMix
 from shopserve.catalog_files import CatalogFiles
-from training.data.generator import GeneratorConfig, generate
+from shopserve.phrasing import NEGATORS, edit_distance, phrase_words
+from shopserve.text import tokens
+from training.data.generator import QUERY_KINDS, GeneratorConfig, generate
 
 N_REQUESTS = 4000
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
@@ -92,11 +103,12 @@ def test_composed_queries_use_only_the_catalog_vocabulary(catalog: CatalogFiles)
         catalog_words.update(_WORD.findall(text.lower()))
     # Every word the composer names comes from the items (titles and attributes) ...
     assert composer.lexicon() <= catalog_words
-    # ... and every synonym from what shoppers typed in the log or the mined rewrite table.
+    # ... and every synonym from what shoppers typed in the log or the mined rewrite table, every
+    # other word from the phrase tables the generator wrote the log's harder classes with.
     typed = set()
     for text in catalog.queries["text"].tolist():
         typed.update(text.split())
-    assert composer.vocabulary() - composer.lexicon() <= typed | {"jumper", "rouge"}
+    assert composer.vocabulary() - composer.lexicon() - phrase_words() <= typed | {"jumper", "rouge"}
 
 
 
@@ -115,28 +127,58 @@ def test_composed_queries_follow_their_kind(catalog: CatalogFiles) -> None:
     composer = QueryComposer.from_files(catalog)
     items = catalog.items
 
+    assert KINDS == QUERY_KINDS  # the generator's kinds, which the load test may not import
+    assert all(composer.kind_shares[k] > 0 for k in KINDS)  # the log has every kind
     rng, seen = random.Random(0), set()
-    queries = [composer.compose(rng, seen) for _ in range(2000)]
+    queries = [composer.compose(rng, seen) for _ in range(3000)]
     kinds = Counter(q.kind for q in queries)
-    assert set(kinds) == {"exact", "synonym", "typo"}
+    assert set(kinds) == set(KINDS)
     vocabulary = composer.vocabulary()
     categories = set(items["category"].tolist())
     for q in queries:
         assert q.category in categories
         base_words = q.base_text.split()
+        noun = composer.nouns[q.category]
+        if q.kind == NEGATION:
+            wanted, excluded = q.base_text.rsplit(" not ", 1)
+            assert q.text.startswith(wanted + " ") and q.text.endswith(" " + excluded)
+            assert any(f" {n} " in q.text.replace("aren't", "isn't") for n in NEGATORS["colour"]
+                       + NEGATORS["material"])  # fmt: skip
+            base_words = wanted.split()
+            assert excluded in set(composer.colour) | set(composer.material)
         assert set(base_words) <= composer.lexicon()
-        assert composer.nouns[q.category] in q.base_text  # a query names its category
-        assert len(base_words) > len(composer.nouns[q.category].split())  # an attribute too
+        assert noun in q.base_text  # a query names its category
+        if q.kind != NEGATION:
+            assert len(base_words) > len(noun.split())  # an attribute too
         words = q.text.split()
         if q.kind == "exact":
             assert q.text == q.base_text
-        elif q.kind == "synonym":
+        elif q.kind in ("synonym", "paraphrase", NEGATION):
             assert set(words) <= vocabulary
+        elif q.kind == "described":
+            assert set(words) <= vocabulary
+            assert not set(tokens(q.text)) & set(tokens(noun)), q.text
+        elif q.kind == "misspelling":
+            assert len(words) == len(base_words)
+            assert max(edit_distance(b, w) for b, w in zip(base_words, words, strict=True)) >= 2
         else:
             assert len(words) == len(base_words)
             edited = [(b, w) for b, w in zip(base_words, words, strict=True) if b != w]
             assert 1 <= len(edited) <= 2
             assert all(_damerau1(b, w) and b[0] == w[0] for b, w in edited)
+
+
+@pytest.mark.parametrize(("shares", "expected"), [
+    ({}, {"exact"}),
+    ({"exact": 0.5, "synonym": 0.3, "typo": 0.2}, {"exact", "synonym", "typo"}),
+    ({"negation": 1.0}, {"negation"}),
+])
+def test_a_composer_writes_only_the_kinds_it_has_shares_for(
+    catalog: CatalogFiles, shares: dict[str, float], expected: set[str]
+) -> None:
+    composer = QueryComposer(catalog.items, {}, shares)
+    rng = random.Random(2)
+    assert {composer.compose(rng).kind for _ in range(300)} == expected
 
 
 def test_head_queries_follow_traffic_shares(catalog: CatalogFiles) -> None:

@@ -132,6 +132,7 @@ def test_parameter_errors_name_the_parameter(value, kind):
 
 
 def test_contracts_are_registered_by_name():
-    assert set(CONTRACTS) == {"search", "mf-recall", "bert-ranker", "seq-recommender"}
+    assert set(CONTRACTS) == {"search", "mf-recall", "bert-ranker", "seq-recommender",
+                              "query-encoder"}
     assert [t.name for t in RANKER.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
     assert SEARCH.output("titles").datatype == "BYTES"

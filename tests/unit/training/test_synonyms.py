@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from training.data.generator import SYNONYM_OF, GeneratorConfig, generate, split_queries
-from training.synonyms import MiningConfig, mine_synonyms, save_synonyms, synonyms_from_dataset
+from training.data.generator import (
+    LEXICAL_KINDS,
+    SYNONYM_OF,
+    UNDERSTANDING_KINDS,
+    GeneratorConfig,
+    generate,
+    split_queries,
+)
+from training.synonyms import (
+    MiningConfig,
+    lexical_query_ids,
+    mine_into,
+    mine_synonyms,
+    save_synonyms,
+    synonyms_from_dataset,
+)
 from transformers_pre.rewrite import load_synonyms
 
 
@@ -58,3 +73,20 @@ def test_mined_from_generated_world_agree_with_its_synonym_table(world) -> None:
     known = {token: term for token, term in synonyms.items() if token in SYNONYM_OF}
     agree = [token for token, term in known.items() if term[:3] == SYNONYM_OF[token][:3]]
     assert known and len(agree) / len(known) >= 0.6, synonyms
+
+
+def test_mining_ignores_the_understanding_kinds(world, tmp_path: Path) -> None:
+    queries = world.queries
+    understanding = queries.query_id[np.isin(queries.kind, UNDERSTANDING_KINDS)]
+    assert understanding.size
+    # Their judged phrases ("husband", "puffy") teach nothing, even with the loosest thresholds ...
+    loose = MiningConfig(min_queries=1, min_lift=0.0)
+    assert synonyms_from_dataset(world, understanding, loose) == {}
+    # ... and mixing them into the training queries changes nothing.
+    train, _ = split_queries(world, 0.2, 0)
+    lexical = lexical_query_ids(world, train)
+    assert set(queries.kind[lexical].tolist()) == set(LEXICAL_KINDS)
+    assert lexical.size < train.size
+    assert synonyms_from_dataset(world, train, loose) == synonyms_from_dataset(world, lexical, loose)
+    params = mine_into(tmp_path, world, train)
+    assert params["synonyms_mined_from_queries"] == lexical.size

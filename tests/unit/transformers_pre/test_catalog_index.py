@@ -33,7 +33,7 @@ def component(world: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny bundle's catalog component (``tests.bundles`` writes it with the same call), with
     mined synonyms so that query rewriting is part of what is compared. Read only."""
     folder = tmp_path_factory.mktemp("bundle") / "catalog"
-    save_catalog(world, folder, "test-1", world.queries.query_id[::2])
+    save_catalog(world, folder, "test-1", world.queries.query_id)
     return folder
 
 

@@ -113,6 +113,8 @@ def test_query_count_does_not_change_catalog_or_log(tiny):
         ("queries.query_id", "i", 8),
         ("queries.text", "U", None),
         ("queries.kind", "U", None),
+        ("queries.exclude_colour", "U", None),
+        ("queries.exclude_material", "U", None),
         ("queries.user_id", "i", 8),
         ("queries.frequency", "f", 4),
         ("queries.is_head", "b", 1),
