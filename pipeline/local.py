@@ -87,6 +87,8 @@ def stack_components(
             "SEARCH_RANKER_HOST": f"127.0.0.1:{ports.ranker_grpc}",
             # The local Triton serves the sequence recommender beside the ranker.
             "SEARCH_SEQUENCE_HOST": f"127.0.0.1:{ports.ranker_grpc}",
+            # ... and the query encoder of the semantic path.
+            "SEARCH_SEMANTIC_HOST": f"127.0.0.1:{ports.ranker_grpc}",
             **(search_env or {}),
         }),
     ]

@@ -141,6 +141,12 @@ class SearchSettings(ServerSettings):
     which serves both models)."""
     sequence_model: str = "seq-recommender"
     """Model name of the sequence recommender."""
+    semantic_host: str = "127.0.0.1:8001"
+    """``host:port`` of the query encoder's v2 gRPC endpoint: in a cluster the ``query-encoder``
+    InferenceService (Triton, on the bundle's ``semantic`` component); locally the ranker's
+    Triton, which serves it beside ``bert-ranker``."""
+    semantic_model: str = "query-encoder"
+    """Model name of the query encoder (the semantic path's bi-encoder)."""
     recall_timeout_ms: float = Field(default=100.0, gt=0)
     """Time budget of one recall call, retries included."""
     ranker_timeout_ms: float = Field(default=300.0, gt=0)
@@ -148,6 +154,9 @@ class SearchSettings(ServerSettings):
     sequence_timeout_ms: float = Field(default=100.0, gt=0)
     """Time budget of one sequence-model call, retries included; past it the answer degrades (MF
     and popularity, no session signal)."""
+    semantic_timeout_ms: float = Field(default=50.0, gt=0)
+    """Time budget of one query-encoder call, retries included; past it the answer degrades
+    (``degraded: semantic``: candidates from BM25 and MF only)."""
     upstream_retries: int = Field(default=1, ge=0, le=5)
     """Retries of an upstream call, only on connection errors and UNAVAILABLE (503)."""
     breaker_failures: int = Field(default=3, ge=1)
@@ -183,6 +192,12 @@ class SearchSettings(ServerSettings):
     """Candidates sent to the ranker (the best by first-stage score); the rest keep that score."""
     sequence_candidates: int = Field(default=100, ge=1)
     """Next items of the sequence model a recommendation takes as candidates."""
+    semantic_candidates: int = Field(default=100, ge=1)
+    """Nearest items of the semantic path per query (its FAISS index over item embeddings)."""
+    semantic_enabled: bool = True
+    """Find candidates by meaning too (when the bundle has a ``semantic`` component): the query's
+    embedding from ``query-encoder`` and its nearest items. Off: BM25 and MF only (not a
+    degradation)."""
     sequence_enabled: bool = True
     """Ask the sequence model when a request has recent items (and the bundle has the model); off,
     recent items only leave what was just seen out of recommendations (not a degradation)."""
@@ -203,6 +218,9 @@ class SearchSettings(ServerSettings):
     """Blend weight of the popularity prior."""
     weight_session: float = 0.2
     """Blend weight of the sequence model's score of an item after the shopper's recent items."""
+    weight_semantic: float = 0.5
+    """Blend weight of the query's cosine similarity to an item (bi-encoder embeddings, min-max
+    scaled over the candidates), in the pre-ranking and the final score."""
     default_top_n: int = Field(default=10, ge=1)
     """Results returned when the request names no ``top_n``."""
     max_top_n: int = Field(default=100, ge=1)

@@ -138,11 +138,16 @@ def start_ranker(bundle: Path, logs: Path, http_port: int, grpc_port: int) -> Se
 def start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
                  env: Mapping[str, str] | None = None) -> Server:
     """The search transformer on a bundle, its recall and ranker at the given gRPC addresses, as
-    KServe starts it (flags ``--predictor_host`` and ``--model_name``); ``env`` adds settings."""
+    KServe starts it (flags ``--predictor_host`` and ``--model_name``); ``env`` adds settings.
+
+    The query encoder is asked at the ranker's address: the ranker launcher's Triton serves it
+    beside the ranker, as the local stack's does.
+    """
     http_port, grpc_port = free_port(), free_port()
     return start_server(
         "transformers_pre",
-        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall_host, **(env or {})},
+        {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall_host,
+         "SEARCH_SEMANTIC_HOST": ranker_host, **(env or {})},
         log,
         args=["--http_port", str(http_port), "--grpc_port", str(grpc_port),
               "--predictor_host", ranker_host, "--model_name", SEARCH_MODEL],

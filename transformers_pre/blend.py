@@ -9,14 +9,20 @@ Scores are brought to comparable [0, 1] scales before they are mixed:
 * popularity: the catalog prior, already scaled to [0, 1];
 * session: the sequence model's score of the item after the shopper's recent items (its session
   vector's dot product with the item's embedding), min-max scaled over the candidates (0 without
-  recent items, or with the sequence model down).
+  recent items, or with the sequence model down);
+* semantic: the cosine similarity of the query's and the item's bi-encoder embeddings, min-max
+  scaled over the candidates (0 without a semantic path, or with it down).
 
-``final = w_relevance * relevance + w_lexical * lexical + w_personal * personal
-+ w_popularity * popularity + w_session * session``, where ``lexical`` is the scaled BM25 score. It
-keeps the evidence of the (rewritten) query's exact terms beside the ranker's judgement of the raw
-query; when the ranker is unavailable BM25 already is the relevance and ``w_lexical`` is not added
-again. :func:`blend_parts` gives each weighted term apart (the ``explain`` answer); their sum is
-the final score.
+``final = w_relevance * relevance + w_lexical * lexical + w_semantic * semantic
++ w_personal * personal + w_popularity * popularity + w_session * session``, where ``lexical`` is
+the scaled BM25 score. It keeps the evidence of the (rewritten) query's exact terms beside the
+ranker's judgement of the raw query; when the ranker is unavailable BM25 already is the relevance
+and ``w_lexical`` is not added again. :func:`blend_parts` gives each weighted term apart (the
+``explain`` answer); their sum is the final score.
+
+The same terms without the ranker are the **pre-ranking** (:func:`first_stage`): a cheap score
+of the whole candidate union from lexical, semantic, personal, popularity and session evidence,
+whose best ``rank_candidates`` (the cascade's K) are all the ranker scores.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class Source(IntFlag):
     """The sequence model's next items after the shopper's recent items."""
     POPULAR = 8
     """The popularity backfill."""
+    SEMANTIC = 16
+    """The semantic path: the nearest items to the query's bi-encoder embedding."""
 
     def names(self) -> list[str]:
         """Lower-case names of the sources set, in declaration order."""
@@ -45,7 +53,7 @@ class Source(IntFlag):
 
 
 #: The weighted terms of a final score, in the order they are summed.
-PARTS = ("relevance", "lexical", "personal", "popularity", "session")
+PARTS = ("relevance", "lexical", "semantic", "personal", "popularity", "session")
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class Weights:
     popularity: float = 0.05
     lexical: float = 1.0
     session: float = 0.2
+    semantic: float = 0.5
 
 
 @dataclass
@@ -69,6 +78,8 @@ class Candidates:
         personal: Raw MF score per row (nan when unknown).
         sources: :class:`Source` flags per row.
         session: Raw sequence-model score per row (nan when unknown or without a session).
+        semantic: Cosine similarity of the query's and the row's embeddings (nan without a
+            semantic path).
     """
 
     rows: np.ndarray
@@ -76,6 +87,7 @@ class Candidates:
     personal: np.ndarray
     sources: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
     session: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    semantic: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
 
     def __post_init__(self) -> None:
         n = self.rows.shape[0]
@@ -83,6 +95,8 @@ class Candidates:
             self.sources = np.zeros(n, dtype=np.uint8)
         if self.session.shape[0] != n:
             self.session = np.full(n, np.nan, dtype=np.float32)
+        if self.semantic.shape[0] != n:
+            self.semantic = np.full(n, np.nan, dtype=np.float32)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -90,12 +104,17 @@ class Candidates:
     def take(self, keep: np.ndarray) -> Candidates:
         """The subset selected by a boolean mask or index array."""
         return Candidates(self.rows[keep], self.lexical[keep], self.personal[keep],
-                          self.sources[keep], self.session[keep])
+                          self.sources[keep], self.session[keep], self.semantic[keep])
 
     def with_session(self, session: np.ndarray) -> Candidates:
         """The same candidates with raw sequence-model scores per row."""
         return Candidates(self.rows, self.lexical, self.personal, self.sources,
-                          session.astype(np.float32, copy=False))
+                          session.astype(np.float32, copy=False), self.semantic)
+
+    def with_semantic(self, semantic: np.ndarray) -> Candidates:
+        """The same candidates with the query's cosine similarity to each row."""
+        return Candidates(self.rows, self.lexical, self.personal, self.sources, self.session,
+                          semantic.astype(np.float32, copy=False))
 
 
 def union(
@@ -136,10 +155,12 @@ def add_rows(c: Candidates, rows: np.ndarray, source: Source) -> Candidates:
     lexical = np.zeros(merged.shape[0], dtype=np.float32)
     personal = np.full(merged.shape[0], np.nan, dtype=np.float32)
     session = np.full(merged.shape[0], np.nan, dtype=np.float32)
+    semantic = np.full(merged.shape[0], np.nan, dtype=np.float32)
     sources = np.zeros(merged.shape[0], dtype=np.uint8)
     lexical[at], personal[at], session[at], sources[at] = c.lexical, c.personal, c.session, c.sources
+    semantic[at] = c.semantic
     sources[np.searchsorted(merged, rows)] |= source
-    return Candidates(merged, lexical, personal, sources, session)
+    return Candidates(merged, lexical, personal, sources, session, semantic)
 
 
 def scale_max(values: np.ndarray) -> np.ndarray:
@@ -164,8 +185,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def first_stage(c: Candidates, popularity: np.ndarray, w: Weights) -> np.ndarray:
-    """Score before ranking: scaled BM25 as relevance, plus personalisation, popularity and
-    session."""
+    """Score before ranking (the cascade's pre-ranking): scaled BM25 as relevance, plus the
+    semantic similarity, personalisation, popularity and session."""
     return total(first_stage_parts(c, popularity, w))
 
 
@@ -204,7 +225,8 @@ def recommend_parts(c: Candidates, popularity: np.ndarray, w: Weights) -> dict[s
 
 
 def _shared_parts(c: Candidates, popularity: np.ndarray, w: Weights) -> dict[str, np.ndarray]:
-    return {"personal": (w.personal * scale_min_max(c.personal)).astype(np.float32),
+    return {"semantic": (w.semantic * scale_min_max(c.semantic)).astype(np.float32),
+            "personal": (w.personal * scale_min_max(c.personal)).astype(np.float32),
             "popularity": (w.popularity * popularity).astype(np.float32),
             "session": (w.session * scale_min_max(c.session)).astype(np.float32)}
 

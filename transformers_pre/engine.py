@@ -3,15 +3,20 @@
 ``SearchEngine.search`` runs, for one request row:
 
 1. filter mask (category, price range, purchases to exclude);
-2. lexical candidates (BM25) and, concurrently, personalised candidates from ``mf-recall`` and,
-   when the shopper sent recent items, the session from ``seq-recommender``;
-3. the union of lexical and MF candidates, filtered;
-4. the best ``rank_candidates`` scored by ``bert-ranker``: the scores of (query, item) pairs seen
-   before from the relevance cache (:mod:`transformers_pre.relevance`), the others tokenised and
-   sent in one call, admitted only while fewer than ``ranker_max_concurrency`` calls are in
-   flight (beyond it ranking is skipped at once, reason ``overload``);
-5. the blend of relevance, personalisation, popularity and session (the sequence model's score
-   of each candidate after the recent items); top N.
+2. lexical candidates (BM25) and, concurrently, personalised candidates from ``mf-recall``, the
+   query's embedding from ``query-encoder`` (semantic candidates: its nearest items in the
+   bundle's index, :mod:`transformers_pre.semantic`) and, when the shopper sent recent items, the
+   session from ``seq-recommender``;
+3. the union of lexical, semantic and MF candidates, filtered, and its pre-ranking
+   (:func:`transformers_pre.blend.first_stage`: lexical, semantic, personal, popularity and
+   session evidence);
+4. the best ``rank_candidates`` (the cascade's K) scored by ``bert-ranker``: the scores of
+   (query, item) pairs seen before from the relevance cache (:mod:`transformers_pre.relevance`),
+   the others tokenised and sent in one call, admitted only while fewer than
+   ``ranker_max_concurrency`` calls are in flight (beyond it ranking is skipped at once, reason
+   ``overload``);
+5. the blend of relevance, lexical and semantic evidence, personalisation, popularity and
+   session (the sequence model's score of each candidate after the recent items); top N.
 
 Without a query it recommends: the sequence model's next items after the recent items and MF
 candidates for a known shopper, popularity otherwise, backfilled with popular items when filters
@@ -36,7 +41,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shopserve.errors import CircuitOpen, ShopserveError, UpstreamOverloaded, UpstreamTimeout
+from shopserve.errors import (
+    CircuitOpen,
+    ShopserveError,
+    UpstreamOverloaded,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from shopserve.protocol import (
     ANONYMOUS_USER,
     EXCLUDE_SEEN,
@@ -44,6 +55,7 @@ from shopserve.protocol import (
     ITEM_SEQUENCE,
     NEXT_ITEMS,
     NEXT_SCORES,
+    QUERY_EMBEDDING,
     SCORE,
     SCORES,
     SESSION_EMBEDDING,
@@ -55,6 +67,7 @@ from shopserve.text import PairEncoder, PairTokenizer
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
 from transformers_pre.relevance import ConcurrencyLimit, RelevanceCache
+from transformers_pre.semantic import SemanticIndex
 from transformers_pre.session import SessionModel
 
 log = logging.getLogger(__name__)
@@ -70,6 +83,7 @@ class Stage(StrEnum):
 
     NORMALISE = "normalise"
     LEXICAL = "lexical"
+    SEMANTIC = "semantic"
     RECALL = "recall"
     SEQUENCE = "sequence"
     FILTER = "filter"
@@ -90,6 +104,7 @@ class Dependency(StrEnum):
     RECALL = "recall"
     RANKER = "ranker"
     SEQUENCE = "sequence"
+    SEMANTIC = "semantic"
 
 
 class DegradationReason(StrEnum):
@@ -210,6 +225,7 @@ class EngineConfig:
     recall_candidates: int = 100
     rank_candidates: int = 50
     sequence_candidates: int = 100
+    semantic_candidates: int = 100
     query_rewrite: bool = True
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
@@ -230,12 +246,13 @@ class EngineConfig:
             "lexical_candidates": s.lexical_candidates, "recall_candidates": s.recall_candidates,
             "rank_candidates": s.rank_candidates, "ranker_enabled": s.ranker_enabled,
             "sequence_candidates": s.sequence_candidates,
+            "semantic_candidates": s.semantic_candidates,
             "query_rewrite": s.query_rewrite, "max_length": max_length,
             "relevance_cache_entries": (s.relevance_cache_entries
                                         if s.relevance_cache_enabled else 0),
             "ranker_max_concurrency": s.ranker_max_concurrency,
             "weights": blend.Weights(s.weight_relevance, s.weight_personal, s.weight_popularity,
-                                     s.weight_lexical, s.weight_session),
+                                     s.weight_lexical, s.weight_session, s.weight_semantic),
         }
         return cls(**{**fields, **overrides})
 
@@ -276,6 +293,8 @@ class SearchEngine:
         session_model: The bundle's sequence component (rows <-> model indices, embeddings).
         ranker_version: The ranker's bundle version (its component manifest's), the first part of
             every relevance cache key.
+        semantic: Client of ``query-encoder``; None without a semantic path.
+        semantic_index: The bundle's semantic component (item embeddings, index, tokenizer).
 
     Attributes:
         relevance_cache: The cache of the ranker's scores; None when it is off.
@@ -285,8 +304,9 @@ class SearchEngine:
 
     def __init__(self, catalog: Catalog, tokenizer: PairTokenizer, recall: InferClient,
                  ranker: InferClient, config: EngineConfig, sequence: InferClient | None = None,
-                 session_model: SessionModel | None = None, ranker_version: str = "unknown"
-                 ) -> None:
+                 session_model: SessionModel | None = None, ranker_version: str = "unknown",
+                 semantic: InferClient | None = None,
+                 semantic_index: SemanticIndex | None = None) -> None:
         self.catalog = catalog
         # Titles tokenised once, on a thread of their own so that loading does not wait for them:
         # a request then tokenises only its query (shopserve.text.PairEncoder).
@@ -296,6 +316,8 @@ class SearchEngine:
         self.config = config
         self.sequence = sequence if session_model is not None else None
         self.session_model = session_model
+        self.semantic = semantic if semantic_index is not None else None
+        self.semantic_index = semantic_index
         self.relevance_cache = (RelevanceCache(config.relevance_cache_entries, ranker_version)
                                 if config.relevance_cache_entries else None)
         self.ranker_admission = ConcurrencyLimit(config.ranker_max_concurrency)
@@ -312,7 +334,11 @@ class SearchEngine:
                        if req.exclude_purchased and req.user_id != ANONYMOUS_USER else None)
             mask = self.catalog.filter_mask(req.category, req.min_price, req.max_price, exclude)
         tasks: list[asyncio.Future[Any]] = []
-        recall_task = sequence_task = None
+        recall_task = sequence_task = semantic_task = None
+        if req.query and self.semantic is not None:
+            semantic_task = asyncio.ensure_future(
+                self._timed(timings, Stage.SEMANTIC, self._embed(req)))
+            tasks.append(semantic_task)
         if req.user_id != ANONYMOUS_USER:
             recall_task = asyncio.ensure_future(
                 self._timed(timings, Stage.RECALL, self._recall(req)))
@@ -325,14 +351,16 @@ class SearchEngine:
         try:
             if not req.query:
                 return await self._recommend(req, mask, recall_task, sequence_task, result)
-            return await self._search(req, mask, recall_task, sequence_task, result)
+            return await self._search(req, mask, recall_task, sequence_task, semantic_task,
+                                      result)
         finally:
             for task in tasks:  # only left running when a request that allows no degradation failed
                 task.cancel()
 
     async def _search(self, req: SearchRequest, mask: np.ndarray | None,
                       recall_task: asyncio.Future[Any] | None,
-                      sequence_task: asyncio.Future[Any] | None, result: SearchResult
+                      sequence_task: asyncio.Future[Any] | None,
+                      semantic_task: asyncio.Future[Any] | None, result: SearchResult
                       ) -> SearchResult:
         timings = result.stage_ms
         w = self.config.weights
@@ -341,11 +369,20 @@ class SearchEngine:
                 req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
         mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
         session = await self._await_sequence(req, sequence_task, result)
+        query_vector = await self._await_semantic(req, semantic_task, result)
         with _Timer(timings, Stage.FILTER):
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
                 mf_rows, mf_scores = mf_rows[keep], mf_scores[keep]
             candidates = blend.union(lex_rows, lex_scores, mf_rows, mf_scores)
+        if query_vector is not None:
+            assert self.semantic_index is not None
+            with _Timer(timings, Stage.SEMANTIC):
+                sem_rows, _ = self.semantic_index.search(
+                    query_vector, self.config.semantic_candidates, mask)
+                candidates = blend.add_rows(candidates, sem_rows, blend.Source.SEMANTIC)
+                candidates = candidates.with_semantic(
+                    self.semantic_index.similarity(query_vector, candidates.rows))
         if not len(candidates):
             return result
         if session is not None:
@@ -459,6 +496,31 @@ class SearchEngine:
         scores = outputs[SCORES][0].astype(np.float32)
         keep = rows >= 0  # drops padding (-1) and items the catalog no longer has
         return rows[keep], scores[keep]
+
+    async def _embed(self, req: SearchRequest) -> np.ndarray:
+        """The query's embedding from ``query-encoder``, checked against the index's dimension
+        (a mismatched encoder fails the stage, it is not searched with)."""
+        assert self.semantic is not None and self.semantic_index is not None
+        outputs = await self.semantic.infer(self.semantic_index.encode(req.query), None,
+                                            req.request_id)
+        vector = np.asarray(outputs[QUERY_EMBEDDING], dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.semantic_index.dim or not np.isfinite(vector).all():
+            raise UpstreamUnavailable(
+                f"{self.semantic.name}: {QUERY_EMBEDDING} of {vector.shape[0]} values (finite: "
+                f"{bool(np.isfinite(vector).all())}), the semantic index takes "
+                f"{self.semantic_index.dim}")
+        return vector
+
+    async def _await_semantic(self, req: SearchRequest, task: asyncio.Future[Any] | None,
+                              result: SearchResult) -> np.ndarray | None:
+        if task is None:
+            return None
+        try:
+            vector: np.ndarray = await task
+        except ShopserveError as exc:
+            self._degrade(req, result, Dependency.SEMANTIC, exc)
+            return None
+        return vector
 
     async def _sequence(self, req: SearchRequest) -> dict[str, np.ndarray]:
         assert self.sequence is not None and self.session_model is not None

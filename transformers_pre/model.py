@@ -35,6 +35,7 @@ from shopserve.artifacts import (
     MAX_SEQUENCE_LENGTH,
     RANKER_COMPONENT,
     RANKER_TOKENIZER_DIR,
+    SEMANTIC_COMPONENT,
     SEQUENCE_COMPONENT,
     load_component,
 )
@@ -77,6 +78,7 @@ from transformers_pre.engine import (
     Stage,
 )
 from transformers_pre.monitoring import DRIFT, ENGINE, DegradationLog, load_window
+from transformers_pre.semantic import SemanticIndex
 from transformers_pre.session import SessionModel
 from transformers_pre.upstream import Upstream
 
@@ -147,6 +149,7 @@ class SearchModel(ContractModel):
         except (BundleError, OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot serve search from bundle {bundle}: {exc}") from exc
         session_model = self._load_session_model(bundle, catalog)
+        semantic_index = self._load_semantic_index(bundle, catalog)
         config = EngineConfig.from_settings(s, max_length)
         breaker = {"breaker_failures": s.breaker_failures,
                    "breaker_cooldown_s": s.breaker_cooldown_ms / 1000}
@@ -159,11 +162,18 @@ class SearchModel(ContractModel):
             sequence_upstream = Upstream(Dependency.SEQUENCE, s.sequence_host, s.sequence_model,
                                          s.sequence_timeout_ms / 1000, s.upstream_retries,
                                          **breaker)
-        self.upstreams = tuple(u for u in (recall_upstream, ranker_upstream, sequence_upstream)
-                               if u is not None)
+        semantic_upstream = None
+        if semantic_index is not None:
+            semantic_upstream = Upstream(Dependency.SEMANTIC, s.semantic_host, s.semantic_model,
+                                         s.semantic_timeout_ms / 1000, s.upstream_retries,
+                                         **breaker)
+        self.upstreams = tuple(u for u in (recall_upstream, ranker_upstream, sequence_upstream,
+                                           semantic_upstream) if u is not None)
         self.search_engine = SearchEngine(catalog, tokenizer, recall_upstream, ranker_upstream,
                                           config, sequence_upstream, session_model,
-                                          ranker_version=ranker.version)
+                                          ranker_version=ranker.version,
+                                          semantic=semantic_upstream,
+                                          semantic_index=semantic_index)
         ENGINE.engine = self.search_engine
         self.categories = frozenset(np.unique(catalog.categories).tolist())
         version = catalog.manifest.version if catalog.manifest else "unknown"
@@ -180,11 +190,12 @@ class SearchModel(ContractModel):
             log.warning("the catalog component has no mined synonyms (a bundle older than query "
                         "rewriting): spelling correction only")
         log.info("search ready: %d items, ranker %s (max_length %d, version %s, %s calls at "
-                 "once, relevance cache %s), recall %s, sequence %s, %d query synonyms",
+                 "once, relevance cache %s), recall %s, sequence %s, semantic %s, %d query synonyms",
                  len(catalog), s.ranker_host, max_length, ranker.version,
                  s.ranker_max_concurrency or "unlimited",
                  f"{s.relevance_cache_entries} entries" if s.relevance_cache_enabled else "off",
                  s.recall_host, s.sequence_host if session_model is not None else "off",
+                 s.semantic_host if semantic_index is not None else "off",
                  len(catalog.rewriter.synonyms))
         self.ready = True
         return self.ready
@@ -203,6 +214,20 @@ class SearchModel(ContractModel):
                               session_model.manifest.version,
                               str(session_model.manifest.params.get("variant", "sasrec"))).set(1)
         return session_model
+
+    def _load_semantic_index(self, bundle: Path, catalog: Catalog) -> SemanticIndex | None:
+        """The bundle's semantic component, or None when it has none or the path is off."""
+        folder = bundle / SEMANTIC_COMPONENT
+        if not self.settings.semantic_enabled:
+            return None
+        if not (folder / MANIFEST).is_file():
+            log.info("the bundle has no semantic component: candidates from BM25 and MF only")
+            return None
+        index = SemanticIndex.load(folder, catalog.items)
+        if index.manifest is not None:
+            MODEL_INFO.labels("semantic", self.settings.semantic_model, index.manifest.version,
+                              "bi-encoder").set(1)
+        return index
 
     def stop(self) -> None:
         """KServe's teardown hook: not ready any more; the upstream gRPC channels are closed once

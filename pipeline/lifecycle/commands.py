@@ -74,9 +74,13 @@ def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
     from pipeline.lifecycle.evaluate_stack import (
         EVALUATION_BUDGETS,
         VARIANTS,
+        choose_k,
+        format_classes,
+        format_sweep,
         format_table,
         judge,
         send_queries,
+        sweep_variants,
     )
     from pipeline.supervisor import Stack
     from training.data.generator import Dataset, split_queries
@@ -90,13 +94,15 @@ def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
     rows = dataset.queries.query_id.searchsorted(test_ids)
     texts = dataset.queries.text[rows].tolist()
     users = dataset.queries.user_id[rows]
+    kinds, counts = np.unique(dataset.queries.kind[rows], return_counts=True)
     ports = StackPorts()
     components = stack_components(bundle, ports)
-    results = []
+    sweep = sweep_variants()
+    results = {}
     log_dir = bundle.parent / "logs"
     with Stack(components[:2], log_dir) as backends:
         backends.start()
-        for variant in sorted(VARIANTS, key=lambda v: v.ranker_down):
+        for variant in sorted((*VARIANTS, *sweep), key=lambda v: v.ranker_down):
             if variant.ranker_down and "ranker" in backends.processes:
                 backends.stop(names=["ranker"])
             # Quality, not load: one request at a time, and budgets no answer should meet.
@@ -106,15 +112,20 @@ def _cmd_evaluate_stack(args: argparse.Namespace) -> int:
                 sent = np.full(users.shape, -1) if variant.anonymous else users
                 answers = asyncio.run(send_queries(search.url, texts, sent.tolist(), top_n=50,
                                                    concurrency=1))
-            results.append((variant.name, judge(dataset, test_ids, users, answers)))
+            results[variant.name] = judge(dataset, test_ids, users, answers)
             print(f"  {variant.name}: done", file=sys.stderr)
-    order = {v.name: i for i, v in enumerate(VARIANTS)}
-    results.sort(key=lambda r: order[r[0]])
-    table = format_table(results, len(test_ids), int((users >= 0).sum()))
-    print(table)
+    table_rows = [(v.name, results[v.name]) for v in VARIANTS]
+    sweep_rows = [(int(v.rank_candidates or 0), results[v.name]) for v in sweep]
+    chosen = choose_k({k: j.ndcg_at_10 for k, j in sweep_rows})
+    report = "\n\n".join([
+        format_table(table_rows, len(test_ids), int((users >= 0).sum())),
+        format_classes(table_rows, {str(k): int(n) for k, n in zip(kinds, counts, strict=True)}),
+        format_sweep(sweep_rows, chosen),
+    ])
+    print(report)
     if args.out:
         Path(args.out).write_text(f"# Search pipeline quality\n\nCommand: `shopserve evaluate stack "
-                                  f"--bundle {bundle}`\n\n{table}\n")
+                                  f"--bundle {bundle}`\n\n{report}\n")
     return 0
 
 

@@ -3,13 +3,25 @@
 The held-out queries (never seen by the ranker in training) are sent to the ``search`` transformer
 as a shopper would send them, under several configurations of the same servers:
 
-* ``BM25 alone``: plain BM25 only (no query rewriting, ranker off, anonymous requests, no
-  popularity prior): the baseline;
+* ``BM25 alone``: plain BM25 only (no query rewriting, no semantic path, ranker off, anonymous
+  requests, no popularity prior): the baseline;
 * ``BM25 + query rewriting``: the same with spelling correction and mined synonyms;
-* ``BM25 + MF``: rewritten BM25 blended with personalisation and popularity (ranker off);
-* ``full pipeline``: BM25 and MF candidates, BERT ranker, blend;
+* ``BM25 + rewriting + semantic``: the same with the semantic path's candidates and similarity
+  (what the semantic path alone adds to lexical retrieval);
+* ``BM25 + rewriting + MF``: rewritten BM25 blended with personalisation and popularity (ranker
+  and semantic path off: the stack before the semantic path, without its ranker);
+* ``BM25 + rewriting + MF + semantic``: the same with the semantic path;
+* ``full pipeline, no semantic``: BM25 and MF candidates, BERT ranker, blend;
+* ``full pipeline``: BM25, semantic and MF candidates, pre-ranking, BERT ranker on the best K,
+  blend (the default configuration);
 * ``full pipeline, no personalisation``: the same with the personalisation weight at 0;
-* ``full pipeline, ranker down``: the ranker process stopped, so every answer degrades.
+* ``full pipeline, ranker down``: the ranker process stopped, so every answer degrades;
+* ``full pipeline, K=k``: the cascade's K sweep (:data:`K_SWEEP`), from which :func:`choose_k`
+  picks the default.
+
+Every metric is printed over all classes, over the lexical classes (exact, synonym, typo) and
+over the classes that need understanding (described needs, paraphrased attributes, negations,
+misspellings of more than one edit), and per class.
 
 Judgments come from the generator, over the whole catalog (not only judged pools):
 
@@ -30,10 +42,19 @@ from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
+from shopserve import metric_names
 from shopserve.metrics import mean_defined, mrr, ndcg_at_k, recall_at_k
 from shopserve.protocol import ANONYMOUS_USER, DEGRADED, ITEM_IDS, QUERY, SEARCH_MODEL, TOP_N, USER_ID
 from training.data.generator import Dataset
+
+try:  # the generator's query classes (the harder ones are new: read them where they exist)
+    from training.data.generator import LEXICAL_KINDS, UNDERSTANDING_KINDS
+except ImportError:  # pragma: no cover - a generator without the harder classes
+    from training.data.generator import QUERY_KINDS as LEXICAL_KINDS
+
+    UNDERSTANDING_KINDS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,27 +66,59 @@ class Variant:
         search_env: Transformer settings that differ from the defaults.
         anonymous: Send every query without a user.
         ranker_down: Stop the ranker before sending.
+        rank_candidates: The cascade's K of a row of the K sweep (None: not a sweep row).
     """
 
     name: str
     search_env: dict[str, str] = field(default_factory=dict)
     anonymous: bool = False
     ranker_down: bool = False
+    rank_candidates: int | None = None
 
 
 #: Upstream budgets during evaluation: generous, so that only the "ranker down" row degrades.
-EVALUATION_BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "5000", "SEARCH_RECALL_TIMEOUT_MS": "5000"}
+EVALUATION_BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "5000", "SEARCH_RECALL_TIMEOUT_MS": "5000",
+                      "SEARCH_SEMANTIC_TIMEOUT_MS": "5000"}
+
+_NO_SEMANTIC = {"SEARCH_SEMANTIC_ENABLED": "false"}
+_NO_RANKER = {"SEARCH_RANKER_ENABLED": "false"}
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("BM25 alone", {"SEARCH_RANKER_ENABLED": "false", "SEARCH_WEIGHT_POPULARITY": "0",
+    Variant("BM25 alone", {**_NO_RANKER, **_NO_SEMANTIC, "SEARCH_WEIGHT_POPULARITY": "0",
                            "SEARCH_QUERY_REWRITE": "false"}, anonymous=True),
-    Variant("BM25 + query rewriting", {"SEARCH_RANKER_ENABLED": "false",
+    Variant("BM25 + query rewriting", {**_NO_RANKER, **_NO_SEMANTIC,
                                        "SEARCH_WEIGHT_POPULARITY": "0"}, anonymous=True),
-    Variant("BM25 + MF", {"SEARCH_RANKER_ENABLED": "false"}),
+    Variant("BM25 + rewriting + semantic", {**_NO_RANKER, "SEARCH_WEIGHT_POPULARITY": "0"},
+            anonymous=True),
+    Variant("BM25 + rewriting + MF", {**_NO_RANKER, **_NO_SEMANTIC}),
+    Variant("BM25 + rewriting + MF + semantic", _NO_RANKER),
+    Variant("full pipeline, no semantic", _NO_SEMANTIC),
     Variant("full pipeline"),
     Variant("full pipeline, no personalisation", {"SEARCH_WEIGHT_PERSONAL": "0"}),
     Variant("full pipeline, ranker down", ranker_down=True),
 )
+"""The configurations of the quality table. "BM25 + rewriting + MF" is what the stack answered
+before the semantic path; "full pipeline" is the default configuration."""
+
+#: The cascade's K values of the sweep (rows ``full pipeline, K=k``): the ranker scores the best K
+#: of the candidate union by pre-ranking score.
+K_SWEEP: tuple[int, ...] = (10, 20, 30, 50)
+
+#: The default K is the smallest of the sweep whose NDCG@10 over all classes is within this of
+#: the largest K's.
+K_TOLERANCE = 0.005
+
+
+def sweep_variants(ks: Sequence[int] = K_SWEEP) -> tuple[Variant, ...]:
+    """The rows of the K sweep: the full pipeline with ``SEARCH_RANK_CANDIDATES`` = K."""
+    return tuple(Variant(f"full pipeline, K={k}", {"SEARCH_RANK_CANDIDATES": str(k)},
+                         rank_candidates=k) for k in ks)
+
+
+def choose_k(ndcg_by_k: dict[int, float], tolerance: float = K_TOLERANCE) -> int:
+    """The smallest K whose NDCG@10 is within ``tolerance`` of the largest K's."""
+    largest = max(ndcg_by_k)
+    return min(k for k, v in ndcg_by_k.items() if v >= ndcg_by_k[largest] - tolerance)
 
 
 @dataclass
@@ -76,6 +129,8 @@ class Answers:
     degraded: int
     errors: int
     latency_ms: list[float]
+    ranker_pairs: float = float("nan")
+    """(query, title) pairs the ranker scored per query (from the transformer's metrics)."""
 
 
 async def send_queries(
@@ -114,22 +169,46 @@ async def send_queries(
         rankings[i] = ids[ids >= 0]
 
     async with httpx.AsyncClient(timeout=timeout) as client:
+        before = await _ranker_pairs(client, url)
         await asyncio.gather(*(one(client, i) for i in range(len(texts))))
-    return Answers(rankings, counts["degraded"], counts["errors"], latency)
+        pairs = (await _ranker_pairs(client, url) - before) / max(len(texts), 1)
+    return Answers(rankings, counts["degraded"], counts["errors"], latency, pairs)
+
+
+async def _ranker_pairs(client: httpx.AsyncClient, url: str) -> float:
+    """Pairs sent to the ranker so far by the transformer at ``url`` (its batch-size histogram's
+    sum), NaN when its metrics cannot be read."""
+    try:
+        response = await client.get(f"{url}/metrics")
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return float("nan")
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == f"{metric_names.SEARCH_RANKER_BATCH_SIZE}_sum":
+                return float(sample.value)
+    return 0.0
 
 
 @dataclass
 class Judged:
-    """Metrics of one variant."""
+    """Metrics of one variant.
+
+    Attributes:
+        by_kind: NDCG@10 and Recall@50 per query class (the generator's query kinds).
+    """
 
     ndcg_at_10: float
     mrr: float
     recall_at_50: float
-    ndcg_synonym: float
     ndcg_personal: float
     degraded_share: float
     errors: int
     p50_ms: float
+    ranker_pairs: float = float("nan")
+    by_kind: dict[str, tuple[float, float]] = field(default_factory=dict)
+    lexical: tuple[float, float] = (float("nan"), float("nan"))
+    understanding: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def judge(
@@ -138,7 +217,8 @@ def judge(
     """Score rankings against the generator's judgments over the whole catalog."""
     items = dataset.items.item_id
     kinds = dataset.queries.kind[dataset.queries.query_id.searchsorted(query_ids)]
-    ndcg, rr, recall, synonym, personal = [], [], [], [], []
+    ndcg, rr, recall, personal = [], [], [], []
+    per_kind: dict[str, tuple[list[float], list[float]]] = {}
     for qid, user, kind, ranked in zip(query_ids, users, kinds, answers.rankings, strict=True):
         grades = dataset.grade(np.full(items.shape, qid), items).astype(np.float32)
         relevance = {int(i): float(g) for i, g in zip(items[grades > 0], grades[grades > 0],
@@ -151,8 +231,9 @@ def judge(
         rr.append(mrr(ranked, exact, 10))
         # Denominator min(#exact, 50): a perfect list of 50 scores 1.
         recall.append(recall_at_k(ranked, exact, 50, capped=True))
-        if kind == "synonym":
-            synonym.append(value)
+        of_kind = per_kind.setdefault(str(kind), ([], []))
+        of_kind[0].append(value)
+        of_kind[1].append(recall[-1])
         if user != ANONYMOUS_USER:
             gains = dataset.personal_gain(np.full(items.shape, qid), np.full(items.shape, user),
                                           items)
@@ -160,23 +241,66 @@ def judge(
                                                zip(items[gains > 0], gains[gains > 0],
                                                    strict=True)}, 10))
 
+    def pooled(group: Sequence[str]) -> tuple[float, float]:
+        values = [per_kind[k] for k in group if k in per_kind]
+        return (mean_defined([v for n, _ in values for v in n]),
+                mean_defined([v for _, r in values for v in r]))
+
     n = max(len(answers.rankings), 1)
-    return Judged(mean_defined(ndcg), mean_defined(rr), mean_defined(recall), mean_defined(synonym),
-                  mean_defined(personal),
-                  answers.degraded / n, answers.errors,
-                  statistics.median(answers.latency_ms) if answers.latency_ms else float("nan"))
+    return Judged(mean_defined(ndcg), mean_defined(rr), mean_defined(recall),
+                  mean_defined(personal), answers.degraded / n, answers.errors,
+                  statistics.median(answers.latency_ms) if answers.latency_ms else float("nan"),
+                  answers.ranker_pairs,
+                  {k: (mean_defined(v[0]), mean_defined(v[1])) for k, v in per_kind.items()},
+                  pooled(LEXICAL_KINDS), pooled(UNDERSTANDING_KINDS))
 
 
 def format_table(rows: list[tuple[str, Judged]], n_queries: int, n_personal: int) -> str:
-    """The evaluation table as printed."""
-    head = (f"| {'pipeline':<35} | NDCG@10 |  MRR  | Recall@50 | NDCG@10 synonym | "
-            f"NDCG@10 personal | degraded | p50 ms |")
-    lines = [f"{n_queries} held-out queries ({n_personal} from users with history)", head,
+    """The quality table as printed: all classes, the lexical and the understanding classes."""
+    head = (f"| {'pipeline':<35} | NDCG@10 |  MRR  | Recall@50 | NDCG@10 lexical | "
+            f"NDCG@10 understanding | NDCG@10 personal | degraded | p50 ms |")
+    lines = [f"{n_queries} held-out queries ({n_personal} from users with history); lexical "
+             f"classes: {', '.join(LEXICAL_KINDS)}; understanding classes: "
+             f"{', '.join(UNDERSTANDING_KINDS)}", head,
              "|" + "-" * 37 + "|---------|-------|-----------|-----------------|"
-             "------------------|----------|--------|"]
+             "-----------------------|------------------|----------|--------|"]
     for name, j in rows:
         lines.append(
             f"| {name:<35} | {j.ndcg_at_10:7.4f} | {j.mrr:.3f} | {j.recall_at_50:9.4f} | "
-            f"{j.ndcg_synonym:15.4f} | {j.ndcg_personal:16.4f} | {j.degraded_share:7.0%} | "
-            f"{j.p50_ms:6.1f} |")
+            f"{j.lexical[0]:15.4f} | {j.understanding[0]:21.4f} | {j.ndcg_personal:16.4f} | "
+            f"{j.degraded_share:7.0%} | {j.p50_ms:6.1f} |")
+    return "\n".join(lines)
+
+
+def format_classes(rows: list[tuple[str, Judged]], counts: dict[str, int]) -> str:
+    """NDCG@10 / Recall@50 of each variant per query class (``n`` queries each)."""
+    kinds = [k for k in (*LEXICAL_KINDS, *UNDERSTANDING_KINDS) if k in counts]
+    head = "| " + f"{'pipeline':<35}" + " | " + " | ".join(
+        f"{k} (n={counts[k]})".center(17) for k in kinds) + " |"
+    lines = ["NDCG@10 / Recall@50 per query class", head,
+             "|" + "-" * 37 + "|" + "|".join("-" * 19 for _ in kinds) + "|"]
+    for name, j in rows:
+        cells = []
+        for k in kinds:
+            n10, r50 = j.by_kind.get(k, (float("nan"), float("nan")))
+            cells.append(f"{n10:.4f} / {r50:.4f}".center(17))
+        lines.append(f"| {name:<35} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_sweep(rows: list[tuple[int, Judged]], chosen: int) -> str:
+    """The cascade's K sweep: quality and speed per K, and the K chosen by :func:`choose_k`."""
+    head = ("|   K | NDCG@10 | NDCG@10 lexical | NDCG@10 understanding | Recall@50 | "
+            "pairs scored | p50 ms |")
+    lines = [f"Cascade: the ranker scores the best K of the candidate union by pre-ranking score; "
+             f"default K = {chosen} (the smallest within {K_TOLERANCE} NDCG@10 of K = "
+             f"{max(k for k, _ in rows)} on all classes)", head,
+             "|-----|---------|-----------------|-----------------------|-----------|"
+             "--------------|--------|"]
+    for k, j in rows:
+        mark = " *" if k == chosen else "  "
+        lines.append(f"| {k:3d} | {j.ndcg_at_10:7.4f} | {j.lexical[0]:15.4f} | "
+                     f"{j.understanding[0]:21.4f} | {j.recall_at_50:9.4f} | "
+                     f"{j.ranker_pairs:12.1f} | "
+                     f"{j.p50_ms:6.1f} |{mark}")
     return "\n".join(lines)
