@@ -10,6 +10,7 @@ One YAML file per configuration; ``configs/pipeline-tiny.yaml`` (tests, seconds)
     recall:   {params: {...MFParams fields} | null (tune), grid: {...}, holdout_fraction: 0.2}
     ranker:   {preset: demo, overrides: {...RankerBuildConfig fields; train/distill as dicts}}
     sequence: {preset: demo, seed: 0, overrides: {...SequenceConfig fields}}
+    semantic: {preset: demo, seed: 0, overrides: {...SemanticConfig fields; index as a dict}}
     evaluate: {ks: [1, 3, 5, 10, 20, 50]}
     package:  {torchserve: false, extras: ["module:function", ...]}
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from training.data.generator import GeneratorConfig
     from training.ranker.build import RankerBuildConfig
     from training.recall.build import RecallBuildConfig
+    from training.semantic.train import SemanticConfig
     from training.sequence.train import SequenceConfig
 
 #: The checked-in configurations: ``configs/`` beside the code in a checkout; an installed copy (the
@@ -41,7 +43,7 @@ CONFIG_DIR = Path(os.environ.get("SHOPSERVE_CONFIG_DIR")
 DEMO_CONFIG = CONFIG_DIR / "pipeline-demo.yaml"
 TINY_CONFIG = CONFIG_DIR / "pipeline-tiny.yaml"
 
-SECTIONS = ("data", "recall", "ranker", "sequence", "evaluate", "package")
+SECTIONS = ("data", "recall", "ranker", "sequence", "semantic", "evaluate", "package")
 
 #: The sequence model's presets: ``SequenceConfig`` fields over its defaults. ``demo`` is the
 #: defaults (the demo bundle's budget); ``tiny`` trains in seconds on the tiny world, for tests
@@ -50,6 +52,15 @@ SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "tiny": {"max_length": 8, "dim": 16, "layers": 1, "heads": 1, "epochs": 4, "patience": 4,
              "top_k": 50, "threads": 1},
+}
+
+
+#: The semantic path's presets: ``SemanticConfig`` fields over its defaults. ``demo`` is the
+#: defaults (the demo bundle's budget: 60 query-tower steps); ``tiny`` builds in seconds on the
+#: tiny world, for tests (a few steps: its quality is not the point).
+SEMANTIC_PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "tiny": {"steps": 4, "batch_size": 8, "export_check_queries": 4, "threads": 1},
 }
 
 
@@ -66,7 +77,7 @@ class PipelineConfig:
         run_dir: Folder of step outputs and the run's state file.
         registry: Bundle registry folder (``artifacts/bundles``).
         sections: The raw per-step sections (``data``, ``recall``, ``ranker``, ``sequence``,
-            ``evaluate``, ``package``), what the content hashes cover.
+            ``semantic``, ``evaluate``, ``package``), what the content hashes cover.
         source: File the configuration was read from, if any.
     """
 
@@ -104,6 +115,7 @@ class PipelineConfig:
         config.recall()
         config.ranker()
         config.sequence()
+        config.semantic()
         config.ks()
         return config
 
@@ -181,6 +193,10 @@ class PipelineConfig:
         """Sequence model settings: a preset (:data:`SEQUENCE_PRESETS`) plus field overrides."""
         return sequence_config(self.section("sequence"), progress)
 
+    def semantic(self, progress: bool = True) -> SemanticConfig:
+        """Semantic path settings: a preset (:data:`SEMANTIC_PRESETS`) plus field overrides."""
+        return semantic_config(self.section("semantic"), progress)
+
     def ks(self) -> tuple[int, ...]:
         """Cut-offs of the report's NDCG@K and Recall@K curves."""
         ks = tuple(int(k) for k in self.section("evaluate").get("ks", (1, 3, 5, 10, 20, 50)))
@@ -205,6 +221,25 @@ def sequence_config(section: Mapping[str, Any], progress: bool = True) -> Sequen
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"sequence.preset {preset}: {exc}") from exc
     config = _replace(base, dict(section.get("overrides") or {}), "sequence.overrides")
+    return replace(config, progress=False) if not progress else config
+
+
+def semantic_config(section: Mapping[str, Any], progress: bool = True) -> SemanticConfig:
+    """A ``SemanticConfig`` from a ``semantic`` section: ``preset``, ``seed``, ``overrides``.
+
+    Raises:
+        ConfigError: an unknown preset or field, or a bad value.
+    """
+    from training.semantic.train import SemanticConfig
+
+    preset = section.get("preset", "demo")
+    if preset not in SEMANTIC_PRESETS:
+        raise ConfigError(f"semantic.preset must be one of {sorted(SEMANTIC_PRESETS)}, got {preset!r}")
+    try:
+        base = SemanticConfig(**{**SEMANTIC_PRESETS[preset], "seed": int(section.get("seed", 0))})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"semantic.preset {preset}: {exc}") from exc
+    config = _replace(base, dict(section.get("overrides") or {}), "semantic.overrides")
     return replace(config, progress=False) if not progress else config
 
 

@@ -1,10 +1,11 @@
 """Build the demo bundle: the pipeline on the demo configuration, copied to ``artifacts/demo``.
 
 ``make up`` runs ``shopserve build-demo`` when ``artifacts/demo`` has no ranker yet. It runs
-``shopserve pipeline run --config configs/pipeline-demo.yaml`` (data, train, optimise, evaluate,
-package into the registry, steps cached in ``artifacts/runs/demo``) and copies the packaged bundle
-to ``--out``, whose layout (``catalog/``, ``recall/``, ``ranker/``, each with ``manifest.json``) the
-local stack, the tests and the benchmarks read.
+``shopserve pipeline run --config configs/pipeline-demo.yaml`` (data, train, optimise, the
+sequence model, the semantic path, evaluate, package into the registry, steps cached in
+``artifacts/runs/demo``) and copies the packaged bundle to ``--out``, whose layout (``catalog/``,
+``recall/``, ``ranker/``, ``sequence/``, ``semantic/``, each with ``manifest.json``) the local
+stack, the tests and the benchmarks read.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def build_demo_bundle(
     """Run the pipeline on the demo configuration and copy its bundle to ``out``.
 
     Args:
-        out: Bundle folder to write (``<out>/catalog``, ``<out>/recall``, ``<out>/ranker``, plus
-            ``report/`` and ``bundle.json``); replaced whole once the copy is complete.
+        out: Bundle folder to write (``<out>/catalog``, ``<out>/recall``, ``<out>/ranker``,
+            ``<out>/sequence``, ``<out>/semantic``, plus ``report/`` and ``bundle.json``);
+            replaced whole once the copy is complete.
         config: Pipeline configuration (default ``configs/pipeline-demo.yaml``).
         progress: Progress lines and bars.
         log: Where progress lines go (default stderr).

@@ -2,7 +2,8 @@
 
 Steps (``pipeline.lifecycle.steps``), each writing one folder of the run (``run_dir``)::
 
-    data -> train-recall -> train-ranker -> optimise-ranker -> train-sequence -> evaluate -> package
+    data -> train-recall -> train-ranker -> optimise-ranker -> train-sequence -> train-semantic
+         -> evaluate -> package
 
 **Content hashes.** A step's input hash is the sha256 of the configuration sections it reads and
 the output hashes of the steps it reads from; its output hash is the sha256 of its output folder
@@ -35,6 +36,7 @@ from typing import Any
 
 from pipeline.lifecycle.config import DEMO_CONFIG, ConfigError, PipelineConfig
 from pipeline.lifecycle.layout import SEQUENCE_TRAIN_DIR
+from pipeline.lifecycle.semantic import SEMANTIC_TRAIN_DIR, step_train_semantic
 from pipeline.lifecycle.sequence import step_train_sequence
 from pipeline.lifecycle.steps import (
     DATA_DIR,
@@ -83,11 +85,14 @@ STEPS: tuple[Step, ...] = (
     Step("optimise-ranker", ("ranker",), ("data", "train-ranker"), RANKER_OPTIMISE_DIR,
          step_optimise_ranker),
     Step("train-sequence", ("sequence",), ("data",), SEQUENCE_TRAIN_DIR, step_train_sequence),
+    # The ranker section too: the semantic path trains on the ranker's training queries.
+    Step("train-semantic", ("semantic", "ranker"), ("data",), SEMANTIC_TRAIN_DIR,
+         step_train_semantic),
     Step("evaluate", ("evaluate", "recall", "ranker", "sequence"),
          ("data", "train-recall", "optimise-ranker", "train-sequence"), REPORT_DIR, step_evaluate),
-    Step("package", ("package", "data", "recall", "ranker", "sequence"),
-         ("data", "train-recall", "optimise-ranker", "train-sequence", "evaluate"), None,
-         step_package),
+    Step("package", ("package", "data", "recall", "ranker", "sequence", "semantic"),
+         ("data", "train-recall", "optimise-ranker", "train-sequence", "train-semantic",
+          "evaluate"), None, step_package),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 

@@ -13,6 +13,7 @@ Run folder layout (``run_dir`` of the configuration)::
     ranker-train/     teacher/ (the fine-tuned cross-encoder, save_pretrained) and rows.json
     ranker-optimise/  the ONNX variants and result.json (evaluation rows, variants)
     sequence-train/   the sequence model's export and result.json (pipeline.lifecycle.sequence)
+    semantic-train/   the semantic path's export and result.json (pipeline.lifecycle.semantic)
     report/           report.md, *.png, evaluation.json
     state.json        step statuses and content hashes (pipeline.lifecycle.run)
 
@@ -50,6 +51,7 @@ from shopserve.artifacts import (
     CATALOG_COMPONENT,
     RANKER_COMPONENT,
     RECALL_COMPONENT,
+    SEMANTIC_COMPONENT,
     SEQUENCE_COMPONENT,
     read_manifest,
     write_manifest,
@@ -276,9 +278,10 @@ def record_drift_reference(ctx: PackageContext) -> None:
 
 
 def step_package(ctx: StepContext) -> StepOutcome:
-    """Assemble ``<registry>/<version>/``: catalog, recall, ranker, sequence, report, extras,
-    bundle.json."""
+    """Assemble ``<registry>/<version>/``: catalog, recall, ranker, sequence, semantic, report,
+    extras, bundle.json."""
     from pipeline.lifecycle.registry import Registry, key_metrics, write_bundle_manifest
+    from pipeline.lifecycle.semantic import SEMANTIC_TRAIN_DIR, package_semantic
     from pipeline.lifecycle.sequence import package_sequence
     from training.ranker.build import package
     from transformers_pre.catalog import write_lexical_index
@@ -326,6 +329,9 @@ def step_package(ctx: StepContext) -> StepOutcome:
                 torchserve=bool(ctx.config.section("package").get("torchserve", False)))
         # seq-recommender: its Triton repository written around the train-sequence export.
         package_sequence(ctx.path(SEQUENCE_TRAIN_DIR), staging / SEQUENCE_COMPONENT, version,
+                         parent=parent)
+        # query-encoder: its Triton repository written around the train-semantic export.
+        package_semantic(ctx.path(SEMANTIC_TRAIN_DIR), staging / SEMANTIC_COMPONENT, version,
                          parent=parent)
 
         shutil.copytree(ctx.path(REPORT_DIR), staging / REPORT_DIR)

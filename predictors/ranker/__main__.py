@@ -9,7 +9,9 @@ the server's.
 
 On Triton, the bundle's sequence recommender is served as ``seq-recommender`` beside ``bert-ranker``
 when it has one (``RANKER_SEQUENCE_BUNDLE``, by default the ``sequence`` folder beside the ranker
-component). A watchdog thread per model probes it every ``RANKER_HEALTH_INTERVAL_S`` (a tiny
+component), and its semantic path's query encoder as ``query-encoder`` when it has a ``semantic``
+component (``RANKER_SEMANTIC_BUNDLE``, by default the folder beside the ranker component). A
+watchdog thread per model probes it every ``RANKER_HEALTH_INTERVAL_S`` (a tiny
 inference) and, when the model cannot answer (its stub process died, its session fails), unloads
 it, so readiness turns false, and loads it again; each recovery and its duration are logged.
 """
@@ -25,8 +27,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from predictors.ranker.server import ModelWatchdog, RankerSettings, TritonServer, sequence_component
-from shopserve.protocol import RANKER_MODEL, SEQUENCE_MODEL
+from predictors.ranker.server import (
+    ModelWatchdog,
+    RankerSettings,
+    TritonServer,
+    semantic_component,
+    sequence_component,
+)
+from shopserve.protocol import QUERY_ENCODER_MODEL, RANKER_MODEL, SEQUENCE_MODEL
 
 if TYPE_CHECKING:
     from predictors.ranker.torchserve import TorchServeServer
@@ -56,9 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from predictors.ranker.torchserve import TorchServeServer
 
         server = TorchServeServer(settings)
-        if sequence_component(settings) is not None:
-            log.warning("TorchServe serves bert-ranker only: %s is not served (Triton serves it)",
-                        SEQUENCE_MODEL)
+        for model, component in ((SEQUENCE_MODEL, sequence_component(settings)),
+                                 (QUERY_ENCODER_MODEL, semantic_component(settings))):
+            if component is not None:
+                log.warning("TorchServe serves bert-ranker only: %s is not served (Triton "
+                            "serves it)", model)
     else:
         server = TritonServer(settings)
     name = settings.runtime

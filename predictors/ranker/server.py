@@ -1,5 +1,5 @@
-"""The local Triton server for ``bert-ranker`` and ``seq-recommender``: settings, model repository
-and process control.
+"""The local Triton server for ``bert-ranker``, ``seq-recommender`` and ``query-encoder``: settings,
+model repository and process control.
 
 Triton is the ``tritonserver`` binary shipped inside ``nvidia-pytriton`` (2.51, Python backend only).
 This module lays out a runnable Triton home (backend directory with the Python backend and the stub
@@ -7,7 +7,9 @@ of this interpreter's version), a local model repository whose ``bert-ranker`` r
 CPU graph (the file ``configs/cpu.pbtxt`` names, ``model.onnx``) through the Python backend, and
 starts the binary bound to 127.0.0.1. When the bundle has a ``sequence`` component (the folder
 beside the ranker's, or ``RANKER_SEQUENCE_BUNDLE``), the same server serves ``seq-recommender``
-from it the same way (``triton_sequence_model.py`` on the component's CPU configuration).
+from it the same way (``triton_sequence_model.py`` on the component's CPU configuration), and when
+it has a ``semantic`` component (beside the ranker's, or ``RANKER_SEMANTIC_BUNDLE``) it serves
+``query-encoder`` from it (``triton_encoder_model.py``), each model with its own watchdog.
 
 Two environment details make the stub work (see DESIGN.md):
 
@@ -19,12 +21,13 @@ Two environment details make the stub work (see DESIGN.md):
   folder leads ``PATH``, as pytriton itself does.
 
 Triton runs with explicit model control (``--model-control-mode=explicit
---load-model=bert-ranker [--load-model=seq-recommender]``), so the launcher can reload a model:
-when a model's stub process dies, Triton keeps answering ready while every inference fails with
-500 "Stub process ... is not healthy" (see DESIGN.md). A :class:`ModelWatchdog` per served model
-probes it with a tiny real inference every ``health_interval_s`` and, when the model cannot
-answer, unloads it (the model's and, with ``--strict-readiness``, the server's readiness turn
-false) and loads it again (a fresh stub and ONNX Runtime session).
+--load-model=bert-ranker [--load-model=seq-recommender] [--load-model=query-encoder]``), so the
+launcher can reload a model: when a model's stub process dies, Triton keeps answering ready
+while every inference fails with 500 "Stub process ... is not healthy" (see DESIGN.md). A
+:class:`ModelWatchdog` per served model probes it with a tiny real inference every
+``health_interval_s`` and, when the model cannot answer, unloads it (the model's and, with
+``--strict-readiness``, the server's readiness turn false) and loads it again (a fresh stub and
+ONNX Runtime session).
 
 This module never imports kserve (it may share a process with ``tritonclient.grpc``).
 """
@@ -51,6 +54,7 @@ from typing import Any, Literal, Self
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from predictors.ranker.encoder_repo import write_local_encoder_repository
 from predictors.ranker.sequence_repo import write_local_sequence_repository
 from predictors.ranker.triton_repo import (
     MAX_SEQUENCE_LENGTH,
@@ -61,12 +65,20 @@ from predictors.ranker.triton_repo import (
 )
 from shopserve.artifacts import (
     RANKER_COMPONENT,
+    SEMANTIC_COMPONENT,
     SEQUENCE_COMPONENT,
     SEQUENCE_LENGTH,
     load_component,
 )
 from shopserve.process import ChildProcess
-from shopserve.protocol import ITEM_SEQUENCE, RANKER, RANKER_MODEL, SEQUENCE_MODEL
+from shopserve.protocol import (
+    ITEM_SEQUENCE,
+    QUERY_ENCODER,
+    QUERY_ENCODER_MODEL,
+    RANKER,
+    RANKER_MODEL,
+    SEQUENCE_MODEL,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +163,28 @@ class RankerSettings(BaseSettings):
     ``bert-ranker``. Unset: the ``sequence`` folder beside the ranker component when it exists;
     an empty string: no sequence model."""
 
+    semantic_bundle: str | None = None
+    """Triton only: the bundle's ``semantic`` component folder, whose query encoder is served as
+    ``query-encoder`` beside ``bert-ranker``. Unset: the ``semantic`` folder beside the ranker
+    component when it exists; an empty string: no query encoder."""
+
+
+def _component(setting: str | None, bundle: Path, name: str) -> Path | None:
+    if setting is None:
+        beside = Path(bundle).parent / name
+        return beside if beside.is_dir() else None
+    return Path(setting) if setting.strip() else None
+
 
 def sequence_component(settings: RankerSettings) -> Path | None:
     """The sequence component the server serves, or None (see ``RankerSettings.sequence_bundle``)."""
-    if settings.sequence_bundle is None:
-        beside = Path(settings.bundle).parent / SEQUENCE_COMPONENT
-        return beside if beside.is_dir() else None
-    return Path(settings.sequence_bundle) if settings.sequence_bundle.strip() else None
+    return _component(settings.sequence_bundle, settings.bundle, SEQUENCE_COMPONENT)
+
+
+def semantic_component(settings: RankerSettings) -> Path | None:
+    """The semantic component whose query encoder the server serves, or None (see
+    ``RankerSettings.semantic_bundle``)."""
+    return _component(settings.semantic_bundle, settings.bundle, SEMANTIC_COMPONENT)
 
 
 def triton_dist() -> Path:
@@ -198,7 +225,8 @@ def prepare_backends(home: Path) -> Path:
 
 
 def local_repository(
-    bundle: Path, out_dir: Path, settings: RankerSettings, sequence: Path | None = None
+    bundle: Path, out_dir: Path, settings: RankerSettings, sequence: Path | None = None,
+    semantic: Path | None = None,
 ) -> Path:
     """Turn the bundle's onnxruntime model folder into a Python-backend one under ``out_dir``.
 
@@ -210,7 +238,9 @@ def local_repository(
 
     With ``sequence`` (a sequence component folder) the repository also holds ``seq-recommender``,
     from that component's CPU configuration
-    (:func:`~predictors.ranker.sequence_repo.write_local_sequence_repository`).
+    (:func:`~predictors.ranker.sequence_repo.write_local_sequence_repository`); with ``semantic``
+    (a semantic component folder) ``query-encoder`` too, from that component's CPU configuration
+    (:func:`~predictors.ranker.encoder_repo.write_local_encoder_repository`).
     """
     graph = cpu_graph(bundle)
     bundle_config, onnx_file = graph.config, graph.onnx_file
@@ -230,6 +260,8 @@ def local_repository(
     write_repository(repo, onnx_file, config, profile="local")
     if sequence is not None:
         write_local_sequence_repository(sequence, repo)
+    if semantic is not None:
+        write_local_encoder_repository(semantic, repo)
     return repo
 
 
@@ -438,6 +470,16 @@ def sequence_probe_body(length: int) -> bytes:
     ]}).encode()
 
 
+def encoder_probe_body() -> bytes:
+    """A tiny valid v2 JSON inference request for ``query-encoder``: one query of three tokens
+    (``[CLS] the [SEP]`` in the MiniLM vocabulary; any ids within it would do)."""
+    values = {"input_ids": [101, 1996, 102], "attention_mask": [1, 1, 1]}
+    return json.dumps({"inputs": [
+        {"name": t.name, "datatype": t.datatype, "shape": [1, 3], "data": values[t.name]}
+        for t in QUERY_ENCODER.inputs
+    ]}).encode()
+
+
 #: Loopback requests never go through a proxy the environment may name.
 _LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -583,7 +625,7 @@ class LocalServer:
 
 class TritonServer(LocalServer):
     """The local Triton process serving ``bert-ranker`` (and ``seq-recommender`` when the bundle has
-    a sequence component); a context manager.
+    a sequence component, ``query-encoder`` when it has a semantic one); a context manager.
 
     Example:
         >>> with TritonServer(RankerSettings(bundle=Path("artifacts/demo/ranker"))) as server:
@@ -602,14 +644,17 @@ class TritonServer(LocalServer):
         """Verify the bundle, lay out the Triton home and repository; the ``tritonserver`` process."""
         bundle = Path(self.settings.bundle)
         sequence = sequence_component(self.settings)
+        semantic = semantic_component(self.settings)
         if self.settings.verify_bundle:
             load_component(bundle, COMPONENT)
             if sequence is not None:
                 load_component(sequence, SEQUENCE_COMPONENT)
+            if semantic is not None:
+                load_component(semantic, SEMANTIC_COMPONENT)
         workdir = self._prepare_workdir()
         dist = triton_dist()
         backends = prepare_backends(workdir)
-        repository = local_repository(bundle, workdir, self.settings, sequence)
+        repository = local_repository(bundle, workdir, self.settings, sequence, semantic)
         self.models = (RANKER_MODEL,)
         self._probes = {RANKER_MODEL: probe_body()}
         if sequence is not None:
@@ -618,6 +663,10 @@ class TritonServer(LocalServer):
             self._probes[SEQUENCE_MODEL] = sequence_probe_body(
                 int(config.parameters[SEQUENCE_LENGTH]))
             log.info("serving %s from %s", SEQUENCE_MODEL, sequence)
+        if semantic is not None:
+            self.models += (QUERY_ENCODER_MODEL,)
+            self._probes[QUERY_ENCODER_MODEL] = encoder_probe_body()
+            log.info("serving %s from %s", QUERY_ENCODER_MODEL, semantic)
         # Triton's output stays ours: under the stack it lands in the ranker's log.
         return self._child(server_command(dist, backends, repository, self.settings, self.models),
                            server_env(dist))

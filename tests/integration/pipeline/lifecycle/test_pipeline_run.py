@@ -4,6 +4,10 @@ One module-scoped run builds a bundle (about a minute or two on 2 cores); the te
 bundle and its report, that a second run skips every step, that a failure is recorded and the next
 run resumes from the failed step, that ``bundles verify`` and the servers refuse a tampered copy.
 Tests run in file order: the resume test packages a second bundle whose parent is the first.
+
+The configuration is ``configs/pipeline-tiny.yaml`` with fewer fine-tuning steps
+(:data:`TEST_RANKER_OVERRIDES`), written beside the run: these tests are about the steps, their
+cache, resume and packaging, not the ranker's quality, and the ranker's steps are most of the time.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.lifecycle import report as report_module
 from pipeline.lifecycle.config import TINY_CONFIG, PipelineConfig
@@ -26,11 +31,21 @@ pytestmark = pytest.mark.integration
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+#: ``ranker.overrides`` added to the tiny configuration for this module: two fine-tuning and two
+#: distillation steps instead of the tiny preset's eight and four. The tiny bundle's ranker, which
+#: the serving tests use, keeps the preset.
+TEST_RANKER_OVERRIDES = {"train": {"max_steps": 2}, "distill": {"max_steps": 2}}
+
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
+    """The tiny configuration with :data:`TEST_RANKER_OVERRIDES`, as a file (the CLI reads it too)."""
     base = tmp_path_factory.mktemp("pipeline")
-    return PipelineConfig.load(TINY_CONFIG).with_overrides(run_dir=base / "run", registry=base / "bundles")
+    raw = yaml.safe_load(TINY_CONFIG.read_text())
+    raw["ranker"]["overrides"] = {**(raw["ranker"].get("overrides") or {}), **TEST_RANKER_OVERRIDES}
+    path = base / "pipeline-test.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return PipelineConfig.load(path).with_overrides(run_dir=base / "run", registry=base / "bundles")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +55,7 @@ def first(config: PipelineConfig) -> RunResult:
 
 def _cli(*args: str, config: PipelineConfig) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args, "--config", str(TINY_CONFIG),
+        [sys.executable, "-m", "pipeline.cli", *args, "--config", str(config.source),
          "--run-dir", str(config.run_dir), "--registry", str(config.registry)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
@@ -114,6 +129,7 @@ def test_failed_step_is_recorded_and_the_next_run_resumes_there(
     statuses = {r.step: r.status for r in failed.records}
     assert statuses == {"data": "skipped", "train-recall": "skipped", "train-ranker": "skipped",
                         "optimise-ranker": "skipped", "train-sequence": "skipped",
+                        "train-semantic": "skipped",
                         "evaluate": "failed", "package": "not run"}
     assert not failed.ok
     state = load_state(config.run_dir)
@@ -125,6 +141,7 @@ def test_failed_step_is_recorded_and_the_next_run_resumes_there(
     statuses = {r.step: r.status for r in resumed.records}
     assert statuses == {"data": "skipped", "train-recall": "skipped", "train-ranker": "skipped",
                         "optimise-ranker": "skipped", "train-sequence": "skipped",
+                        "train-semantic": "skipped",
                         "evaluate": "ran", "package": "ran"}
     # The new release follows the first one in the registry: lineage and the report's comparison.
     second = Path(str(resumed.bundle))
