@@ -194,10 +194,11 @@ class SearchSettings(ServerSettings):
     """Next items of the sequence model a recommendation takes as candidates."""
     semantic_candidates: int = Field(default=100, ge=1)
     """Nearest items of the semantic path per query (its FAISS index over item embeddings)."""
-    semantic_enabled: bool = True
+    semantic_enabled: bool = False
     """Find candidates by meaning too (when the bundle has a ``semantic`` component): the query's
     embedding from ``query-encoder`` and its nearest items. Off: BM25 and MF only (not a
-    degradation)."""
+    degradation). Off by default until ``make evaluate-stack`` has tuned its weight and the
+    cascade's K on the demo bundle (issue 14); the chart turns it on (``search.semanticEnabled``)."""
     sequence_enabled: bool = True
     """Ask the sequence model when a request has recent items (and the bundle has the model); off,
     recent items only leave what was just seen out of recommendations (not a degradation)."""

@@ -81,6 +81,7 @@ EVALUATION_BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "5000", "SEARCH_RECALL_TIMEOUT
                       "SEARCH_SEMANTIC_TIMEOUT_MS": "5000"}
 
 _NO_SEMANTIC = {"SEARCH_SEMANTIC_ENABLED": "false"}
+_SEMANTIC = {"SEARCH_SEMANTIC_ENABLED": "true"}
 _NO_RANKER = {"SEARCH_RANKER_ENABLED": "false"}
 
 VARIANTS: tuple[Variant, ...] = (
@@ -88,14 +89,14 @@ VARIANTS: tuple[Variant, ...] = (
                            "SEARCH_QUERY_REWRITE": "false"}, anonymous=True),
     Variant("BM25 + query rewriting", {**_NO_RANKER, **_NO_SEMANTIC,
                                        "SEARCH_WEIGHT_POPULARITY": "0"}, anonymous=True),
-    Variant("BM25 + rewriting + semantic", {**_NO_RANKER, "SEARCH_WEIGHT_POPULARITY": "0"},
-            anonymous=True),
+    Variant("BM25 + rewriting + semantic", {**_NO_RANKER, **_SEMANTIC,
+                                            "SEARCH_WEIGHT_POPULARITY": "0"}, anonymous=True),
     Variant("BM25 + rewriting + MF", {**_NO_RANKER, **_NO_SEMANTIC}),
-    Variant("BM25 + rewriting + MF + semantic", _NO_RANKER),
+    Variant("BM25 + rewriting + MF + semantic", {**_NO_RANKER, **_SEMANTIC}),
     Variant("full pipeline, no semantic", _NO_SEMANTIC),
-    Variant("full pipeline"),
-    Variant("full pipeline, no personalisation", {"SEARCH_WEIGHT_PERSONAL": "0"}),
-    Variant("full pipeline, ranker down", ranker_down=True),
+    Variant("full pipeline", _SEMANTIC),
+    Variant("full pipeline, no personalisation", {**_SEMANTIC, "SEARCH_WEIGHT_PERSONAL": "0"}),
+    Variant("full pipeline, ranker down", _SEMANTIC, ranker_down=True),
 )
 """The configurations of the quality table. "BM25 + rewriting + MF" is what the stack answered
 before the semantic path; "full pipeline" is the default configuration."""
@@ -111,7 +112,7 @@ K_TOLERANCE = 0.005
 
 def sweep_variants(ks: Sequence[int] = K_SWEEP) -> tuple[Variant, ...]:
     """The rows of the K sweep: the full pipeline with ``SEARCH_RANK_CANDIDATES`` = K."""
-    return tuple(Variant(f"full pipeline, K={k}", {"SEARCH_RANK_CANDIDATES": str(k)},
+    return tuple(Variant(f"full pipeline, K={k}", {**_SEMANTIC, "SEARCH_RANK_CANDIDATES": str(k)},
                          rank_candidates=k) for k in ks)
 
 

@@ -82,7 +82,8 @@ def stack(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         # Generous budgets: the tiny models on a small shared CPU, never the point here.
         search = start_search(tiny_bundle, logs / "search.log", recall.grpc_address,
                               ranker.grpc_address,
-                              {"SEARCH_RANKER_TIMEOUT_MS": "3000",
+                              {"SEARCH_SEMANTIC_ENABLED": "true",
+                               "SEARCH_RANKER_TIMEOUT_MS": "3000",
                                "SEARCH_SEMANTIC_TIMEOUT_MS": "3000",
                                "SEARCH_RECALL_TIMEOUT_MS": "3000",
                                # One failed call must not open the breaker for the next test.
