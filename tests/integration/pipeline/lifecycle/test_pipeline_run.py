@@ -80,7 +80,8 @@ def test_first_run_runs_every_step_and_packages_a_verified_bundle(first: RunResu
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     assert manifest["parent"] is None
     # drift: the package extra of the monitoring (pipeline.lifecycle.steps.PACKAGE_EXTRAS).
-    assert set(manifest["components"]) == {"catalog", "recall", "ranker", "sequence", "drift"}
+    assert set(manifest["components"]) == {"catalog", "recall", "ranker", "sequence", "semantic",
+                                              "drift"}
     assert "report/report.md" in manifest["files"]
     assert manifest["metrics"]["ranker.variant"]
     # The sequence model's key numbers, from its component (train-sequence, then package).
