@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +153,17 @@ def start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
               "--predictor_host", ranker_host, "--model_name", SEARCH_MODEL],
         http_port=http_port, grpc_port=grpc_port,
     )
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    """Whether ``check`` holds within ``timeout_s`` (asked every half second, and once more at
+    the end)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return check()
 
 
 # ------------------------------------------------------------------ a Triton launcher's models

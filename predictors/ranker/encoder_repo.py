@@ -39,12 +39,12 @@ from predictors.ranker.triton_repo import (
     CpuGraph,
     PbtxtModel,
     Profile,
-    bundle_profiles,
-    cpu_config_path,
     cpu_graph,
+    fp32_profiles,
+    onnx_config_pbtxt,
     onnx_io,
-    render_config,
     write_model_folder,
+    write_onnx_repository,
 )
 from shopserve.artifacts import SEMANTIC_MAX_QUERY_LENGTH
 from shopserve.errors import BundleError
@@ -146,17 +146,7 @@ def encoder_config_pbtxt(
 ) -> str:
     """The ``config.pbtxt`` text of ``query-encoder`` for a profile (``cluster``, ``cpu``,
     ``local``), rendered by the ranker's writer."""
-    inputs, outputs = serving.tensors()
-    return render_config(
-        QUERY_ENCODER_MODEL, inputs, outputs, profile,
-        max_batch_size=serving.max_batch_size,
-        preferred_batch_sizes=serving.preferred_batch_sizes,
-        max_queue_delay_us=serving.max_queue_delay_us,
-        instances=serving.instances,
-        threads=serving.threads,
-        parameters=serving.parameters(),
-        model_filename=model_filename,
-    )
+    return onnx_config_pbtxt(QUERY_ENCODER_MODEL, profile, serving, model_filename=model_filename)
 
 
 def write_encoder_repository(component_dir: Path, onnx_path: Path, serving: EncoderServing) -> Path:
@@ -166,20 +156,12 @@ def write_encoder_repository(component_dir: Path, onnx_path: Path, serving: Enco
     Returns:
         The model folder ``<component_dir>/query-encoder``.
     """
-    return write_model_folder(
-        component_dir, QUERY_ENCODER_MODEL,
-        {CONFIG_FILE: encoder_config_pbtxt("cluster", serving, model_filename=MODEL_FILE),
-         cpu_config_path(): encoder_config_pbtxt("cpu", serving, model_filename=MODEL_FILE)},
-        {MODEL_FILE: Path(onnx_path)},
-    )
+    return write_onnx_repository(component_dir, QUERY_ENCODER_MODEL, onnx_path, serving)
 
 
 def encoder_profiles() -> dict[str, dict[str, str]]:
     """Which configuration and file each profile of the component uses (for the manifest)."""
-    profiles = bundle_profiles(QUERY_ENCODER_MODEL, MODEL_FILE)
-    for profile in profiles.values():
-        profile["precision"] = "fp32"
-    return profiles
+    return fp32_profiles(QUERY_ENCODER_MODEL)
 
 
 def encoder_cpu_graph(component_dir: Path) -> CpuGraph:

@@ -41,12 +41,12 @@ from predictors.ranker.triton_repo import (
     CpuGraph,
     PbtxtModel,
     Profile,
-    bundle_profiles,
-    cpu_config_path,
     cpu_graph,
+    fp32_profiles,
+    onnx_config_pbtxt,
     onnx_io,
-    render_config,
     write_model_folder,
+    write_onnx_repository,
 )
 from shopserve.artifacts import SEQUENCE_LENGTH, SEQUENCE_TOP_K
 from shopserve.errors import BundleError
@@ -148,17 +148,7 @@ def sequence_config_pbtxt(
 ) -> str:
     """The ``config.pbtxt`` text of ``seq-recommender`` for a profile (``cluster``, ``cpu``,
     ``local``), rendered by the ranker's writer."""
-    inputs, outputs = serving.tensors()
-    return render_config(
-        SEQUENCE_MODEL, inputs, outputs, profile,
-        max_batch_size=serving.max_batch_size,
-        preferred_batch_sizes=serving.preferred_batch_sizes,
-        max_queue_delay_us=serving.max_queue_delay_us,
-        instances=serving.instances,
-        threads=serving.threads,
-        parameters=serving.parameters(),
-        model_filename=model_filename,
-    )
+    return onnx_config_pbtxt(SEQUENCE_MODEL, profile, serving, model_filename=model_filename)
 
 
 def write_sequence_repository(component_dir: Path, onnx_path: Path, serving: SequenceServing) -> Path:
@@ -168,20 +158,12 @@ def write_sequence_repository(component_dir: Path, onnx_path: Path, serving: Seq
     Returns:
         The model folder ``<component_dir>/seq-recommender``.
     """
-    return write_model_folder(
-        component_dir, SEQUENCE_MODEL,
-        {CONFIG_FILE: sequence_config_pbtxt("cluster", serving, model_filename=MODEL_FILE),
-         cpu_config_path(): sequence_config_pbtxt("cpu", serving, model_filename=MODEL_FILE)},
-        {MODEL_FILE: Path(onnx_path)},
-    )
+    return write_onnx_repository(component_dir, SEQUENCE_MODEL, onnx_path, serving)
 
 
 def sequence_profiles() -> dict[str, dict[str, str]]:
     """Which configuration and file each profile of the component uses (for the manifest)."""
-    profiles = bundle_profiles(SEQUENCE_MODEL, MODEL_FILE)
-    for profile in profiles.values():
-        profile["precision"] = "fp32"
-    return profiles
+    return fp32_profiles(SEQUENCE_MODEL)
 
 
 def sequence_cpu_graph(component_dir: Path) -> CpuGraph:

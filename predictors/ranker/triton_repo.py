@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from shopserve.artifacts import MAX_SEQUENCE_LENGTH, RANKER_TOKENIZER_DIR
 from shopserve.errors import BundleError
@@ -325,6 +325,66 @@ def bundle_profiles(
                 "model": f"{model}/{VERSION}/{MODEL_FILE}",
                 "model_config_name": CPU_CONFIG_NAME, "instance_kind": "KIND_CPU"},
     }  # fmt: skip
+
+
+class OnnxServing(Protocol):
+    """What a one-graph ONNX model (``seq-recommender``, ``query-encoder``) serves with: its
+    tensors, batching, instances, threads and ``config.pbtxt`` parameters."""
+
+    max_batch_size: int
+    preferred_batch_sizes: Sequence[int]
+    max_queue_delay_us: int
+    instances: int
+    threads: int
+
+    def tensors(self) -> tuple[Sequence[TensorSpec], Sequence[TensorSpec]]:
+        """Inputs and outputs."""
+        ...
+
+    def parameters(self) -> Mapping[str, str]:
+        """The ``config.pbtxt`` parameters."""
+        ...
+
+
+def onnx_config_pbtxt(model: str, profile: Profile, serving: OnnxServing, *,
+                      model_filename: str | None = None) -> str:
+    """The ``config.pbtxt`` text of a one-graph ONNX model for a profile (``cluster``, ``cpu``,
+    ``local``)."""
+    inputs, outputs = serving.tensors()
+    return render_config(
+        model, inputs, outputs, profile,
+        max_batch_size=serving.max_batch_size,
+        preferred_batch_sizes=serving.preferred_batch_sizes,
+        max_queue_delay_us=serving.max_queue_delay_us,
+        instances=serving.instances,
+        threads=serving.threads,
+        parameters=serving.parameters(),
+        model_filename=model_filename,
+    )
+
+
+def write_onnx_repository(component_dir: Path, model: str, onnx_path: Path,
+                          serving: OnnxServing) -> Path:
+    """Write a one-graph model's folder into a bundle component: GPU ``config.pbtxt``, CPU
+    ``configs/cpu.pbtxt``, both serving ``1/model.onnx``.
+
+    Returns:
+        The model folder ``<component_dir>/<model>``.
+    """
+    return write_model_folder(
+        component_dir, model,
+        {CONFIG_FILE: onnx_config_pbtxt(model, "cluster", serving, model_filename=MODEL_FILE),
+         cpu_config_path(): onnx_config_pbtxt(model, "cpu", serving, model_filename=MODEL_FILE)},
+        {MODEL_FILE: Path(onnx_path)},
+    )
+
+
+def fp32_profiles(model: str) -> dict[str, dict[str, str]]:
+    """:func:`bundle_profiles` of a one-graph fp32 model (the same ``model.onnx`` on both)."""
+    profiles = bundle_profiles(model, MODEL_FILE)
+    for profile in profiles.values():
+        profile["precision"] = "fp32"
+    return profiles
 
 
 def selected_config(model_dir: Path, model_config_name: str = "") -> Path:

@@ -52,7 +52,7 @@ from shopserve.protocol import (
     STAGE_MS,
     USER_ID,
 )
-from tests.servers import Server, free_port, start_ranker, start_recall, start_search
+from tests.servers import Server, eventually, free_port, start_ranker, start_recall, start_search
 
 pytestmark = pytest.mark.integration
 
@@ -224,19 +224,12 @@ def _degraded_total(server: Server, stage: str, reason: str) -> float:
                if labels == {"stage": stage, "reason": reason})
 
 
-def _eventually(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def _ranks_again(server: Server, world: World) -> None:
     """Wait until search answers fully ranked (its breakers closed): the state every test starts
     from and leaves behind."""
-    assert _eventually(lambda: _rest(server, world.query, world.user).degraded == ""), (
+    assert eventually(lambda: _rest(server, world.query, world.user).degraded == ""), (
         f"search does not rank again; its log:\n{server.log()[-3000:]}")
 
 

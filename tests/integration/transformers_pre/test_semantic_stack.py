@@ -13,8 +13,7 @@ and to the encoder stays a 400 naming the field, and the servers stay up.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from shopserve.protocol import (
     STAGE_MS,
     USER_ID,
 )
-from tests.servers import Server, free_port, model_stubs, start_ranker, start_recall, start_search
+from tests.servers import Server, eventually, free_port, model_stubs, start_ranker, start_recall, start_search
 
 pytestmark = pytest.mark.integration
 
@@ -112,13 +111,6 @@ def _output(answer: dict, name: str) -> list:
     return next(o for o in answer["outputs"] if o["name"] == name)["data"]
 
 
-def _eventually(check: Callable[[], bool], timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return check()
 
 
 def _repository(stack: Stack, action: str) -> None:
@@ -170,13 +162,13 @@ def test_the_encoder_unloaded_degrades_to_lexical_search_and_recovers_when_loade
         assert need["parameters"][DEGRADED] == "semantic"
     finally:
         _repository(stack, "load")
-    assert _eventually(
+    assert eventually(
         lambda: _rest(stack, _body(world.lexical_query))["parameters"][DEGRADED] == "")
     assert _output(_rest(stack, _body(world.lexical_query)), ITEM_IDS) == lexical
 
 
 def test_the_encoders_process_killed_loses_no_request(stack: Stack, world: World) -> None:
-    assert _eventually(lambda: len(model_stubs(stack.ranker, QUERY_ENCODER_MODEL)) == 1)
+    assert eventually(lambda: len(model_stubs(stack.ranker, QUERY_ENCODER_MODEL)) == 1)
     killed = model_stubs(stack.ranker, QUERY_ENCODER_MODEL)[0]
     killed.kill()
     answers: list[str] = []
@@ -189,7 +181,7 @@ def test_the_encoders_process_killed_loses_no_request(stack: Stack, world: World
         stubs = model_stubs(stack.ranker, QUERY_ENCODER_MODEL)
         return answers[-1] == "" and bool(stubs) and killed.pid not in {p.pid for p in stubs}
 
-    assert _eventually(serves_again, timeout_s=90.0), f"last answers: {answers[-5:]}"
+    assert eventually(serves_again, timeout_s=90.0), f"last answers: {answers[-5:]}"
     assert set(answers) <= {"", "semantic"}, answers
 
 

@@ -14,8 +14,7 @@ follow the session again once the ranker launcher's watchdog has a new one servi
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from shopserve.protocol import (
 )
 from tests.servers import (
     Server,
+    eventually,
     free_port,
     model_stubs,
     start_ranker,
@@ -147,13 +147,6 @@ def _model_next(stack: Stack, world: World, recent: list[int]) -> list[int]:
     return world.model_ids[result.as_numpy(NEXT_ITEMS)[0]].tolist()
 
 
-def _eventually(check: Callable[[], bool], timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return check()
 
 
 def _repository(stack: Stack, action: str) -> None:
@@ -221,7 +214,7 @@ def test_the_sequence_model_unloaded_degrades_to_popularity_and_recovers_when_lo
         assert _rest(stack, _body(world.query))["parameters"][DEGRADED] == ""
     finally:
         _repository(stack, "load")
-    assert _eventually(lambda: _rest(stack, _body("", world.recent))["parameters"][DEGRADED] == "")
+    assert eventually(lambda: _rest(stack, _body("", world.recent))["parameters"][DEGRADED] == "")
     assert _ids(_rest(stack, _body("", world.recent))) == following
 
 
@@ -229,7 +222,7 @@ def test_the_sequence_models_process_killed_recovers_without_a_failed_request(
         stack: Stack, world: World) -> None:
     following = _ids(_rest(stack, _body("", world.recent)))
     # One stub serves the model (one left over from an unload above may still be exiting).
-    assert _eventually(lambda: len(model_stubs(stack.ranker, SEQUENCE_MODEL)) == 1)
+    assert eventually(lambda: len(model_stubs(stack.ranker, SEQUENCE_MODEL)) == 1)
     killed = model_stubs(stack.ranker, SEQUENCE_MODEL)[0]
     killed.kill()
     answers: list[str] = []
@@ -241,6 +234,6 @@ def test_the_sequence_models_process_killed_recovers_without_a_failed_request(
         stubs = model_stubs(stack.ranker, SEQUENCE_MODEL)
         return answers[-1] == "" and bool(stubs) and killed.pid not in {p.pid for p in stubs}
 
-    assert _eventually(serves_again, timeout_s=90.0), f"last answers: {answers[-5:]}"
+    assert eventually(serves_again, timeout_s=90.0), f"last answers: {answers[-5:]}"
     assert set(answers) <= {"", "sequence"}, answers
     assert _ids(_rest(stack, _body("", world.recent))) == following
