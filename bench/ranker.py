@@ -29,7 +29,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,8 @@ def main() -> None:
     args = parser.parse_args()
 
     config = RankerBuildConfig.tiny() if args.quick else RankerBuildConfig.demo()
+    # Every variant, not only up to the first that passes the guard: this compares them all.
+    config = replace(config, evaluate_every_variant=True)
     data = GeneratorConfig.tiny() if args.quick else GeneratorConfig.demo()
     requests_n = 6 if args.quick else args.requests
     repeats = 1 if args.quick else args.repeats

@@ -48,15 +48,19 @@ from training.ranker.modeling import (
     prune_layers,
 )
 from training.ranker.optimise import (
+    Int8Options,
     OrtScorer,
     Variant,
+    drop_standard_error,
     export_onnx,
     file_mib,
     fuse_bert,
+    int8_weight_abs_max,
     ndcg_drop,
     passes_guard,
     quantize_int8,
     select_variant,
+    static_cost,
 )
 from training.ranker.pairs import (
     CandidateList,
@@ -75,6 +79,30 @@ COMPONENT = RANKER_COMPONENT
 VARIANTS = ("onnx-fp32", "onnx-int8", "pruned-int8")
 """Variants built by default; ``pruned-fp32`` may be added."""
 
+REFERENCE = "torch-fp32"
+"""The evaluation row of the guard's reference: the fine-tuned fp32 6-layer model in torch."""
+
+_VARIANT_SPECS = {
+    "pruned-int8": ("student", "int8"),
+    "pruned-fp32": ("student", "fp32"),
+    "onnx-int8": ("teacher", "int8"),
+    "onnx-fp32": ("teacher", "fp32"),
+}
+"""Variant name -> (model it is built from, precision)."""
+
+SELECTION_RULE = ("the cheapest variant within the NDCG guard by static cost: fewest layers, then "
+                  "int8 before fp32; measured latency is reported, never used to choose")
+
+
+DISTILL_STEPS = 300
+"""Distillation steps of the demo student (batches of 32 grouped by length, a third cheaper a
+step than random ones): the time the build saves by not evaluating variants that cannot be chosen
+went here. On the seed-0 demo data (with the described, paraphrase, negation and misspelling
+queries) the fp32 student's NDCG@10 drop against the teacher fell from 7.9% (200 random-batch
+steps) to 6.0%, still far outside the 1% guard; 600 steps reach 1.2% +/- 0.9% (int8 1.3%), at
+about twice the distillation time, more than the build's budget. 600 steps of 16 pairs did no
+better than 300 of 32: the student needs more pairs seen, not more updates."""
+
 
 @dataclass(frozen=True)
 class RankerBuildConfig:
@@ -89,14 +117,28 @@ class RankerBuildConfig:
             the guard would reject them.
         eval_fraction: Share of queries held out for evaluation (stratified by kind).
         max_train_queries: Cap on training queries (0: all); bounds the training time.
-        max_eval_queries: Cap on evaluation queries (0: all).
+        max_eval_queries: Cap on evaluation queries (0: all). The demo evaluates all of them
+            (200). The guard's decision is only as good as the drop's standard error: on 200
+            lists it is 0.3-0.5% for the 6-layer int8 graph and about 1% for the 4-layer student,
+            on 100 lists 1.4x that, as large as the 0.2% margin the guard used to decide on.
         hard_negatives: Hard negatives per candidate list.
         random_negatives: Random negatives per candidate list.
         max_per_grade: Judged items kept per grade per list.
         length_percentile: Percentile of training pair lengths that sets the max sequence length.
         max_ndcg_drop: Quality guard: relative NDCG@10 drop against fp32 6 layers a packaged
             variant may have (0.01 = 1%).
-        variants: Optimised variants to build and consider, fastest last.
+        variants: Optimised variants to consider, in any order: they are built and evaluated
+            cheapest first (:func:`~training.ranker.optimise.static_cost`).
+        evaluate_every_variant: Build and evaluate every variant in ``variants``. Off, the build
+            stops at the first variant (cheapest first) that passes the guard: no variant after
+            it could be chosen, so evaluating it would only cost build time (the benchmark turns
+            this on to compare them all).
+        int8_reduce_range: Quantise int8 weights to 7 bits, so the int8 graph computes the same
+            integers on every x86 CPU (see :class:`~training.ranker.optimise.Int8Options`).
+        int8_per_channel: One int8 scale per output channel of each weight matrix (with 7-bit
+            weights, per tensor lost 7.7% NDCG@10 on the demo teacher, per channel nothing).
+        fp16_eval_queries: Held-out lists whose pairs ``fp16/`` carries with the CPU graphs'
+            scores for the GPU check (0: all); each is scored twice when packaging.
         threads: CPU threads for training and for ONNX Runtime.
         triton: Serving parameters written into ``config.pbtxt``.
         seed: Seed of the split, sampling, head initialisation and training.
@@ -107,19 +149,23 @@ class RankerBuildConfig:
         default_factory=lambda: TrainConfig(epochs=1, max_steps=150, learning_rate=1.5e-4)
     )
     distill: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=1, max_steps=200, learning_rate=2e-4,
+        default_factory=lambda: TrainConfig(epochs=1, max_steps=DISTILL_STEPS, learning_rate=2e-4,
                                             distill_weight=0.8, hidden_weight=1.0)
     )
     keep_layers: tuple[int, ...] = (0, 1, 2, 3)
     eval_fraction: float = 0.2
     max_train_queries: int = 0
-    max_eval_queries: int = 100
+    max_eval_queries: int = 0
     hard_negatives: int = 8
     random_negatives: int = 6
     max_per_grade: int = 8
     length_percentile: float = 99.5
     max_ndcg_drop: float = 0.01
     variants: tuple[str, ...] = VARIANTS
+    evaluate_every_variant: bool = False
+    int8_reduce_range: bool = True
+    int8_per_channel: bool = True
+    fp16_eval_queries: int = 100
     threads: int = 2
     triton: TritonModelConfig = field(default_factory=TritonModelConfig)
     seed: int = 0
@@ -152,6 +198,10 @@ class RankerBuildConfig:
         """JSON-friendly parameters for the manifest."""
         return asdict(self)
 
+    def int8_options(self) -> Int8Options:
+        """How int8 variants are quantised."""
+        return Int8Options(reduce_range=self.int8_reduce_range, per_channel=self.int8_per_channel)
+
 
 @dataclass
 class Row:
@@ -166,6 +216,8 @@ class Row:
         seconds: Wall time of scoring them.
         layers: Transformer layers (None for baselines).
         size_mib: Model file size.
+        ndcg_drop_se: Standard error of the NDCG@10 drop against the reference (paired bootstrap
+            over the held-out queries), for the variants.
     """
 
     name: str
@@ -176,11 +228,12 @@ class Row:
     seconds: float = 0.0
     layers: int | None = None
     size_mib: float | None = None
+    ndcg_drop_se: float | None = None
 
     def as_dict(self, reference: float | None = None) -> dict[str, Any]:
         """Flat dict for the manifest; with ``reference``, the relative NDCG drop too."""
         out: dict[str, Any] = {"name": self.name, **self.report.as_dict()}
-        for key in ("ms_p50", "ms_p99", "layers", "size_mib"):
+        for key in ("ms_p50", "ms_p99", "layers", "size_mib", "ndcg_drop_se"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.seconds:
@@ -218,7 +271,7 @@ class BuildResult:
     @property
     def reference_ndcg(self) -> float:
         """NDCG@10 of the fp32 6-layer model (torch): the quality guard's reference."""
-        return next(r.report.ndcg for r in self.rows if r.name == "torch-fp32")
+        return next(r.report.ndcg for r in self.rows if r.name == REFERENCE)
 
 
 def timed_rerank(
@@ -374,6 +427,25 @@ def train_teacher(
     return TrainedTeacher(teacher, rows)
 
 
+def variant_order(names: Sequence[str], *, teacher_layers: int, student_layers: int) -> list[str]:
+    """``names`` cheapest first by :func:`~training.ranker.optimise.static_cost`: the order the
+    optimise step builds and evaluates them in, and the order the guard chooses by.
+
+    Raises:
+        ValueError: an unknown variant name.
+    """
+    unknown = sorted(set(names) - set(_VARIANT_SPECS))
+    if unknown:
+        raise ValueError(f"unknown ranker variants {unknown}; known: {sorted(_VARIANT_SPECS)}")
+
+    def cost(name: str) -> tuple[tuple[int, int], str]:
+        model, precision = _VARIANT_SPECS[name]
+        layers = student_layers if model == "student" else teacher_layers
+        return static_cost(layers, precision), name
+
+    return sorted(dict.fromkeys(names), key=cost)
+
+
 def optimise_variants(
     prepared: RankerData,
     trained: TrainedTeacher,
@@ -382,12 +454,19 @@ def optimise_variants(
     *,
     on_row: Callable[[Row], None] | None = None,
 ) -> BuildResult:
-    """Export, fuse, quantise and prune the fine-tuned teacher into ONNX variants and evaluate each.
+    """Build and evaluate the ONNX variants cheapest first, stopping at the first that passes.
+
+    The order is :func:`variant_order` (fewest layers, then int8 before fp32), the order
+    :func:`~training.ranker.optimise.select_variant` chooses by, so once one variant passes the
+    guard nothing after it can be chosen and the rest are neither built nor evaluated (unless
+    ``config.evaluate_every_variant``). The student is distilled only when a pruned variant is
+    reached, the teacher exported only when a 6-layer one is. Each variant's NDCG drop gets its
+    standard error from a paired bootstrap against the reference row's per-query NDCG.
 
     Args:
         prepared: From :func:`prepare_data` (the same data the teacher was trained on).
         trained: From :func:`train_teacher` (possibly reloaded from disk by the pipeline).
-        config: Build configuration (``variants``, ``keep_layers``, ``distill``).
+        config: Build configuration (``variants``, ``keep_layers``, ``distill``, int8 options).
         workdir: Where the ONNX variants are written.
         on_row: Called with each new evaluation row.
     """
@@ -399,14 +478,12 @@ def optimise_variants(
     teacher, tokenizer, max_length = trained.model, prepared.tokenizer, prepared.max_length
     eval_lists, pairs = prepared.eval_lists, prepared.pairs
     rows: list[Row] = list(trained.rows)
-
-    def add(row: Row) -> None:
-        rows.append(row)
-        emit(row)
-
+    reference = next(r for r in rows if r.name == REFERENCE)
     hidden = teacher.config.hidden_size
     heads = teacher.config.num_attention_heads
+    int8 = config.int8_options()
     variants: list[Variant] = []
+    built: dict[str, tuple[PreTrainedModel, Path]] = {}
 
     def fused(name: str, model: PreTrainedModel) -> Path:
         # One export and fusion per model; its fp32 and int8 variants both start from it.
@@ -415,38 +492,54 @@ def optimise_variants(
         raw.unlink()
         return path
 
-    def onnx_variant(name: str, model: PreTrainedModel, fp32: Path, quantise: bool) -> None:
-        path = quantize_int8(fp32, workdir / f"{name}.onnx") if quantise else fp32
+    def model_of(kind: str) -> tuple[PreTrainedModel, Path]:
+        if kind not in built:
+            model = teacher if kind == "teacher" else _distil(teacher, tokenizer, pairs, max_length,
+                                                              config)  # fmt: skip
+            built[kind] = (model, fused(kind, model))
+        return built[kind]
+
+    def evaluate(name: str, model: PreTrainedModel, fp32: Path, quantise: bool) -> Variant:
+        path = quantize_int8(fp32, workdir / f"{name}.onnx", int8) if quantise else fp32
         row = timed_rerank(name, eval_lists, tokenizer, OrtScorer(path, config.threads),
                            max_length, layers=num_layers(model), size_mib=file_mib(path))  # fmt: skip
-        add(row)
+        if len(reference.report.per_query) == len(row.report.per_query):
+            row.ndcg_drop_se = drop_standard_error(reference.report.per_query,
+                                                   row.report.per_query, seed=config.seed)  # fmt: skip
+        rows.append(row)
+        emit(row)
         # fp32_path: the same model before quantisation, packaged for the GPU profile.
-        variants.append(Variant(name, path, row.layers or 0, row.report.ndcg, row.ms_p50 or 0.0,
-                                row.as_dict(), fp32_path=fp32))  # fmt: skip
+        return Variant(name, path, row.layers or 0, row.report.ndcg, row.ms_p50 or 0.0,
+                       row.as_dict(), fp32_path=fp32, ndcg_drop_se=row.ndcg_drop_se)  # fmt: skip
 
-    if {"onnx-fp32", "onnx-int8"} & set(config.variants):
-        teacher_fp32 = fused("teacher", teacher)
-        if "onnx-fp32" in config.variants:
-            onnx_variant("onnx-fp32", teacher, teacher_fp32, quantise=False)
-        if "onnx-int8" in config.variants:
-            onnx_variant("onnx-int8", teacher, teacher_fp32, quantise=True)
-    student = None
-    if {"pruned-fp32", "pruned-int8"} & set(config.variants):
-        keep = list(config.keep_layers)
-        student = prune_layers(teacher, keep)
-        distill_cfg = replace(config.distill, threads=config.threads,
-                              progress=config.distill.progress and config.progress)  # fmt: skip
-        targets = (hidden_targets(keep, num_layers(teacher))
-                   if distill_cfg.hidden_weight > 0 else None)  # fmt: skip
-        fine_tune(student, tokenizer, pairs, max_length, distill_cfg, teacher=teacher,
-                  hidden_targets=targets, description=f"distil {len(keep)} layers")  # fmt: skip
-        student_fp32 = fused("student", student)
-        if "pruned-fp32" in config.variants:
-            onnx_variant("pruned-fp32", student, student_fp32, quantise=False)
-        if "pruned-int8" in config.variants:
-            onnx_variant("pruned-int8", student, student_fp32, quantise=True)
+    order = variant_order(config.variants, teacher_layers=num_layers(teacher),
+                          student_layers=len(config.keep_layers))  # fmt: skip
+    for name in order:
+        kind, precision = _VARIANT_SPECS[name]
+        model, fp32 = model_of(kind)
+        variant = evaluate(name, model, fp32, quantise=precision == "int8")
+        variants.append(variant)
+        if not config.evaluate_every_variant and passes_guard(
+            reference.report.ndcg, variant.ndcg, config.max_ndcg_drop
+        ):
+            break
+    student = built["student"][0] if "student" in built else None
     return BuildResult(rows, variants, teacher, student, tokenizer, max_length, eval_lists,
                        dict(prepared.data))  # fmt: skip
+
+
+def _distil(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Pairs,
+            max_length: int, config: RankerBuildConfig) -> PreTrainedModel:
+    """The pruned student (``config.keep_layers``), distilled from the teacher."""
+    keep = list(config.keep_layers)
+    student = prune_layers(teacher, keep)
+    distill_cfg = replace(config.distill, threads=config.threads,
+                          progress=config.distill.progress and config.progress)  # fmt: skip
+    targets = (hidden_targets(keep, num_layers(teacher))
+               if distill_cfg.hidden_weight > 0 else None)  # fmt: skip
+    fine_tune(student, tokenizer, pairs, max_length, distill_cfg, teacher=teacher,
+              hidden_targets=targets, description=f"distil {len(keep)} layers")  # fmt: skip
+    return student
 
 
 def train_and_optimise(
@@ -484,7 +577,13 @@ def package(
     parent: str | None = None,
     torchserve: bool = False,
 ) -> Manifest:
-    """Pick the fastest variant that passes the quality guard and write the ranker component.
+    """Pick the cheapest variant that passes the quality guard and write the ranker component.
+
+    The choice is :func:`~training.ranker.optimise.select_variant`'s static order (fewest layers,
+    then int8 before fp32), never the build machine's timings, so a seeded build packages the same
+    model on any machine. The manifest records the rule, which variants were evaluated and which
+    not (a cheaper one passed first), the guard's drop with its standard error, and how the int8
+    graph was quantised (with the largest weight magnitude, which 7-bit weights keep within 64).
 
     The chosen variant is packaged in two precisions, one Triton model repository with two
     configurations (see :func:`~predictors.ranker.triton_repo.write_bundle_repository`): its own
@@ -521,9 +620,9 @@ def package(
     write_bundle_repository(out_dir, chosen.path, chosen.fp32_path, serving)
     profiles = bundle_profiles()
     profiles["gpu"]["precision"] = "fp32"
-    profiles["cpu"]["precision"] = "int8" if chosen.quantised else "fp32"
+    profiles["cpu"]["precision"] = chosen.precision
     result.tokenizer.save_pretrained(str(out_dir / TOKENIZER_DIR))
-    fp16 = _package_fp16(result, out_dir, profiles, config.threads)
+    fp16 = _package_fp16(result, out_dir, profiles, config.threads, config.fp16_eval_queries)
     if torchserve:
         # Imported here: torch-model-archiver is the optional extra's, not the default install's.
         from predictors.ranker.torchserve import TORCHSERVE_DIR, TorchServeModelConfig, write_model_store
@@ -533,9 +632,15 @@ def package(
                                   "precision": profiles["cpu"]["precision"]}  # fmt: skip
     evaluation = [r.as_dict(reference) for r in result.rows]
     for entry in evaluation:
-        if entry.get("layers") is not None and entry["name"] != "torch-fp32":
+        if entry.get("layers") is not None and entry["name"] != REFERENCE:
             entry["passes_guard"] = passes_guard(reference, entry[at_k("ndcg", NDCG_K)],
                                                  config.max_ndcg_drop)  # fmt: skip
+    reference_row = next(r for r in result.rows if r.name == REFERENCE)
+    order = variant_order(config.variants, teacher_layers=reference_row.layers or 0,
+                          student_layers=len(config.keep_layers))  # fmt: skip
+    evaluated = [v.name for v in result.variants]
+    int8 = {**config.int8_options().as_dict(),
+            "weight_abs_max": int8_weight_abs_max(chosen.path)} if chosen.quantised else None  # fmt: skip
     return write_manifest(
         out_dir,
         COMPONENT,
@@ -544,6 +649,13 @@ def package(
         params={
             "variant": chosen.name,
             "layers": chosen.layers,
+            "selection": {
+                "rule": SELECTION_RULE,
+                "order": order,
+                "evaluated": evaluated,
+                "not_evaluated": [n for n in order if n not in evaluated],
+            },
+            "int8": int8,
             "profiles": profiles,
             "fp16": fp16,
             MAX_SEQUENCE_LENGTH: result.max_length,
@@ -554,6 +666,12 @@ def package(
             REFERENCE_NDCG_AT_10: reference,
             NDCG_AT_10: chosen.ndcg,
             MS_PER_REQUEST_P50: chosen.ms_per_request,
+            "guard": {
+                "max_drop": config.max_ndcg_drop,
+                "drop": ndcg_drop(reference, chosen.ndcg),
+                "drop_se": chosen.ndcg_drop_se,
+                "queries": len(reference_row.report.per_query) or reference_row.report.queries,
+            },
             "evaluation": evaluation,
         },
         parent=parent,
@@ -561,14 +679,15 @@ def package(
 
 
 def _package_fp16(result: BuildResult, out_dir: Path, profiles: dict[str, Any],
-                  threads: int) -> dict[str, Any]:
+                  threads: int, max_lists: int) -> dict[str, Any]:
     """Write ``fp16/`` from the packaged graphs; its entry for the manifest's ``params``."""
     fp32_graph = out_dir / profiles["gpu"]["model"]
     cpu_graph = out_dir / profiles["cpu"]["model"]
     folder = out_dir / FP16_DIR
     if result.eval_lists:
         package_fp16(folder, fp32_graph=fp32_graph, cpu_graph=cpu_graph,
-                     max_length=result.max_length, eval_lists=result.eval_lists,
+                     max_length=result.max_length,
+                     eval_lists=result.eval_lists[:max_lists or None],
                      tokenizer=result.tokenizer, threads=threads,
                      source=profiles["gpu"]["model"])  # fmt: skip
     else:
@@ -614,11 +733,12 @@ def build_ranker(
 
 def evaluation_table(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of evaluation rows (as stored in the manifest's ``metrics``; legacy
-    spellings read too)."""
+    spellings read too). The drop reads ``+0.45% ± 0.20%`` with its standard error where known;
+    the latency column is the build machine's, for information only."""
     rows = current_keys(list(rows))
     kinds = sorted({k[len(NDCG_AT_10) + 1:] for r in rows for k in r if k.startswith(f"{NDCG_AT_10}_")})
     head = ["model", "layers", "NDCG@10", "MRR"] + [f"NDCG@10 {k}" for k in kinds]
-    head += ["drop vs fp32", "guard", "ms/req p50", "MiB"]
+    head += ["drop vs fp32 ± SE", "guard", "ms/req p50", "MiB"]
 
     def fmt(value: Any, spec: str) -> str:
         return "" if value is None else format(value, spec)
@@ -628,9 +748,9 @@ def evaluation_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = [r["name"], fmt(r.get("layers"), "d"), fmt(r.get(NDCG_AT_10), ".4f"),
                  fmt(r.get("mrr"), ".4f")]  # fmt: skip
         cells += [fmt(r.get(f"{NDCG_AT_10}_{k}"), ".4f") for k in kinds]
-        drop = r.get("ndcg_drop")
+        drop, se = r.get("ndcg_drop"), r.get("ndcg_drop_se")
         cells += [
-            "" if drop is None else f"{drop:+.2%}",
+            "" if drop is None else f"{drop:+.2%}" + ("" if se is None else f" ± {se:.2%}"),
             {True: "pass", False: "FAIL"}.get(r.get("passes_guard"), ""),  # type: ignore[arg-type]
             fmt(r.get("ms_p50"), ".1f"),
             fmt(r.get("size_mib"), ".1f"),

@@ -41,12 +41,20 @@ class RerankReport:
         mrr: Mean MRR (first exact item) over all lists.
         by_kind: Query kind -> {"ndcg", "mrr", "queries"}.
         queries: Number of lists evaluated.
+        per_query: NDCG@10 of each list, in list order (NaN for a list with no relevant item):
+            what a paired comparison of two models on the same lists needs (the guard's
+            standard error). Not part of :meth:`as_dict`.
     """
 
     ndcg: float
     mrr: float
     by_kind: dict[str, dict[str, float]]
     queries: int
+    per_query: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Rows read back from JSON (the pipeline stores them with ``asdict``) bring a list.
+        object.__setattr__(self, "per_query", tuple(float(v) for v in self.per_query))
 
     def as_dict(self) -> dict[str, float]:
         """Flat metrics for a manifest: ``ndcg_at_10``, ``mrr``, ``ndcg_at_10_synonym``, ...
@@ -89,7 +97,8 @@ def rerank(lists: Sequence[CandidateList], scorer: ListScorer) -> RerankReport:
     by_kind = {
         kind: summary([i for i, c in enumerate(lists) if c.query.kind == kind]) for kind in kinds
     }
-    return RerankReport(overall["ndcg"], overall["mrr"], by_kind, len(lists))
+    per_query = tuple(ndcg_at_k(r, c.relevance(), NDCG_K) for r, c in zip(rankings, lists, strict=True))
+    return RerankReport(overall["ndcg"], overall["mrr"], by_kind, len(lists), per_query)
 
 
 def cross_encoder_scorer(

@@ -253,3 +253,32 @@ def batches(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` over ``range(n)``."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def length_grouped_batches(
+    lengths: np.ndarray, size: int, rng: np.random.Generator, chunk: int
+) -> list[np.ndarray]:
+    """One epoch of shuffled batches of row indices, each of pairs of similar length.
+
+    The rows are shuffled, cut into chunks of ``chunk`` batches, each chunk sorted by length and
+    cut into batches; the batches are then shuffled. A batch is padded to its longest pair, so
+    this cuts the padding a step computes (on the demo pairs, random batches of 32 carry 1.47x
+    the real tokens, grouped in chunks of 8 batches 1.08x) while every batch still draws from a
+    random sample of the whole set (Hugging Face's ``group_by_length`` does the same).
+
+    Args:
+        lengths: Token count of each row.
+        size: Rows per batch.
+        rng: Source of the shuffles.
+        chunk: Batches per sorted chunk; 1 gives plain random batches.
+    """
+    if size <= 0 or chunk <= 0:
+        raise ValueError("batch size and chunk must be positive")
+    order = rng.permutation(len(lengths))
+    out: list[np.ndarray] = []
+    span = size * chunk
+    for start in range(0, len(order), span):
+        rows = order[start:start + span]
+        rows = rows[np.argsort(np.asarray(lengths)[rows], kind="stable")]
+        out.extend(rows[sl] for sl in batches(len(rows), size))
+    return [out[i] for i in rng.permutation(len(out))]

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
 from shopserve.text import PairTokenizer
-from training.ranker.pairs import Pairs, batches, encode_pairs
+from training.ranker.pairs import Pairs, batches, encode_pairs, length_grouped_batches, pair_lengths
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class TrainConfig:
         freeze_word_embeddings: Keep the 30k x 384 word-embedding matrix fixed: its dense
             gradient and AdamW update are a large share of a CPU step, and a few hundred steps
             of fine-tuning gain nothing from moving it.
+        length_chunk: Group each batch from pairs of similar length, sorting chunks of this many
+            batches by length (:func:`~training.ranker.pairs.length_grouped_batches`); 0 draws
+            plain random batches. A step pads to its longest pair, so grouping cuts the tokens a
+            step computes by about a quarter on the demo pairs, the time that buys the student
+            more distillation steps.
         distill_weight: Weight of the teacher MSE term when a teacher is given (the label BCE term
             gets the rest).
         hidden_weight: Weight of each layer's hidden-state MSE in intermediate distillation.
@@ -53,6 +58,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_steps: int = 0
     freeze_word_embeddings: bool = True
+    length_chunk: int = 8
     distill_weight: float = 0.5
     hidden_weight: float = 1.0
     seed: int = 0
@@ -131,16 +137,23 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     bce = torch.nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(config.seed)
+    lengths = (pair_lengths(tokenizer, pairs.queries, pairs.titles)
+               if config.length_chunk else None)  # fmt: skip
+
+    def epoch() -> list[np.ndarray]:
+        if lengths is not None:
+            return length_grouped_batches(lengths, config.batch_size, rng, config.length_chunk)
+        order = rng.permutation(len(pairs))
+        return [order[sl] for sl in batches(len(order), config.batch_size)]
+
     losses: list[float] = []
     model.train()
     with tqdm(total=total, desc=description, disable=not config.progress, unit="step") as bar:
         step = 0
         while step < total:
-            order = rng.permutation(len(pairs))
-            for sl in batches(len(order), config.batch_size):
+            for idx in epoch():
                 if step >= total:
                     break
-                idx = order[sl]
                 enc = encode_pairs(
                     pair_tokenizer,
                     [pairs.queries[i] for i in idx],

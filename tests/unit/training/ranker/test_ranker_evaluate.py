@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -52,3 +55,17 @@ def test_bm25_prefers_the_lexical_match() -> None:
     assert int(np.argmax(scores)) == 2
     unknown = CandidateList(Query(1, "zzz", "typo", {3: 3}), ids, titles, np.asarray([0, 0, 3]))
     assert scorer(unknown).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_per_query_ndcg_is_in_list_order_and_averages_to_the_mean() -> None:
+    report = rerank(LISTS, lambda c: -np.arange(len(c.grades), dtype=float))
+    assert len(report.per_query) == len(LISTS)
+    assert np.mean(report.per_query) == pytest.approx(report.ndcg)
+    assert report.per_query[0] != report.per_query[1]
+    assert "per_query" not in report.as_dict()
+
+
+def test_per_query_ndcg_survives_a_json_round_trip() -> None:
+    report = rerank(LISTS, lambda c: c.grades.astype(float))
+    again = type(report)(**json.loads(json.dumps(dataclasses.asdict(report))))
+    assert again == report and isinstance(again.per_query, tuple)

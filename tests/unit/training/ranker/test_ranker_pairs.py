@@ -15,6 +15,7 @@ from training.ranker.pairs import (
     choose_max_length,
     encode_pairs,
     flatten,
+    length_grouped_batches,
     pair_lengths,
 )
 
@@ -150,3 +151,30 @@ def test_choose_max_length(lengths: list[int], percentile: float, expected: int)
 def test_choose_max_length_refuses_no_data() -> None:
     with pytest.raises(ValueError):
         choose_max_length(np.asarray([]))
+
+
+def test_length_grouped_batches_cover_every_row_once_and_cut_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(8, 44, 1000)
+    grouped = length_grouped_batches(lengths, 32, np.random.default_rng(1), chunk=8)
+    rows = np.concatenate(grouped)
+    assert sorted(rows.tolist()) == list(range(1000))
+    assert all(len(b) <= 32 for b in grouped)
+
+    def padded(batches: list[np.ndarray]) -> int:
+        return sum(int(lengths[b].max()) * len(b) for b in batches)
+
+    plain = length_grouped_batches(lengths, 32, np.random.default_rng(1), chunk=1)
+    assert padded(grouped) < 0.85 * padded(plain)
+
+
+def test_length_grouped_batches_are_reproducible_and_shuffled() -> None:
+    lengths = np.arange(256) % 40
+    a = length_grouped_batches(lengths, 16, np.random.default_rng(5), chunk=4)
+    b = length_grouped_batches(lengths, 16, np.random.default_rng(5), chunk=4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    # Batch order is shuffled: the batch lengths do not simply rise chunk by chunk.
+    maxima = [int(lengths[x].max()) for x in a]
+    assert maxima != sorted(maxima)
+    with pytest.raises(ValueError):
+        length_grouped_batches(lengths, 0, np.random.default_rng(0), chunk=4)

@@ -54,8 +54,9 @@ def test_loss_falls(tiny, tokenizer) -> None:
     assert not model.training
 
 
-def test_a_seed_reproduces_a_run(tiny, tokenizer) -> None:
-    config = TrainConfig(max_steps=5, batch_size=4, progress=False, seed=3)
+@pytest.mark.parametrize("length_chunk", [0, 8])  # plain random batches, batches grouped by length
+def test_a_seed_reproduces_a_run(tiny, tokenizer, length_chunk: int) -> None:
+    config = TrainConfig(max_steps=5, batch_size=4, progress=False, seed=3, length_chunk=length_chunk)
     a = fine_tune(copy.deepcopy(tiny), tokenizer, _pairs(), 16, config)
     b = fine_tune(copy.deepcopy(tiny), tokenizer, _pairs(), 16, config)
     assert a == b
