@@ -12,7 +12,7 @@ TOOLS_STAMP := .tools/.installed
 # The optional TorchServe runtime (pyproject extra `torchserve`): tests and bench-runtimes only.
 TS_STAMP := $(VENV)/.torchserve
 
-.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-recommend bench-ranker bench-stack bench-load bench-overload bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
+.PHONY: venv up test test-unit test-integration test-charts tools manifests demo-bundle lint lint-imports serving-size clean bench-recall bench-recommend bench-ranker bench-stack bench-semantic bench-load bench-overload bench-runtimes bench-footprint drill soak evaluate-stack pipeline pipeline-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -89,6 +89,10 @@ bench-overload: $(STAMP) demo-bundle
 # Transformer overhead and ranking throughput through the transformer vs Triton directly.
 bench-stack: $(STAMP) demo-bundle
 	$(PY) -m bench.stack --bundle $(DEMO_BUNDLE)
+
+# Query embedding at request time: query-encoder on the local Triton, fp32 against int8
+bench-semantic: $(STAMP) demo-bundle
+	$(PY) -m bench.semantic --bundle $(DEMO_BUNDLE)
 
 # RSS, start-to-ready seconds and whether libtorch is mapped, per serving process of the local stack
 # (medians of 3 starts); CODE_ROOT=<another checkout> measures that code on the same bundle.

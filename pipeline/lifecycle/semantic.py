@@ -3,7 +3,8 @@
 ``train-semantic`` embeds the catalog with the bi-encoder, fine-tunes its query tower on the
 ranker's *training* queries (the same split, so a release has one held-out set), measures it on
 the held-out ones and writes its export into ``semantic-train/``: ``model.onnx``,
-``item_embeddings.npz``, ``index.faiss``, ``tokenizer.json`` and ``result.json`` (the manifest's
+``model-int8.onnx`` (when it passed the int8 guard), ``item_embeddings.npz``, ``index.faiss``,
+``tokenizer.json`` and ``result.json`` (the manifest's
 ``params``, ``metrics`` and ``data``); see :mod:`training.semantic.build`.
 
 :func:`package_semantic` turns such an export into the bundle's ``semantic`` component::
@@ -14,7 +15,9 @@ the held-out ones and writes its export into ``semantic-train/``: ``model.onnx``
     semantic/tokenizer.json                    the query tokenizer (truncates at max_query_length)
     semantic/query-encoder/config.pbtxt        GPU configuration (the default)
     semantic/query-encoder/configs/cpu.pbtxt   CPU configuration (--model-config-name=cpu)
-    semantic/query-encoder/1/model.onnx        the graph both serve (fp32)
+    semantic/query-encoder/1/model.onnx        the CPU's graph (int8 if it passed the guard,
+                                               else fp32 and the GPU's too)
+    semantic/query-encoder/1/model-fp32.onnx   the GPU's graph (fp32; only beside an int8 one)
 
 The package step calls it; :func:`build_semantic_component` does training and packaging in one
 call (the tests' tiny bundle).
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 SEMANTIC_TRAIN_DIR = "semantic-train"
 #: The graph's file in an export folder (``training.semantic.build.SEMANTIC_ONNX_FILE``).
 ONNX_FILE = "model.onnx"
+#: Its int8 graph, when the build's guard passed it (``training.semantic.build.SEMANTIC_INT8_FILE``).
+INT8_FILE = "model-int8.onnx"
 #: The export's files copied into the component as they are.
 COMPONENT_FILES = (SEMANTIC_EMBEDDINGS_FILE, SEMANTIC_INDEX_FILE, SEMANTIC_TOKENIZER_FILE)
 
@@ -145,8 +150,10 @@ def package_semantic(
     component.mkdir(parents=True, exist_ok=True)
     for name in COMPONENT_FILES:
         shutil.copyfile(source / name, component / name)
-    write_encoder_repository(component, source / ONNX_FILE, config)
-    params["profiles"] = encoder_profiles()
+    int8 = source / INT8_FILE
+    write_encoder_repository(component, source / ONNX_FILE, config,
+                             cpu_onnx=int8 if int8.exists() else None)
+    params["profiles"] = encoder_profiles("int8" if int8.exists() else "fp32")
     params["serving"] = {"max_batch_size": config.max_batch_size,
                          "preferred_batch_sizes": list(config.preferred_batch_sizes),
                          "max_queue_delay_us": config.max_queue_delay_us,

@@ -5,10 +5,12 @@ The bundle's ``semantic`` component holds one model folder with two configuratio
 ranker's and the sequence model's (:mod:`predictors.ranker.triton_repo`, whose writer this module
 uses)::
 
-    semantic/query-encoder/config.pbtxt        GPU: onnxruntime_onnx, KIND_GPU (the default)
-    semantic/query-encoder/configs/cpu.pbtxt   CPU: onnxruntime_onnx, KIND_CPU
-                                               (``tritonserver --model-config-name=cpu``)
-    semantic/query-encoder/1/model.onnx        the one graph both serve (fp32)
+    semantic/query-encoder/config.pbtxt         GPU: onnxruntime_onnx, KIND_GPU (the default)
+    semantic/query-encoder/configs/cpu.pbtxt    CPU: onnxruntime_onnx, KIND_CPU
+                                                (``tritonserver --model-config-name=cpu``)
+    semantic/query-encoder/1/model.onnx         the CPU's graph: int8 when the build's recall
+                                                guard passed it, else the fp32 graph (both serve it)
+    semantic/query-encoder/1/model-fp32.onnx    the GPU's fp32 graph (only beside an int8 one)
 
 Locally (``python -m predictors.ranker``) the CPU configuration becomes a Python-backend model
 folder whose ``model.py`` is ``triton_encoder_model.py`` (the ``tritonserver`` of
@@ -40,9 +42,9 @@ from predictors.ranker.triton_repo import (
     PbtxtModel,
     Profile,
     cpu_graph,
-    fp32_profiles,
     onnx_config_pbtxt,
     onnx_io,
+    onnx_profiles,
     write_model_folder,
     write_onnx_repository,
 )
@@ -149,19 +151,22 @@ def encoder_config_pbtxt(
     return onnx_config_pbtxt(QUERY_ENCODER_MODEL, profile, serving, model_filename=model_filename)
 
 
-def write_encoder_repository(component_dir: Path, onnx_path: Path, serving: EncoderServing) -> Path:
-    """Write the bundle's ``query-encoder/`` folder: GPU ``config.pbtxt``, CPU
-    ``configs/cpu.pbtxt``, both serving ``1/model.onnx``.
+def write_encoder_repository(component_dir: Path, onnx_path: Path, serving: EncoderServing, *,
+                             cpu_onnx: Path | None = None) -> Path:
+    """Write the bundle's ``query-encoder/`` folder: GPU ``config.pbtxt`` serving the fp32
+    ``onnx_path``, CPU ``configs/cpu.pbtxt`` serving ``cpu_onnx`` (the int8 graph) when given,
+    else the same fp32 graph.
 
     Returns:
         The model folder ``<component_dir>/query-encoder``.
     """
-    return write_onnx_repository(component_dir, QUERY_ENCODER_MODEL, onnx_path, serving)
+    return write_onnx_repository(component_dir, QUERY_ENCODER_MODEL, onnx_path, serving,
+                                 cpu_onnx=cpu_onnx)
 
 
-def encoder_profiles() -> dict[str, dict[str, str]]:
+def encoder_profiles(cpu_precision: str = "fp32") -> dict[str, dict[str, str]]:
     """Which configuration and file each profile of the component uses (for the manifest)."""
-    return fp32_profiles(QUERY_ENCODER_MODEL)
+    return onnx_profiles(QUERY_ENCODER_MODEL, cpu_precision=cpu_precision)
 
 
 def encoder_cpu_graph(component_dir: Path) -> CpuGraph:

@@ -364,26 +364,43 @@ def onnx_config_pbtxt(model: str, profile: Profile, serving: OnnxServing, *,
 
 
 def write_onnx_repository(component_dir: Path, model: str, onnx_path: Path,
-                          serving: OnnxServing) -> Path:
-    """Write a one-graph model's folder into a bundle component: GPU ``config.pbtxt``, CPU
-    ``configs/cpu.pbtxt``, both serving ``1/model.onnx``.
+                          serving: OnnxServing, *, cpu_onnx: Path | None = None) -> Path:
+    """Write a one-graph model's folder into a bundle component: GPU ``config.pbtxt`` and CPU
+    ``configs/cpu.pbtxt``.
+
+    Without ``cpu_onnx`` both serve ``1/model.onnx`` (``onnx_path``). With it, as the ranker's
+    folder (:func:`write_bundle_repository`): the CPU configuration serves ``1/model.onnx``
+    (``cpu_onnx``, an int8 graph of the same model) and the GPU one ``1/model-fp32.onnx``
+    (``onnx_path``).
 
     Returns:
         The model folder ``<component_dir>/<model>``.
     """
+    gpu_file = MODEL_FILE if cpu_onnx is None else GPU_MODEL_FILE
+    files = {MODEL_FILE: Path(onnx_path)} if cpu_onnx is None else {
+        MODEL_FILE: Path(cpu_onnx), GPU_MODEL_FILE: Path(onnx_path)}
     return write_model_folder(
         component_dir, model,
-        {CONFIG_FILE: onnx_config_pbtxt(model, "cluster", serving, model_filename=MODEL_FILE),
+        {CONFIG_FILE: onnx_config_pbtxt(model, "cluster", serving, model_filename=gpu_file),
          cpu_config_path(): onnx_config_pbtxt(model, "cpu", serving, model_filename=MODEL_FILE)},
-        {MODEL_FILE: Path(onnx_path)},
+        files,
     )
 
 
 def fp32_profiles(model: str) -> dict[str, dict[str, str]]:
     """:func:`bundle_profiles` of a one-graph fp32 model (the same ``model.onnx`` on both)."""
-    profiles = bundle_profiles(model, MODEL_FILE)
-    for profile in profiles.values():
-        profile["precision"] = "fp32"
+    return onnx_profiles(model, cpu_precision="fp32")
+
+
+def onnx_profiles(model: str, *, cpu_precision: str) -> dict[str, dict[str, str]]:
+    """:func:`bundle_profiles` of a folder of :func:`write_onnx_repository`: fp32 on the GPU;
+    ``cpu_precision`` ``fp32`` (one ``model.onnx`` for both) or ``int8`` (``model.onnx`` on the
+    CPU, ``model-fp32.onnx`` on the GPU)."""
+    if cpu_precision not in ("fp32", "int8"):
+        raise ValueError(f"cpu_precision must be fp32 or int8, got {cpu_precision!r}")
+    profiles = bundle_profiles(model, MODEL_FILE if cpu_precision == "fp32" else GPU_MODEL_FILE)
+    profiles["gpu"]["precision"] = "fp32"
+    profiles["cpu"]["precision"] = cpu_precision
     return profiles
 
 

@@ -9,6 +9,7 @@ exact search and the semantic path's Recall@K on the held-out queries (beside th
 and a plain BM25's), and writes the export folder::
 
     model.onnx            the query-encoder graph (fp32)
+    model-int8.onnx       the same, int8 (only when it passed the recall guard: the CPU serves it)
     item_embeddings.npz   item_id int64 [N], vectors float32 [N, D] (unit rows)
     index.faiss           IndexHNSWFlat, inner product; label i is item_id[i]
     tokenizer.json        the MiniLM tokenizer, truncating at max_query_length
@@ -41,6 +42,7 @@ from shopserve.artifacts import (
     save_npz,
 )
 from training.data.generator import Dataset
+from training.ranker.optimise import Int8Options, quantize_int8
 from training.semantic.encoder import (
     BASE_WEIGHTS,
     MeanPoolEncoder,
@@ -57,6 +59,8 @@ from training.semantic.train import LOSS, FineTuneResult, SemanticConfig, fine_t
 
 #: The query-encoder graph inside the export folder handed to the packaging step.
 SEMANTIC_ONNX_FILE = "model.onnx"
+#: The int8 query-encoder graph in the export folder (absent when the guard rejected it).
+SEMANTIC_INT8_FILE = "model-int8.onnx"
 #: Largest difference of an ONNX embedding from torch's that the export accepts.
 EXPORT_TOLERANCE = 1e-4
 #: K of the index's recall against exact search (the transformer asks for about this many).
@@ -141,6 +145,22 @@ def write_tokenizer(path: Path, max_query_length: int) -> Path:
     return Path(path)
 
 
+def int8_guard(quality: dict[str, dict[str, dict[str, float]]], max_drop: float, k: int = 50
+               ) -> dict[str, Any]:
+    """Whether the int8 query tower may serve on the CPU: its Recall@``k`` on the held-out
+    queries (all classes) at most ``max_drop`` below the fp32 graph's.
+
+    Args:
+        quality: :func:`~training.semantic.evaluate.compare` with rankings ``semantic`` (fp32)
+            and ``semantic_int8``.
+    """
+    key = f"recall_at_{k}"
+    fp32 = float(quality["semantic"][key]["all"])
+    int8 = float(quality["semantic_int8"][key]["all"])
+    return {"passes": bool(fp32 - int8 <= max_drop), "max_recall_drop": max_drop,
+            f"fp32_{key}": fp32, f"int8_{key}": int8, **Int8Options().as_dict()}
+
+
 def _texts(dataset: Dataset, query_ids: np.ndarray) -> list[str]:
     return dataset.queries.text[dataset.queries.query_id.searchsorted(query_ids)].tolist()
 
@@ -202,7 +222,17 @@ def export_semantic(
         "base": semantic_rankings(item_ids, vectors, trained.base_test_vectors, k),
         "bm25": bm25_rankings(item_ids, dataset.item_text().tolist(), test_texts, k),
     }
+    int8 = None
+    if config.int8:
+        int8_graph = quantize_int8(graph, out_dir / SEMANTIC_INT8_FILE, Int8Options())
+        rankings["semantic_int8"] = semantic_rankings(
+            item_ids, vectors, embed_onnx(session(int8_graph, threads), tokenizer, test_texts,
+                                          config.max_query_length, config.embed_batch_size), k)
     quality = compare(dataset, trained.test_query_ids, rankings, [x for x in KS if x <= k] or [k])
+    if config.int8:
+        int8 = int8_guard(quality, config.max_int8_recall_drop, recall_k)
+        if not int8["passes"]:
+            (out_dir / SEMANTIC_INT8_FILE).unlink()
     seconds["evaluate"] = time.perf_counter() - start
 
     losses = trained.training.losses
@@ -227,7 +257,9 @@ def export_semantic(
                     "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                     "scale": config.scale, "trainable_layers": config.trainable_layers,
                     "freeze_word_embeddings": config.freeze_word_embeddings,
-                    "seed": config.seed, "precision": "fp32", "opset": OPSET},
+                    "seed": config.seed, "precision": "fp32", "opset": OPSET,
+                    "cpu_precision": "int8" if int8 and int8["passes"] else "fp32",
+                    "int8": int8},
         "split": {**trained.split, "train_queries": int(trained.train_query_ids.shape[0]),
                   "test_queries": int(trained.test_query_ids.shape[0])},
         "build": config.params(),

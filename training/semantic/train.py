@@ -78,6 +78,12 @@ class SemanticConfig:
         embed_batch_size: Texts per ONNX Runtime call when embedding the catalog.
         index: The HNSW index.
         export_check_queries: Held-out queries the ONNX graph is compared with torch on.
+        int8: Also quantise the query tower to int8 (7-bit weights per output channel, the
+            ranker's CPU-independent setting: :class:`training.ranker.optimise.Int8Options`) for
+            the CPU configuration, if it passes the guard below; the GPU serves fp32 either way.
+        max_int8_recall_drop: The int8 guard: the int8 query tower's Recall@50 on the held-out
+            queries (all classes, exact search) may be at most this far (absolute) below the
+            fp32 graph's, else the CPU serves fp32 too.
         seed: Seed of the batches and dropout.
         threads: torch, ONNX Runtime and FAISS threads (0: the CPUs this process may run on).
             One by default, as the sequence model's: on the shared 2-core build machine at a
@@ -100,6 +106,8 @@ class SemanticConfig:
     embed_batch_size: int = 64
     index: IndexConfig = field(default_factory=IndexConfig)
     export_check_queries: int = 16
+    int8: bool = True
+    max_int8_recall_drop: float = 0.01
     seed: int = 0
     threads: int = 1
     progress: bool = True

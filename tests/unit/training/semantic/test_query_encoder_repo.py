@@ -98,6 +98,34 @@ def test_the_bundle_folder_has_a_gpu_and_a_cpu_configuration(component: Path) ->
     assert encoder_profiles()["cpu"]["config"] == f"{QUERY_ENCODER_MODEL}/configs/cpu.pbtxt"
 
 
+def test_an_int8_graph_serves_the_cpu_and_the_fp32_graph_the_gpu(
+    toy_graph: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    int8 = tmp_path / "int8.onnx"  # any other file: the writer places, never reads, the graphs
+    shutil.copyfile(toy_graph, int8)
+    with open(int8, "ab") as handle:
+        handle.write(b"\0")
+    serving = EncoderServing.from_onnx(toy_graph, max_query_length=MAX_LENGTH, vocab_size=TOY_VOCAB)
+    model = write_encoder_repository(tmp_path / "semantic", toy_graph, serving, cpu_onnx=int8)
+    gpu, cpu = read_config(model / "config.pbtxt"), read_config(model / "configs" / "cpu.pbtxt")
+    assert (gpu.instance_kind, gpu.default_model_filename) == ("KIND_GPU", "model-fp32.onnx")
+    assert (cpu.instance_kind, cpu.default_model_filename) == ("KIND_CPU", "model.onnx")
+    assert (model / "1" / "model.onnx").read_bytes() == int8.read_bytes()
+    assert (model / "1" / "model-fp32.onnx").read_bytes() == toy_graph.read_bytes()
+    profiles = encoder_profiles("int8")
+    assert profiles["gpu"] == {**encoder_profiles()["gpu"], "precision": "fp32",
+                               "model": f"{QUERY_ENCODER_MODEL}/1/model-fp32.onnx"}
+    assert (profiles["cpu"]["model"], profiles["cpu"]["precision"]) == (
+        f"{QUERY_ENCODER_MODEL}/1/model.onnx", "int8")
+    with pytest.raises(ValueError, match="cpu_precision"):
+        encoder_profiles("fp16")
+    # The local Triton takes the CPU configuration's graph: the int8 one.
+    local = write_local_encoder_repository(tmp_path / "semantic", tmp_path / "models")
+    assert (local / "1" / "model.onnx").read_bytes() == int8.read_bytes()
+
+
 def test_the_local_folder_is_a_python_model_with_the_bundles_parameters(
     component: Path, tmp_path: Path
 ) -> None:

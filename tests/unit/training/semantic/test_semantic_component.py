@@ -30,11 +30,19 @@ from shopserve.artifacts import (
 from shopserve.errors import BundleError
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, QUERY_EMBEDDING, QUERY_ENCODER_MODEL
 from training.data.generator import Dataset, split_queries
+from training.semantic.build import int8_guard
 from training.semantic.export import run_onnx
 
 GRAPH = f"{QUERY_ENCODER_MODEL}/1/model.onnx"
+"""The CPU's graph (int8 when it passed the guard), the one the local Triton serves."""
+GPU_GRAPH = f"{QUERY_ENCODER_MODEL}/1/model-fp32.onnx"
 LAYOUT = {SEMANTIC_EMBEDDINGS_FILE, SEMANTIC_INDEX_FILE, SEMANTIC_TOKENIZER_FILE,
           f"{QUERY_ENCODER_MODEL}/config.pbtxt", f"{QUERY_ENCODER_MODEL}/configs/cpu.pbtxt", GRAPH}
+
+
+def _layout(manifest: Manifest) -> set[str]:
+    """The files of a component: an fp32 graph for the GPU beside an int8 one for the CPU."""
+    return LAYOUT | ({GPU_GRAPH} if manifest.params["encoder"]["cpu_precision"] == "int8" else set())
 
 
 def _embed(folder: Path, texts: list[str]) -> np.ndarray:
@@ -52,8 +60,8 @@ def test_the_layout_is_the_contract_and_every_file_is_checksummed(
 ) -> None:
     folder, manifest = tiny_component
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert files == LAYOUT | {MANIFEST}
-    assert set(manifest.files) == LAYOUT
+    assert files == _layout(manifest) | {MANIFEST}
+    assert set(manifest.files) == _layout(manifest)
     assert load_component(folder, SEMANTIC_COMPONENT).files == manifest.files
 
 
@@ -88,6 +96,14 @@ def test_the_manifest_has_the_fields_the_transformer_reads(
         assert 0.0 <= metrics[f"{name}_recall_at_50"] <= 1.0
         assert {"all", "exact"} <= set(metrics["by_kind"][name]["recall_at_50"])
     assert metrics["onnx_max_abs_diff"] <= 1e-4
+    int8 = encoder["int8"]
+    assert int8["reduce_range"] is True and int8["per_channel"] is True
+    assert encoder["cpu_precision"] == ("int8" if int8["passes"] else "fp32")
+    assert params["profiles"]["cpu"]["precision"] == encoder["cpu_precision"]
+    assert params["profiles"]["gpu"]["precision"] == "fp32"
+    assert int8["passes"] == (int8["fp32_recall_at_50"] - int8["int8_recall_at_50"]
+                              <= int8["max_recall_drop"])
+    assert {"all", "exact"} <= set(metrics["by_kind"]["semantic_int8"]["recall_at_50"])
     assert set(metrics["seconds"]) >= {"embed_items", "fine_tune", "export", "index", "total"}
 
 
@@ -126,8 +142,13 @@ def test_the_triton_configurations(tiny_component: tuple[Path, Manifest]) -> Non
     cpu = read_config(folder / QUERY_ENCODER_MODEL / "configs" / "cpu.pbtxt")
     assert (gpu.platform, gpu.instance_kind) == ("onnxruntime_onnx", "KIND_GPU")
     assert (cpu.platform, cpu.instance_kind) == ("onnxruntime_onnx", "KIND_CPU")
+    assert cpu.default_model_filename == "model.onnx"
+    assert gpu.default_model_filename == Path(manifest.params["profiles"]["gpu"]["model"]).name
+    # The tiny build's int8 query tower passes the guard (deterministic: 7-bit weights compute the
+    # same integers on every x86 CPU), so the GPU serves a graph of its own, in fp32.
+    assert gpu.default_model_filename == "model-fp32.onnx"
     for config in (gpu, cpu):
-        assert config.name == QUERY_ENCODER_MODEL and config.default_model_filename == "model.onnx"
+        assert config.name == QUERY_ENCODER_MODEL
         assert [(t.name, t.datatype, t.dims) for t in config.inputs] == [
             (INPUT_IDS, "INT64", (-1,)), (ATTENTION_MASK, "INT64", (-1,))]
         assert [(t.name, t.datatype, t.dims) for t in config.outputs] == [
@@ -149,6 +170,35 @@ def test_the_same_seed_builds_the_same_component(
     texts = ["red lamp", "shoes not made of leather"]
     np.testing.assert_array_equal(_embed(tmp_path / "semantic", texts), _embed(folder, texts))
     assert again.params == manifest.params
+
+
+def test_without_int8_both_configurations_serve_the_fp32_graph(
+    tiny_world: Dataset, tmp_path: Path
+) -> None:
+    manifest = build_semantic_component(
+        tiny_world, tmp_path / "semantic",
+        semantic_config({"preset": "tiny", "overrides": {"steps": 0, "int8": False}},
+                        progress=False), "t-1")
+    assert set(manifest.files) == LAYOUT
+    assert manifest.params["encoder"]["cpu_precision"] == "fp32"
+    assert manifest.params["encoder"]["int8"] is None
+    for config in ("config.pbtxt", "configs/cpu.pbtxt"):
+        assert read_config(tmp_path / "semantic" / QUERY_ENCODER_MODEL / config
+                           ).default_model_filename == "model.onnx"
+    assert {p["precision"] for p in manifest.params["profiles"].values()} == {"fp32"}
+
+
+def test_the_int8_guard() -> None:
+    def quality(fp32: float, int8: float) -> dict:
+        return {"semantic": {"recall_at_50": {"all": fp32}},
+                "semantic_int8": {"recall_at_50": {"all": int8}}}
+
+    assert int8_guard(quality(0.80, 0.795), 0.01)["passes"] is True
+    assert int8_guard(quality(0.80, 0.80), 0.0)["passes"] is True
+    assert int8_guard(quality(0.80, 0.85), 0.0)["passes"] is True
+    refused = int8_guard(quality(0.80, 0.78), 0.01)
+    assert refused["passes"] is False
+    assert (refused["fp32_recall_at_50"], refused["int8_recall_at_50"]) == (0.80, 0.78)
 
 
 def test_packaging_refuses_an_export_whose_sizes_disagree(
