@@ -188,17 +188,18 @@ class SearchSettings(ServerSettings):
     """BM25 candidates per query."""
     recall_candidates: int = Field(default=100, ge=1)
     """MF candidates per request."""
-    rank_candidates: int = Field(default=50, ge=1)
-    """Candidates sent to the ranker (the best by first-stage score); the rest keep that score."""
+    rank_candidates: int = Field(default=20, ge=1)
+    """The cascade's K: candidates sent to the ranker, the best of the union by pre-ranking score
+    (the rest keep that score, below the ranked ones). 20 is the smallest K whose NDCG@10 is
+    within 0.005 of K = 50 on the demo bundle's held-out queries (``make evaluate-stack``)."""
     sequence_candidates: int = Field(default=100, ge=1)
     """Next items of the sequence model a recommendation takes as candidates."""
     semantic_candidates: int = Field(default=100, ge=1)
     """Nearest items of the semantic path per query (its FAISS index over item embeddings)."""
-    semantic_enabled: bool = False
+    semantic_enabled: bool = True
     """Find candidates by meaning too (when the bundle has a ``semantic`` component): the query's
     embedding from ``query-encoder`` and its nearest items. Off: BM25 and MF only (not a
-    degradation). Off by default until ``make evaluate-stack`` has tuned its weight and the
-    cascade's K on the demo bundle (issue 14); the chart turns it on (``search.semanticEnabled``)."""
+    degradation). A bundle without the component searches without it either way."""
     sequence_enabled: bool = True
     """Ask the sequence model when a request has recent items (and the bundle has the model); off,
     recent items only leave what was just seen out of recommendations (not a degradation)."""
@@ -206,6 +207,17 @@ class SearchSettings(ServerSettings):
     """Longest ``recent_items`` row accepted (the model reads its newest ``sequence_length``)."""
     query_rewrite: bool = True
     """Correct spelling and map mined synonyms to catalog terms before BM25 (exact terms untouched)."""
+    lexical_scale: Literal["query", "best"] = "query"
+    """How BM25 scores are brought to [0, 1] for the pre-ranking and the blend: ``query`` divides
+    by the query's ideal score (what a title holding each of its tokens once would score; a token
+    the catalog does not use counts as a typical one), so a title matching one filler word of a
+    described need scores little beside the semantic path; ``best`` divides by the request's
+    best BM25 score (the best hit scores 1 however little of the query it matches)."""
+    semantic_gate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """How far a search's semantic weight falls as words alone answer it: ``weight_semantic *
+    (1 - semantic_gate * coverage)``, coverage being the share of the query's ideal BM25 score its
+    best lexical hit reaches (``lexical_scale: query`` only). 1: a query a title matches in full
+    keeps its lexical order, a described need gets the whole weight; 0: a constant weight."""
     ranker_enabled: bool = True
     """Score the shortlist with the ranker; off blends BM25 and MF only (not a degradation)."""
     weight_relevance: float = 1.0

@@ -2,8 +2,11 @@
 
 Scores are brought to comparable [0, 1] scales before they are mixed:
 
-* relevance: the ranker's logit through a sigmoid; when the ranker is unavailable, BM25 divided by
-  the request's best BM25 score stands in for it;
+* relevance: the ranker's logit through a sigmoid; when the ranker is unavailable, the scaled
+  BM25 score stands in for it;
+* lexical: BM25 divided by the query's ideal score (what a title holding every query term once
+  would score: the share of the query's evidence a title matches; see
+  ``SEARCH_LEXICAL_SCALE``), or by the request's best BM25 score;
 * personalisation: the MF inner product, min-max scaled over the request's candidates (0 where the
   user has none: anonymous, unknown, or recall down);
 * popularity: the catalog prior, already scaled to [0, 1];
@@ -15,10 +18,12 @@ Scores are brought to comparable [0, 1] scales before they are mixed:
 
 ``final = w_relevance * relevance + w_lexical * lexical + w_semantic * semantic
 + w_personal * personal + w_popularity * popularity + w_session * session``, where ``lexical`` is
-the scaled BM25 score. It keeps the evidence of the (rewritten) query's exact terms beside the
-ranker's judgement of the raw query; when the ranker is unavailable BM25 already is the relevance
-and ``w_lexical`` is not added again. :func:`blend_parts` gives each weighted term apart (the
-``explain`` answer); their sum is the final score.
+the scaled BM25 score. ``lexical`` keeps the evidence of the (rewritten) query's exact terms beside
+the ranker's judgement of the raw query; when the ranker is unavailable BM25 already is the
+relevance and ``w_lexical`` is not added again. A search's ``w_semantic`` shrinks as its best
+lexical hit covers more of the query (:func:`gate_semantic`): meaning decides where words do not.
+:func:`blend_parts` gives each weighted term apart (the ``explain`` answer); their sum is the
+final score.
 
 The same terms without the ranker are the **pre-ranking** (:func:`first_stage`): a cheap score
 of the whole candidate union from lexical, semantic, personal, popularity and session evidence,
@@ -27,7 +32,7 @@ whose best ``rank_candidates`` (the cascade's K) are all the ranker scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntFlag
 
 import numpy as np
@@ -80,6 +85,10 @@ class Candidates:
         session: Raw sequence-model score per row (nan when unknown or without a session).
         semantic: Cosine similarity of the query's and the row's embeddings (nan without a
             semantic path).
+        lexical_reference: What BM25 scores are divided by to bring them to [0, 1]: the
+            query's own ideal score (:meth:`transformers_pre.catalog.Catalog.lexical_hits`), so
+            that a title matching only a little of the query scores little; 0: the request's
+            best BM25 score (the best hit scores 1, however little of the query it matches).
     """
 
     rows: np.ndarray
@@ -88,6 +97,7 @@ class Candidates:
     sources: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
     session: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     semantic: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    lexical_reference: float = 0.0
 
     def __post_init__(self) -> None:
         n = self.rows.shape[0]
@@ -104,17 +114,19 @@ class Candidates:
     def take(self, keep: np.ndarray) -> Candidates:
         """The subset selected by a boolean mask or index array."""
         return Candidates(self.rows[keep], self.lexical[keep], self.personal[keep],
-                          self.sources[keep], self.session[keep], self.semantic[keep])
+                          self.sources[keep], self.session[keep], self.semantic[keep],
+                          self.lexical_reference)
 
     def with_session(self, session: np.ndarray) -> Candidates:
         """The same candidates with raw sequence-model scores per row."""
         return Candidates(self.rows, self.lexical, self.personal, self.sources,
-                          session.astype(np.float32, copy=False), self.semantic)
+                          session.astype(np.float32, copy=False), self.semantic,
+                          self.lexical_reference)
 
     def with_semantic(self, semantic: np.ndarray) -> Candidates:
         """The same candidates with the query's cosine similarity to each row."""
         return Candidates(self.rows, self.lexical, self.personal, self.sources, self.session,
-                          semantic.astype(np.float32, copy=False))
+                          semantic.astype(np.float32, copy=False), self.lexical_reference)
 
 
 def union(
@@ -123,11 +135,13 @@ def union(
     personal_rows: np.ndarray,
     personal_scores: np.ndarray,
     personal_only_rows: np.ndarray | None = None,
+    lexical_reference: float = 0.0,
 ) -> Candidates:
     """Unite lexical hits with personalised candidates.
 
     Args:
         lexical_rows, lexical_scores: BM25 hits.
+        lexical_reference: See :attr:`Candidates.lexical_reference`.
         personal_rows, personal_scores: Rows the MF model scored for this user (used as a feature
             for any candidate found among them).
         personal_only_rows: Rows of ``personal_rows`` to add as candidates in their own right
@@ -144,7 +158,7 @@ def union(
     sources = np.zeros(rows.shape[0], dtype=np.uint8)
     sources[np.searchsorted(rows, lexical_rows)] |= Source.LEXICAL
     sources[np.searchsorted(rows, extra.astype(np.int64))] |= Source.RECALL
-    return Candidates(rows, lexical, personal, sources)
+    return Candidates(rows, lexical, personal, sources, lexical_reference=lexical_reference)
 
 
 def add_rows(c: Candidates, rows: np.ndarray, source: Source) -> Candidates:
@@ -160,13 +174,41 @@ def add_rows(c: Candidates, rows: np.ndarray, source: Source) -> Candidates:
     lexical[at], personal[at], session[at], sources[at] = c.lexical, c.personal, c.session, c.sources
     semantic[at] = c.semantic
     sources[np.searchsorted(merged, rows)] |= source
-    return Candidates(merged, lexical, personal, sources, session, semantic)
+    return Candidates(merged, lexical, personal, sources, session, semantic, c.lexical_reference)
 
 
 def scale_max(values: np.ndarray) -> np.ndarray:
     """``values / max(values)`` for non-negative scores (all zeros stay zeros)."""
     top = float(values.max()) if values.size else 0.0
     return values / top if top > 0 else np.zeros_like(values)
+
+
+def scale_lexical(c: Candidates) -> np.ndarray:
+    """BM25 scores on [0, 1]: over :attr:`Candidates.lexical_reference` (capped at 1) when it is
+    set, else over the request's best (:func:`scale_max`)."""
+    if c.lexical_reference > 0:
+        return np.minimum(c.lexical / np.float32(c.lexical_reference), 1.0).astype(np.float32)
+    return scale_max(c.lexical)
+
+
+def lexical_coverage(scores: np.ndarray, reference: float) -> float:
+    """How much of the query its best lexical hit matches: the best BM25 score over the query's
+    ideal score (:attr:`Candidates.lexical_reference`), capped at 1; 0 without hits or without an
+    ideal score."""
+    if reference <= 0 or scores.size == 0:
+        return 0.0
+    return float(min(float(scores.max()) / reference, 1.0))
+
+
+def gate_semantic(w: Weights, coverage: float, gate: float) -> Weights:
+    """The request's weights with the semantic weight lowered by how well words alone answer it:
+    ``w_semantic * (1 - gate * coverage)``. A query some title matches in full (an exact, a
+    rewritten synonym or typo query: coverage near 1) keeps its lexical order, while a described
+    need, whose words match little of any title, gets the whole semantic weight. ``gate`` 0 keeps
+    the weight constant."""
+    if gate <= 0 or coverage <= 0:
+        return w
+    return replace(w, semantic=w.semantic * (1.0 - min(gate, 1.0) * coverage))
 
 
 def scale_min_max(values: np.ndarray) -> np.ndarray:
@@ -194,7 +236,7 @@ def first_stage_parts(c: Candidates, popularity: np.ndarray, w: Weights
                       ) -> dict[str, np.ndarray]:
     """The weighted terms of :func:`first_stage` (see :data:`PARTS`)."""
     zero = np.zeros(len(c), dtype=np.float32)
-    return {"relevance": (w.relevance * scale_max(c.lexical)).astype(np.float32), "lexical": zero,
+    return {"relevance": (w.relevance * scale_lexical(c)).astype(np.float32), "lexical": zero,
             **_shared_parts(c, popularity, w)}
 
 
@@ -208,7 +250,7 @@ def blend(
 def blend_parts(c: Candidates, popularity: np.ndarray, w: Weights, relevance: np.ndarray | None
                 ) -> dict[str, np.ndarray]:
     """The weighted terms of :func:`blend` (see :data:`PARTS`)."""
-    lexical = scale_max(c.lexical)
+    lexical = scale_lexical(c)
     if relevance is None:
         rel = (w.relevance * lexical).astype(np.float32)
         lex = np.zeros(len(c), dtype=np.float32)

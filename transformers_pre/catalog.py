@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bm25s
@@ -54,6 +54,40 @@ def document_frequencies(bm25: bm25s.BM25) -> dict[str, int]:
     counts = np.diff(bm25.scores["indptr"])
     # bm25s appends an empty token "" to the vocabulary, past the last column: no item uses it.
     return {token: int(counts[i]) for token, i in bm25.vocab_dict.items() if i < len(counts)}
+
+
+def term_maxima(bm25: bm25s.BM25) -> dict[str, float]:
+    """Each token's best BM25 score over the items (its column's largest entry): what the token
+    alone can add to an item's score, the unit of :meth:`Catalog.lexical_hits`'s ideal score."""
+    indptr = np.asarray(bm25.scores["indptr"])
+    data = np.asarray(bm25.scores["data"], dtype=np.float32)
+    counts = np.diff(indptr)
+    best = np.zeros(counts.shape[0], dtype=np.float32)
+    used = counts > 0
+    if data.size:
+        best[used] = np.maximum.reduceat(data, indptr[:-1][used])
+    return {token: float(best[i]) for token, i in bm25.vocab_dict.items() if i < len(best)}
+
+
+@dataclass(frozen=True)
+class LexicalHits:
+    """BM25's answer to one query.
+
+    Attributes:
+        rows: Catalog rows with a positive score, best first.
+        scores: Their BM25 scores.
+        ideal: The query's ideal score: the sum over its (rewritten) tokens of each token's best
+            score in the catalog (:func:`term_maxima`), a token the catalog does not use counting
+            as a typical one (the median token's best score). A title holding every token of the
+            query once would score about this, so ``scores / ideal`` is the share of the query's
+            lexical evidence a title matches: close to 1 for an exact query's products, small for
+            a title that matches one filler word of a described need. 0 for a query without
+            tokens.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    ideal: float
 
 
 def write_lexical_index(folder: Path) -> None:
@@ -123,6 +157,9 @@ class Catalog:
         has_synonyms: Whether the component carried a mined synonym table (older bundles do not).
         prebuilt_index: Whether ``bm25`` came prebuilt with the component (else it was built at
             load).
+        term_best: Each catalog token's best BM25 score (:func:`term_maxima`).
+        unknown_term_score: What a query token the catalog does not use counts for in a query's
+            ideal score (the median of ``term_best``).
     """
 
     items: IdMap
@@ -138,6 +175,14 @@ class Catalog:
     manifest: Manifest | None = None
     has_synonyms: bool = False
     prebuilt_index: bool = False
+    term_best: dict[str, float] = field(default_factory=dict)
+    unknown_term_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.term_best:
+            self.term_best = term_maxima(self.bm25)
+        if not self.unknown_term_score and self.term_best:
+            self.unknown_term_score = float(np.median(list(self.term_best.values())))
 
     @classmethod
     def from_files(cls, files: CatalogFiles, manifest: Manifest | None = None,
@@ -211,7 +256,15 @@ class Catalog:
 
     def lexical(self, query: str, k: int, mask: np.ndarray | None, rewrite: bool = True
                 ) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 top-``k`` rows with a positive score, best first, within ``mask``.
+        """BM25 top-``k`` rows with a positive score, best first, within ``mask``, and their
+        scores (:meth:`lexical_hits` without the ideal score)."""
+        hits = self.lexical_hits(query, k, mask, rewrite)
+        return hits.rows, hits.scores
+
+    def lexical_hits(self, query: str, k: int, mask: np.ndarray | None, rewrite: bool = True
+                     ) -> LexicalHits:
+        """BM25 top-``k`` rows with a positive score, best first, within ``mask``, with the
+        query's ideal score (:class:`LexicalHits`).
 
         ``rewrite`` corrects spelling and maps mined synonyms to catalog terms first.
         """
@@ -219,7 +272,8 @@ class Catalog:
         if rewrite:
             tokens = self.rewriter.rewrite(tokens)
         if not tokens:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
+            return LexicalHits(np.empty(0, np.int64), np.empty(0, np.float32), 0.0)
+        ideal = sum(self.term_best.get(t, self.unknown_term_score) for t in tokens)
         scores = self.bm25.get_scores(tokens).astype(np.float32, copy=False)
         if mask is not None:
             scores = np.where(mask, scores, 0.0)
@@ -227,7 +281,7 @@ class Catalog:
         if positive.size > k:
             positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
         order = positive[np.argsort(-scores[positive], kind="stable")]
-        return order.astype(np.int64), scores[order]
+        return LexicalHits(order.astype(np.int64), scores[order], float(ideal))
 
     def popular(self, k: int, mask: np.ndarray | None) -> np.ndarray:
         """The ``k`` most popular rows within ``mask``."""

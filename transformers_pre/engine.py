@@ -227,6 +227,8 @@ class EngineConfig:
     sequence_candidates: int = 100
     semantic_candidates: int = 100
     query_rewrite: bool = True
+    lexical_scale: str = "query"
+    semantic_gate: float = 1.0
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
     max_length: int = 64
@@ -247,7 +249,9 @@ class EngineConfig:
             "rank_candidates": s.rank_candidates, "ranker_enabled": s.ranker_enabled,
             "sequence_candidates": s.sequence_candidates,
             "semantic_candidates": s.semantic_candidates,
-            "query_rewrite": s.query_rewrite, "max_length": max_length,
+            "query_rewrite": s.query_rewrite, "lexical_scale": s.lexical_scale,
+            "semantic_gate": s.semantic_gate,
+            "max_length": max_length,
             "relevance_cache_entries": (s.relevance_cache_entries
                                         if s.relevance_cache_enabled else 0),
             "ranker_max_concurrency": s.ranker_max_concurrency,
@@ -365,7 +369,7 @@ class SearchEngine:
         timings = result.stage_ms
         w = self.config.weights
         with _Timer(timings, Stage.LEXICAL):
-            lex_rows, lex_scores = self.catalog.lexical(
+            hits = self.catalog.lexical_hits(
                 req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
         mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
         session = await self._await_sequence(req, sequence_task, result)
@@ -374,7 +378,11 @@ class SearchEngine:
             if mask is not None and mf_rows.size:
                 keep = mask[mf_rows]
                 mf_rows, mf_scores = mf_rows[keep], mf_scores[keep]
-            candidates = blend.union(lex_rows, lex_scores, mf_rows, mf_scores)
+            reference = hits.ideal if self.config.lexical_scale == "query" else 0.0
+            candidates = blend.union(hits.rows, hits.scores, mf_rows, mf_scores,
+                                     lexical_reference=reference)
+            w = blend.gate_semantic(w, blend.lexical_coverage(hits.scores, reference),
+                                    self.config.semantic_gate)
         if query_vector is not None:
             assert self.semantic_index is not None
             with _Timer(timings, Stage.SEMANTIC):

@@ -259,16 +259,18 @@ def judge(
 def format_table(rows: list[tuple[str, Judged]], n_queries: int, n_personal: int) -> str:
     """The quality table as printed: all classes, the lexical and the understanding classes."""
     head = (f"| {'pipeline':<35} | NDCG@10 |  MRR  | Recall@50 | NDCG@10 lexical | "
-            f"NDCG@10 understanding | NDCG@10 personal | degraded | p50 ms |")
+            f"NDCG@10 understanding | Recall@50 understanding | NDCG@10 personal | degraded | p50 ms |")
     lines = [f"{n_queries} held-out queries ({n_personal} from users with history); lexical "
              f"classes: {', '.join(LEXICAL_KINDS)}; understanding classes: "
              f"{', '.join(UNDERSTANDING_KINDS)}", head,
              "|" + "-" * 37 + "|---------|-------|-----------|-----------------|"
-             "-----------------------|------------------|----------|--------|"]
+             "-----------------------|-------------------------|------------------|----------|"
+             "--------|"]
     for name, j in rows:
         lines.append(
             f"| {name:<35} | {j.ndcg_at_10:7.4f} | {j.mrr:.3f} | {j.recall_at_50:9.4f} | "
-            f"{j.lexical[0]:15.4f} | {j.understanding[0]:21.4f} | {j.ndcg_personal:16.4f} | "
+            f"{j.lexical[0]:15.4f} | {j.understanding[0]:21.4f} | {j.understanding[1]:23.4f} | "
+            f"{j.ndcg_personal:16.4f} | "
             f"{j.degraded_share:7.0%} | {j.p50_ms:6.1f} |")
     return "\n".join(lines)
 

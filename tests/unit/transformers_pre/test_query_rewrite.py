@@ -72,3 +72,32 @@ def test_document_frequencies_count_each_document_once(world) -> None:
     terms = {token for text in texts for token in query_tokens(text)}
     expected = {token: sum(token in set(query_tokens(t)) for t in texts) for token in terms}
     assert document_frequencies(index) == expected
+
+
+def test_the_ideal_score_is_what_a_title_with_every_query_token_scores(world) -> None:
+    from transformers_pre.catalog import build_lexical_index, term_maxima
+
+    texts = ["red cotton shirt", "blue cotton shirt", "red wool scarf", "green lamp"]
+    catalog_index = build_lexical_index(texts)
+    best = term_maxima(catalog_index)
+    for token in ("red", "cotton", "shirt", "lamp"):
+        scores = catalog_index.get_scores([token])
+        assert best[token] == pytest.approx(float(scores.max()))
+
+
+def test_lexical_hits_score_a_weak_match_of_a_long_query_low(world, tmp_path: Path) -> None:
+    world.save(tmp_path)
+    catalog = Catalog.from_files(CatalogFiles.open(tmp_path), synonyms={})
+    title = str(world.items.title[0]).lower()
+    exact = catalog.lexical_hits(title, 10, None, rewrite=False)
+    assert exact.rows[0] == 0 or world.items.title[exact.rows[0]].lower() == title
+    assert 0.6 <= exact.scores[0] / exact.ideal <= 1.5
+    # One title word among words no title uses: the best hit matches a small share of the query.
+    word = max(title.split(), key=len)
+    described = f"{word} zorblat quindle vexaroo plumbrick"
+    weak = catalog.lexical_hits(described, 10, None, rewrite=False)
+    assert weak.rows.size and weak.scores[0] / weak.ideal < 0.35
+    assert catalog.lexical_hits("", 10, None).ideal == 0.0
+    rows, scores = catalog.lexical(title, 10, None, rewrite=False)
+    np.testing.assert_array_equal(rows, exact.rows)
+    np.testing.assert_array_equal(scores, exact.scores)

@@ -59,7 +59,8 @@ def test_empty_rankings_score_zero_and_are_told_apart_by_class(dataset: Dataset)
     table = format_classes([("x", judged)], counts)
     assert f"{LEXICAL_KINDS[0]} (n={counts[LEXICAL_KINDS[0]]})" in table
     assert "1.0000 / 1.0000" in table
-    assert "NDCG@10 understanding" in format_table([("x", judged)], ids.size, 0)
+    table = format_table([("x", judged)], ids.size, 0)
+    assert "NDCG@10 understanding" in table and "Recall@50 understanding" in table
 
 
 def test_the_default_k_is_the_smallest_within_the_tolerance_of_the_largest() -> None:
