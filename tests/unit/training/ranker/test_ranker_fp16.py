@@ -16,22 +16,18 @@ from transformers import BertConfig, BertForSequenceClassification
 from bench import gpu_ranker
 from shopserve.artifacts import RANKER_COMPONENT, write_manifest
 from shopserve.protocol import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
+from tests.unit.training.ranker.tiny_bert import TINY, tiny_fused_graph
 from training.ranker import fp16
-from training.ranker.optimise import export_onnx, fuse_bert, quantize_int8
+from training.ranker.optimise import quantize_int8
 
-TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=40, num_labels=1)
 LENGTH = 16
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny cross-encoder, its fused fp32 and int8 graphs, and encoded evaluation pairs."""
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(**TINY, attn_implementation="eager")).eval()
     work = tmp_path_factory.mktemp("tiny")
-    raw = export_onnx(model, work / "raw.onnx")
-    fp32 = fuse_bert(raw, work / "model-fp32.onnx", num_heads=4, hidden_size=32)
+    model, fp32 = tiny_fused_graph(work, "model-fp32.onnx")
     int8 = quantize_int8(fp32, work / "model.onnx")
     rng = np.random.default_rng(0)
     n, lists = 90, 6

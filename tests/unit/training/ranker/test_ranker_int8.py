@@ -8,31 +8,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
-from transformers import BertConfig, BertForSequenceClassification
 
+from tests.unit.training.ranker.tiny_bert import TINY, tiny_fused_graph
 from training.ranker.optimise import (
     INT8_WEIGHT_LIMIT,
     Int8Options,
     OrtScorer,
-    export_onnx,
-    fuse_bert,
     int8_weight_abs_max,
     quantize_int8,
 )
 
-TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=40, num_labels=1)
-
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(**TINY, attn_implementation="eager")).eval()
-    work = tmp_path_factory.mktemp("int8")
-    raw = export_onnx(model, work / "raw.onnx")
-    return fuse_bert(raw, work / "fused.onnx", num_heads=4, hidden_size=32)
+    return tiny_fused_graph(tmp_path_factory.mktemp("int8"))[1]
 
 
 def test_default_int8_weights_fit_seven_bits(fused: Path, tmp_path: Path) -> None:
