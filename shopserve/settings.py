@@ -207,6 +207,10 @@ class SearchSettings(ServerSettings):
     """Longest ``recent_items`` row accepted (the model reads its newest ``sequence_length``)."""
     query_rewrite: bool = True
     """Correct spelling and map mined synonyms to catalog terms before BM25 (exact terms untouched)."""
+    query_negation: bool = True
+    """Read a negation (``sneakers not leather``, ``mug without handle``): BM25 searches the words
+    before the cue, and items whose title or attributes hold the words after it are left out of every source's
+    candidates, as a filter is."""
     lexical_scale: Literal["query", "best"] = "query"
     """How BM25 scores are brought to [0, 1] for the pre-ranking and the blend: ``query`` divides
     by the query's ideal score (what a title holding each of its tokens once would score; a token

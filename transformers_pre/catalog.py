@@ -283,6 +283,24 @@ class Catalog:
         order = positive[np.argsort(-scores[positive], kind="stable")]
         return LexicalHits(order.astype(np.int64), scores[order], float(ideal))
 
+    def rows_with_all(self, text: str, rewrite: bool = True) -> np.ndarray:
+        """Rows whose lexical text (title and attributes) holds every (rewritten) token of
+        ``text``, sorted; none when ``text`` has no token or one the catalog does not use (a
+        refused value no item holds excludes nothing)."""
+        tokens = query_tokens(text)
+        if rewrite:
+            tokens = self.rewriter.rewrite(tokens)
+        indptr = self.bm25.scores["indptr"]
+        indices = self.bm25.scores["indices"]
+        rows: np.ndarray | None = None
+        for token in dict.fromkeys(tokens):
+            column = self.bm25.vocab_dict.get(token)
+            if column is None or column + 1 >= len(indptr):
+                return np.empty(0, np.int64)
+            holding = np.asarray(indices[indptr[column]:indptr[column + 1]], dtype=np.int64)
+            rows = holding if rows is None else np.intersect1d(rows, holding, assume_unique=True)
+        return np.empty(0, np.int64) if rows is None else np.unique(rows)
+
     def popular(self, k: int, mask: np.ndarray | None) -> np.ndarray:
         """The ``k`` most popular rows within ``mask``."""
         order = self.popular_order if mask is None else self.popular_order[mask[self.popular_order]]

@@ -2,11 +2,12 @@
 
 ``SearchEngine.search`` runs, for one request row:
 
-1. filter mask (category, price range, purchases to exclude);
-2. lexical candidates (BM25) and, concurrently, personalised candidates from ``mf-recall``, the
-   query's embedding from ``query-encoder`` (semantic candidates: its nearest items in the
-   bundle's index, :mod:`transformers_pre.semantic`) and, when the shopper sent recent items, the
-   session from ``seq-recommender``;
+1. filter mask (category, price range, purchases to exclude, and what a negation in the query
+   refuses: :func:`transformers_pre.rewrite.split_negation`);
+2. lexical candidates (BM25 on the query's wanted words) and, concurrently, personalised
+   candidates from ``mf-recall``, the query's embedding from ``query-encoder`` (semantic
+   candidates: its nearest items in the bundle's index, :mod:`transformers_pre.semantic`) and,
+   when the shopper sent recent items, the session from ``seq-recommender``;
 3. the union of lexical, semantic and MF candidates, filtered, and its pre-ranking
    (:func:`transformers_pre.blend.first_stage`: lexical, semantic, personal, popularity and
    session evidence);
@@ -15,8 +16,10 @@
    the others tokenised and sent in one call, admitted only while fewer than
    ``ranker_max_concurrency`` calls are in flight (beyond it ranking is skipped at once, reason
    ``overload``);
-5. the blend of relevance, lexical and semantic evidence, personalisation, popularity and
-   session (the sequence model's score of each candidate after the recent items); top N.
+5. the blend of relevance, lexical and semantic evidence (the semantic weight lowered as far as
+   the best lexical hit covers the query: :func:`transformers_pre.blend.gate_semantic`),
+   personalisation, popularity and session (the sequence model's score of each candidate after
+   the recent items); top N.
 
 Without a query it recommends: the sequence model's next items after the recent items and MF
 candidates for a known shopper, popularity otherwise, backfilled with popular items when filters
@@ -67,6 +70,7 @@ from shopserve.text import PairEncoder, PairTokenizer
 from transformers_pre import blend
 from transformers_pre.catalog import Catalog
 from transformers_pre.relevance import ConcurrencyLimit, RelevanceCache
+from transformers_pre.rewrite import split_negation
 from transformers_pre.semantic import SemanticIndex
 from transformers_pre.session import SessionModel
 
@@ -229,6 +233,7 @@ class EngineConfig:
     query_rewrite: bool = True
     lexical_scale: str = "query"
     semantic_gate: float = 1.0
+    query_negation: bool = True
     ranker_enabled: bool = True
     weights: blend.Weights = blend.Weights()
     max_length: int = 64
@@ -250,7 +255,7 @@ class EngineConfig:
             "sequence_candidates": s.sequence_candidates,
             "semantic_candidates": s.semantic_candidates,
             "query_rewrite": s.query_rewrite, "lexical_scale": s.lexical_scale,
-            "semantic_gate": s.semantic_gate,
+            "semantic_gate": s.semantic_gate, "query_negation": s.query_negation,
             "max_length": max_length,
             "relevance_cache_entries": (s.relevance_cache_entries
                                         if s.relevance_cache_enabled else 0),
@@ -337,6 +342,7 @@ class SearchEngine:
             exclude = (self.catalog.purchased_rows(req.user_id)
                        if req.exclude_purchased and req.user_id != ANONYMOUS_USER else None)
             mask = self.catalog.filter_mask(req.category, req.min_price, req.max_price, exclude)
+            lexical_query, mask = self._negation(req.query, mask)
         tasks: list[asyncio.Future[Any]] = []
         recall_task = sequence_task = semantic_task = None
         if req.query and self.semantic is not None:
@@ -355,13 +361,28 @@ class SearchEngine:
         try:
             if not req.query:
                 return await self._recommend(req, mask, recall_task, sequence_task, result)
-            return await self._search(req, mask, recall_task, sequence_task, semantic_task,
-                                      result)
+            return await self._search(req, lexical_query, mask, recall_task, sequence_task,
+                                      semantic_task, result)
         finally:
             for task in tasks:  # only left running when a request that allows no degradation failed
                 task.cancel()
 
-    async def _search(self, req: SearchRequest, mask: np.ndarray | None,
+    def _negation(self, query: str, mask: np.ndarray | None) -> tuple[str, np.ndarray | None]:
+        """The query BM25 searches and the request's mask after its negation
+        (:func:`transformers_pre.rewrite.split_negation`): the words before the cue, and the rows
+        whose title or attributes hold the refused words left out."""
+        if not query or not self.config.query_negation:
+            return query, mask
+        negation = split_negation(query)
+        if not negation.refused:
+            return query, mask
+        refused = self.catalog.rows_with_all(negation.refused, self.config.query_rewrite)
+        if refused.size:
+            mask = np.ones(len(self.catalog), dtype=bool) if mask is None else mask.copy()
+            mask[refused] = False
+        return negation.positive, mask
+
+    async def _search(self, req: SearchRequest, lexical_query: str, mask: np.ndarray | None,
                       recall_task: asyncio.Future[Any] | None,
                       sequence_task: asyncio.Future[Any] | None,
                       semantic_task: asyncio.Future[Any] | None, result: SearchResult
@@ -370,7 +391,7 @@ class SearchEngine:
         w = self.config.weights
         with _Timer(timings, Stage.LEXICAL):
             hits = self.catalog.lexical_hits(
-                req.query, self.config.lexical_candidates, mask, self.config.query_rewrite)
+                lexical_query, self.config.lexical_candidates, mask, self.config.query_rewrite)
         mf_rows, mf_scores = await self._await_recall(req, recall_task, result)
         session = await self._await_sequence(req, sequence_task, result)
         query_vector = await self._await_semantic(req, semantic_task, result)

@@ -13,6 +13,12 @@ not in the catalog's vocabulary is rewritten:
 
 Tokens already in the vocabulary are never touched, so an exact query scores exactly as before.
 
+A negation (``sneakers not leather``, ``mug without handle``, ``jeans that aren't blue``) is split
+off first (:func:`split_negation`): BM25 drops its words as stop words and would otherwise search
+for the very thing refused. The words before the cue are the query; the catalog rows whose title
+or attributes hold every word after it are left out of the request's candidates
+(:meth:`transformers_pre.catalog.Catalog.rows_with_all`).
+
 The synonym table is learnt offline (:func:`training.synonyms.mine_synonyms`) from training queries and their
 relevance judgements, as a shop mines its click log: a query token the catalog never uses is mapped
 to the catalog term that its queries' exact matches have in common far more often than exact
@@ -24,6 +30,7 @@ the catalog itself.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +49,45 @@ TWO_EDITS_FROM = 7
 def query_tokens(text: str) -> list[str]:
     """A (normalised) text's BM25 tokens: the catalog index's tokenisation, stop words out."""
     return bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
+
+
+#: Words before a refused value, longest first where one contains another (``but not`` before
+#: ``not``). English negation of an attribute or a part, not any one source's phrasing.
+NEGATION_CUES: tuple[str, ...] = (
+    "any colour but", "any color but", "anything but", "but not", "that isn't", "that aren't",
+    "that is not", "that are not", "that doesn't have", "that don't have", "isn't", "aren't",
+    "without", "excluding", "except", "other than", "not", "no", "non",
+)  # fmt: skip
+_NEGATION = re.compile(
+    r"(?:^|\s)(" + "|".join(re.escape(c) for c in NEGATION_CUES) + r")(?:\s+|-)(\S.*)$")
+
+
+@dataclass(frozen=True)
+class Negation:
+    """A query split at its negation cue.
+
+    Attributes:
+        positive: What is wanted: the words before the cue (the whole query without a cue).
+        refused: The words after the cue ('' without a cue).
+    """
+
+    positive: str
+    refused: str = ""
+
+
+def split_negation(text: str) -> Negation:
+    """Split a normalised query at its first negation cue (:data:`NEGATION_CUES`):
+    ``kids' sneakers not teal`` -> (``kids' sneakers``, ``teal``). A query that is nothing but a
+    negation (``no plastic``) or has nothing after its cue stays whole: there is nothing to want
+    or nothing to refuse."""
+    match = _NEGATION.search(text.replace("\u2019", "'"))  # a typographic apostrophe too
+    if match is None:
+        return Negation(text)
+    positive = text[: match.start()].strip()
+    refused = match.group(2).strip()
+    if not query_tokens(positive) or not query_tokens(refused):
+        return Negation(text)
+    return Negation(positive, refused)
 
 
 def load_synonyms(folder: Path) -> dict[str, str] | None:

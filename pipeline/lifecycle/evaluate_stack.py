@@ -3,14 +3,18 @@
 The held-out queries (never seen by the ranker in training) are sent to the ``search`` transformer
 as a shopper would send them, under several configurations of the same servers:
 
-* ``BM25 alone``: plain BM25 only (no query rewriting, no semantic path, ranker off, anonymous
-  requests, no popularity prior): the baseline;
-* ``BM25 + query rewriting``: the same with spelling correction and mined synonyms;
+* ``BM25 alone``: plain BM25 only (no query rewriting or negation reading, no semantic path,
+  ranker off, anonymous requests, no popularity prior): the baseline;
+* ``BM25 + query rewriting``: the same with spelling correction, mined synonyms and negations
+  read (:func:`transformers_pre.rewrite.split_negation`);
 * ``BM25 + rewriting + semantic``: the same with the semantic path's candidates and similarity
   (what the semantic path alone adds to lexical retrieval);
 * ``BM25 + rewriting + MF``: rewritten BM25 blended with personalisation and popularity (ranker
   and semantic path off: the stack before the semantic path, without its ranker);
 * ``BM25 + rewriting + MF + semantic``: the same with the semantic path;
+* ``full pipeline before issue 14``: the default configuration before the semantic path, the
+  cascade and negation reading (BM25 and MF candidates, BERT ranker on 50, BM25 over the
+  request's best score): the figure the goals compare with, on today's queries;
 * ``full pipeline, no semantic``: BM25 and MF candidates, BERT ranker, blend;
 * ``full pipeline``: BM25, semantic and MF candidates, pre-ranking, BERT ranker on the best K,
   blend (the default configuration);
@@ -83,16 +87,22 @@ EVALUATION_BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "5000", "SEARCH_RECALL_TIMEOUT
 _NO_SEMANTIC = {"SEARCH_SEMANTIC_ENABLED": "false"}
 _SEMANTIC = {"SEARCH_SEMANTIC_ENABLED": "true"}
 _NO_RANKER = {"SEARCH_RANKER_ENABLED": "false"}
+#: The full pipeline as it was before the semantic path and the cascade: BM25 and MF candidates,
+#: BM25 over the request's best score, negations searched as words, the ranker on 50 candidates.
+_BEFORE = {**_NO_SEMANTIC, "SEARCH_RANK_CANDIDATES": "50", "SEARCH_LEXICAL_SCALE": "best",
+           "SEARCH_QUERY_NEGATION": "false"}
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("BM25 alone", {**_NO_RANKER, **_NO_SEMANTIC, "SEARCH_WEIGHT_POPULARITY": "0",
-                           "SEARCH_QUERY_REWRITE": "false"}, anonymous=True),
+                           "SEARCH_QUERY_REWRITE": "false", "SEARCH_QUERY_NEGATION": "false"},
+            anonymous=True),
     Variant("BM25 + query rewriting", {**_NO_RANKER, **_NO_SEMANTIC,
                                        "SEARCH_WEIGHT_POPULARITY": "0"}, anonymous=True),
     Variant("BM25 + rewriting + semantic", {**_NO_RANKER, **_SEMANTIC,
                                             "SEARCH_WEIGHT_POPULARITY": "0"}, anonymous=True),
     Variant("BM25 + rewriting + MF", {**_NO_RANKER, **_NO_SEMANTIC}),
     Variant("BM25 + rewriting + MF + semantic", {**_NO_RANKER, **_SEMANTIC}),
+    Variant("full pipeline before issue 14", _BEFORE),
     Variant("full pipeline, no semantic", _NO_SEMANTIC),
     Variant("full pipeline", _SEMANTIC),
     Variant("full pipeline, no personalisation", {**_SEMANTIC, "SEARCH_WEIGHT_PERSONAL": "0"}),

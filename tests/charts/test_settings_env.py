@@ -127,8 +127,8 @@ def test_values_reach_the_env_and_validate(component: str, render: Any) -> None:
             new = not value
         elif isinstance(value, int):
             new = value + 1
-        elif isinstance(value, float):
-            new = round(value + 0.25, 2)
+        elif isinstance(value, float):  # a step that stays in [0, 1] for a bounded share
+            new = round(value + 0.25 if value < 0.75 else value - 0.25, 2)
         elif key == "logLevel":
             new = "WARNING"
         elif key == "index":

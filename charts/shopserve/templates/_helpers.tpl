@@ -125,7 +125,7 @@ env `<PREFIX><UPPER_SNAKE>` -> settings field `<snake_case>`. The settings the c
 tests/charts checks both directions against shopserve.settings.
 */}}
 {{- define "shopserve.search.settingsKeys" -}}
-workers logLevel requestLogs recallTimeoutMs rankerTimeoutMs sequenceTimeoutMs upstreamRetries breakerFailures breakerCooldownMs rankerMaxConcurrency relevanceCacheEnabled relevanceCacheEntries failureLogIntervalMs lexicalCandidates recallCandidates rankCandidates sequenceCandidates sequenceEnabled semanticTimeoutMs semanticCandidates semanticEnabled maxRecentItems queryRewrite lexicalScale semanticGate rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity weightSession weightSemantic defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
+workers logLevel requestLogs recallTimeoutMs rankerTimeoutMs sequenceTimeoutMs upstreamRetries breakerFailures breakerCooldownMs rankerMaxConcurrency relevanceCacheEnabled relevanceCacheEntries failureLogIntervalMs lexicalCandidates recallCandidates rankCandidates sequenceCandidates sequenceEnabled semanticTimeoutMs semanticCandidates semanticEnabled maxRecentItems queryRewrite lexicalScale semanticGate queryNegation rankerEnabled weightRelevance weightLexical weightPersonal weightPopularity weightSession weightSemantic defaultTopN maxTopN maxQueryChars maxBatch driftWindow driftMinSamples faultDelayMs faultErrorRatio maxRequestBytes
 {{- end -}}
 {{- define "shopserve.recall.settingsKeys" -}}
 workers logLevel requestLogs index topK maxTopK maxBatch hnswM hnswEfConstruction hnswEfSearch ivfNlist ivfNprobe mipsToL2 searchThreads maxRequestBytes

@@ -31,6 +31,7 @@ from transformers_pre.engine import (
     SearchEngine,
     SearchRequest,
 )
+from transformers_pre.rewrite import query_tokens
 from transformers_pre.semantic import SemanticIndex
 
 DIM = 16
@@ -91,10 +92,11 @@ def world(tiny_bundle: Path) -> tuple[Catalog, PairTokenizer, SemanticIndex]:
     return catalog, PairTokenizer.from_dir(tokenizer_dir), semantic
 
 
-def _engine(world: tuple[Catalog, PairTokenizer, SemanticIndex], encoder: Any) -> SearchEngine:
+def _engine(world: tuple[Catalog, PairTokenizer, SemanticIndex], encoder: Any,
+            **config: Any) -> SearchEngine:
     catalog, tokenizer, semantic = world
     return SearchEngine(catalog, tokenizer, Failing(Dependency.RECALL, UpstreamTimeout("unused")),
-                        Neutral(), EngineConfig(max_length=32, semantic_candidates=10),
+                        Neutral(), EngineConfig(max_length=32, semantic_candidates=10, **config),
                         semantic=encoder, semantic_index=semantic)
 
 
@@ -153,3 +155,23 @@ def test_explanations_carry_the_semantic_term(world: Any) -> None:
     assert float(result.parts["semantic"][0]) > 0
     total = sum(result.parts[name] for name in result.parts)
     np.testing.assert_allclose(total, result.scores, atol=1e-5)
+
+
+def test_a_negation_leaves_out_what_it_refuses_from_every_source(world: Any) -> None:
+    catalog, _, semantic = world
+    target = 7
+    title = str(catalog.titles[target]).lower()
+    wanted = " ".join(query_tokens(title)[:2])
+    refused = next(w for w in query_tokens(title)[2:] if catalog.rows_with_all(w).size < len(catalog))
+    holding = set(catalog.rows_with_all(refused).tolist())
+    assert target in holding
+    # The encoder answers with the refused item itself: the semantic source must drop it too.
+    engine = _engine(world, Encoder(semantic.vectors[target]))
+    plain = asyncio.run(engine.search(SearchRequest(wanted, top_n=20)))
+    negated = asyncio.run(engine.search(SearchRequest(f"{wanted} not {refused}", top_n=20)))
+    assert holding & set(plain.rows.tolist())
+    assert negated.rows.size and not holding & set(negated.rows.tolist())
+    assert negated.degraded == []
+    off = _engine(world, Encoder(semantic.vectors[target]), query_negation=False)
+    kept = asyncio.run(off.search(SearchRequest(f"{wanted} not {refused}", top_n=20)))
+    assert holding & set(kept.rows.tolist())  # off: the refused word is searched like any other

@@ -11,7 +11,7 @@ import pytest
 from shopserve.catalog_files import CatalogFiles
 from training.data.generator import GeneratorConfig, generate
 from transformers_pre.catalog import Catalog
-from transformers_pre.rewrite import QueryRewriter
+from transformers_pre.rewrite import Negation, QueryRewriter, query_tokens, split_negation
 
 FREQUENCIES = {"red": 40, "read": 2, "jacket": 30, "jackets": 5, "sneakers": 20, "navy": 10}
 
@@ -101,3 +101,38 @@ def test_lexical_hits_score_a_weak_match_of_a_long_query_low(world, tmp_path: Pa
     rows, scores = catalog.lexical(title, 10, None, rewrite=False)
     np.testing.assert_array_equal(rows, exact.rows)
     np.testing.assert_array_equal(scores, exact.scores)
+
+
+@pytest.mark.parametrize(("query", "positive", "refused"), [
+    ("kids' sneakers not teal", "kids' sneakers", "teal"),
+    ("jeans but not blue", "jeans", "blue"),
+    ("mug that isn't porcelain", "mug", "porcelain"),
+    ("mug that isn\u2019t porcelain", "mug", "porcelain"),
+    ("sneakers that aren't leather", "sneakers", "leather"),
+    ("phone case any colour but olive", "phone case", "olive"),
+    ("headphones without carbon fibre", "headphones", "carbon fibre"),
+    ("lamp no plastic", "lamp", "plastic"),
+    ("no plastic", "no plastic", ""),  # nothing wanted: kept whole
+    ("sneakers not", "sneakers not", ""),  # nothing refused
+    ("nokia phone case", "nokia phone case", ""),  # a cue inside a word is not a cue
+    ("shoes for running in the rain", "shoes for running in the rain", ""),
+])
+def test_split_negation(query: str, positive: str, refused: str) -> None:
+    assert split_negation(query) == Negation(positive, refused)
+
+
+def test_rows_with_all_finds_the_items_holding_every_refused_word(world, tmp_path: Path) -> None:
+    world.save(tmp_path)
+    catalog = Catalog.from_files(CatalogFiles.open(tmp_path), synonyms={})
+    colour = str(world.items.colour[0]).lower()
+    material = str(world.items.material[0]).lower()
+    texts = [set(query_tokens(str(t))) for t in CatalogFiles.open(tmp_path).item_text()]
+
+    def holding(*words: str) -> list[int]:
+        return [i for i, t in enumerate(texts) if all(w in t for w in words)]
+
+    assert catalog.rows_with_all(colour, rewrite=False).tolist() == holding(colour)
+    both = catalog.rows_with_all(f"{colour} {material}", rewrite=False).tolist()
+    assert both == holding(colour, *query_tokens(material)) and 0 in both
+    assert catalog.rows_with_all("zorblat", rewrite=False).size == 0  # no item holds it
+    assert catalog.rows_with_all("", rewrite=False).size == 0
