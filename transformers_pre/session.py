@@ -113,6 +113,8 @@ class SessionModel:
         """The model's score of each catalog row after ``session`` (nan for rows it does not
         know)."""
         indices = self.index_of_row[rows]
-        out = (self.embeddings[indices] @ session.astype(np.float32)).astype(np.float32)
+        # einsum, not BLAS: see SemanticIndex.similarity (BLAS threads spin on the ranker's cores).
+        out = np.einsum("ij,j->i", self.embeddings[indices],
+                        session.astype(np.float32)).astype(np.float32, copy=False)
         out[indices == 0] = np.nan
         return out
