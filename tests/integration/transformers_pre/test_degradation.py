@@ -117,6 +117,10 @@ def _start_search(bundle: Path, log: Path, recall_host: str, ranker_host: str,
         # answer without it), and read each degraded answer's error in the log (not summarised
         # per interval): the cache and the summary are tested in test_cache_and_overload.py.
         "SEARCH_RELEVANCE_CACHE_ENABLED": "false", "SEARCH_FAILURE_LOG_INTERVAL_MS": "1",
+        # The local ranker's Triton serves the query encoder too, so a ranker killed or slowed
+        # here would take the semantic path with it: these tests count the ranker's and recall's
+        # degradations alone (the semantic path's own are in test_semantic_stack.py).
+        "SEARCH_SEMANTIC_ENABLED": "false",
         **env})
 
 

@@ -75,6 +75,8 @@ def _start_search(bundle: Path, log: Path, recall: Server, ranker: Server) -> Se
     return start_server(
         "transformers_pre",
         {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
+         # The ranker launcher serves the bundle's query encoder beside the ranker.
+         "SEARCH_SEMANTIC_HOST": ranker.grpc_address,
          # Generous budgets: the test machine is small and shared.
          "SEARCH_RANKER_TIMEOUT_MS": "3000", "SEARCH_RECALL_TIMEOUT_MS": "2000",
          # A few requests suffice for the drift gauges to appear.

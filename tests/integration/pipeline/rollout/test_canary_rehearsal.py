@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 #: Generous upstream budgets: the test machine is small and shared, and a degraded answer is not
 #: what these tests are about.
-BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "10000", "SEARCH_RECALL_TIMEOUT_MS": "5000"}
+BUDGETS = {"SEARCH_RANKER_TIMEOUT_MS": "10000", "SEARCH_RECALL_TIMEOUT_MS": "5000",
+           "SEARCH_SEMANTIC_TIMEOUT_MS": "5000"}
 #: An SLO a healthy tiny stack meets even on a 2-core machine that other test runs keep busy
 #: (p95 went past a second there), and a canary slowed by SLOW_MS does not.
 SLO = "p95_ms=3000,p99_ms=5000,max_failure_ratio=0,max_degraded_ratio=0.05"
@@ -55,7 +56,9 @@ def _search(bundle: Path, logs: Path, name: str, recall: Server, ranker: Server,
     return start_server(
         "transformers_pre",
         {"SEARCH_BUNDLE_DIR": str(bundle), "SEARCH_RECALL_HOST": recall.grpc_address,
-         "SEARCH_RANKER_HOST": ranker.grpc_address, "SEARCH_HTTP_PORT": str(http),
+         "SEARCH_RANKER_HOST": ranker.grpc_address,
+         # The ranker launcher serves the bundle's query encoder beside the ranker.
+         "SEARCH_SEMANTIC_HOST": ranker.grpc_address, "SEARCH_HTTP_PORT": str(http),
          "SEARCH_GRPC_PORT": str(grpc), **BUDGETS, **extra},
         logs / f"{name}.log", http_port=http, grpc_port=grpc,
     )
