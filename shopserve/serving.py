@@ -307,25 +307,41 @@ class _PerRequestRecords(logging.Filter):
 _PER_REQUEST_FILTER = _PerRequestRecords()
 
 
+class _UpstreamFailureRecords(logging.Filter):
+    """Drops KServe's ``InferenceGRPCClient`` record of a failed call (``Failed to infer: ...`` at
+    ERROR on ``kserve.trace``, a traceback for every timed-out or refused upstream call). The
+    caller accounts for each failure itself (the transformer's degraded answers: the first in full,
+    then counts per interval), so under overload this would be the one line per request left."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to infer")
+
+
+_UPSTREAM_FAILURE_FILTER = _UpstreamFailureRecords()
+
+
 def request_logging(enabled: bool) -> None:
     """Turn the servers' per-request log lines on or off, through KServe's and uvicorn's loggers.
 
     KServe has an option for only one of them (``enable_latency_logging``, the model latency line);
     its REST ``TimingMiddleware`` writes to the ``kserve.trace`` logger on every request whatever
-    the options, uvicorn's access log to ``uvicorn.access``, and its gRPC interceptor a line to
-    ``kserve``. Off, the two per-request loggers log only warnings and above and the gRPC line is
-    filtered out; the other records of ``kserve`` (start-up, errors) are untouched. On, the
+    the options, uvicorn's access log to ``uvicorn.access``, its gRPC interceptor a line to
+    ``kserve``, and its gRPC client a traceback to ``kserve.trace`` for every failed upstream call.
+    Off, the two per-request loggers log only warnings and above, and the gRPC line and the client's
+    failure records are filtered out (the transformer logs its degraded answers itself, summarised
+    per interval); the other records of ``kserve`` (start-up, errors) are untouched. On, the
     per-request loggers log at INFO. Idempotent; called again in every REST worker, after KServe
     configured logging there.
     """
     level = logging.INFO if enabled else logging.WARNING
     for name in PER_REQUEST_LOGGERS:
         logging.getLogger(name).setLevel(level)
-    kserve_logger = logging.getLogger("kserve")
-    if enabled:
-        kserve_logger.removeFilter(_PER_REQUEST_FILTER)
-    elif _PER_REQUEST_FILTER not in kserve_logger.filters:
-        kserve_logger.addFilter(_PER_REQUEST_FILTER)
+    for logger, quiet in ((logging.getLogger("kserve"), _PER_REQUEST_FILTER),
+                          (logging.getLogger("kserve.trace"), _UPSTREAM_FAILURE_FILTER)):
+        if enabled:
+            logger.removeFilter(quiet)
+        elif quiet not in logger.filters:
+            logger.addFilter(quiet)
 
 
 def _install_event_loop(event_loop: str) -> None:

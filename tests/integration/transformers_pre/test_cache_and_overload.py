@@ -75,7 +75,11 @@ def search(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                   "SEARCH_RECALL_TIMEOUT_MS": str(RANKER_TIMEOUT_MS),
                                   "SEARCH_RANK_CANDIDATES": str(RANK_CANDIDATES),
                                   "SEARCH_RELEVANCE_CACHE_ENABLED": "true",
-                                  "SEARCH_RANKER_MAX_CONCURRENCY": "1"})
+                                  "SEARCH_RANKER_MAX_CONCURRENCY": "1",
+                                  # The ranker's admission alone: a strict request beyond the
+                                  # limit is a 503, never the query encoder's late 504 (the
+                                  # local Triton serves both on these 2 cores).
+                                  "SEARCH_SEMANTIC_ENABLED": "false"})
         started.append(server)
         yield server
     finally:

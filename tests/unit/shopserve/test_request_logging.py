@@ -28,6 +28,7 @@ logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5
 logger.info("grpc method: /inference.GRPCInferenceService/ModelInfer")  # gRPC interceptor
 logger.info("Registering model: search")                                 # not per request
 trace_logger.warning("a trace warning")
+trace_logger.error("Failed to infer: %s", "DEADLINE_EXCEEDED")          # gRPC client, a failed call
 """
 
 
@@ -41,7 +42,7 @@ def _lines(enabled: bool) -> str:
 def test_per_request_lines_are_off_and_the_rest_stays() -> None:
     out = _lines(False)
     for per_request in ("kserve.io.infer", "requestId: r1", "/v2/models/search/infer",
-                        "grpc method:"):
+                        "grpc method:", "Failed to infer"):
         assert per_request not in out
     assert "Registering model: search" in out and "a trace warning" in out
 
@@ -52,6 +53,6 @@ def enabled() -> str:
 
 
 @pytest.mark.parametrize("line", ["kserve.io.infer", "requestId: r1", "/v2/models/search/infer",
-                                  "grpc method:", "Registering model: search"])
+                                  "grpc method:", "Registering model: search", "Failed to infer"])
 def test_the_setting_turns_them_on(enabled: str, line: str) -> None:
     assert line in enabled
