@@ -1,10 +1,12 @@
 """Offered load beyond the ranker's capacity: what still gets ranked, what degrades and why.
 
-For each configuration (:data:`bench.serving_load.CONFIGS`: ``today`` with the relevance cache off
-and no admission limit, ``new`` with the defaults) it starts the local stack on a bundle, then:
+For each configuration (:data:`bench.serving_load.CONFIGS`: ``today`` with the relevance cache off,
+no admission limit and the search before the cascade, ``new`` with the defaults) it starts the
+local stack on a bundle, then:
 
 1. measures the ranker's **direct capacity**: the transformer's own ranker batches (the held-out
-   queries with the titles of the 50 candidates search ranks for each, tokenised here) scored on
+   queries with the titles of the K candidates the configuration's search ranks for each, K its
+   ``SEARCH_RANK_CANDIDATES``, tokenised here) scored on
    Triton over v2 gRPC by 1, 2 and 4 closed-loop clients for ``--capacity-seconds`` each; the
    capacity is the best rate, in ranker calls (= searches) per second;
 2. offers searches (no recommendations: every request needs the ranker) on the tail-heavy query
@@ -43,14 +45,19 @@ from shopserve.settings import SearchSettings
 from shopserve.text import PairTokenizer
 from training.data.generator import Dataset, split_queries
 
-SHORTLIST = 50
 HEADER = ("| config | offered | offered req/s | achieved req/s | ranked req/s | ranked / capacity "
           "| degraded (by reason) | p50 ms | p99 ms | failures | cache hits | pairs / search "
           "| Triton requests / execution |")
 
 
-def ranker_batches(bundle: Path, search_url: str, n: int) -> list[dict]:
-    """The ranker batches the transformer sends for ``n`` held-out queries."""
+def shortlist(config: str) -> int:
+    """Candidates ``config``'s search has the ranker score (the cascade's K)."""
+    return int(CONFIGS[config].get("SEARCH_RANK_CANDIDATES", SearchSettings().rank_candidates))
+
+
+def ranker_batches(bundle: Path, search_url: str, n: int, pairs: int) -> list[dict]:
+    """The ranker batches of ``pairs`` candidates the transformer sends for ``n`` held-out
+    queries."""
     dataset = Dataset.load(bundle / CATALOG_COMPONENT)
     ranker = read_manifest(bundle / RANKER_COMPONENT)
     build = ranker.params.get("build", {})
@@ -63,7 +70,7 @@ def ranker_batches(bundle: Path, search_url: str, n: int) -> list[dict]:
         "parameters": {TOP_N: 10}} for t in texts]
     tokenizer = PairTokenizer.from_dir(bundle / RANKER_COMPONENT / RANKER_TOKENIZER_DIR)
     _, batches = candidate_batches(search_url, bodies, texts, tokenizer,
-                                   int(ranker.params[MAX_SEQUENCE_LENGTH]), SHORTLIST)
+                                   int(ranker.params[MAX_SEQUENCE_LENGTH]), pairs)
     return batches
 
 
@@ -117,15 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [machine_line(), f"{len(os.sched_getaffinity(0))} CPUs for locust and every server",
              "", HEADER, "| " + " | ".join("---" for _ in HEADER.split("|")[1:-1]) + " |"]
     notes: list[str] = []
-    batches: list[dict] | None = None
     for config in args.configs.split(","):
         with configured_stack(args.bundle, config, args.work) as stack:
             url, ranker_http = stack.url, stack.ranker_http
-            if batches is None:
-                batches = ranker_batches(args.bundle, url, args.queries)
+            pairs = shortlist(config)
+            batches = ranker_batches(args.bundle, url, args.queries, pairs)
             capacity, detail = direct_capacity(stack.ranker_grpc, batches, args.capacity_seconds)
             notes.append(f"{config}: ranker direct capacity {capacity:.1f} calls/s of "
-                         f"{SHORTLIST} pairs ({detail})")
+                         f"{pairs} pairs ({detail})")
             print(notes[-1], file=sys.stderr)
             offer(url, ranker_http, args.bundle, args.work, f"{config}-warmup", capacity,
                   10.0, args.rate_per_user, ("--recommend-share", "0"))

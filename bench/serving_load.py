@@ -40,9 +40,14 @@ from pipeline.supervisor import Stack
 from shopserve import metric_names
 from shopserve.protocol import RANKER_MODEL
 
-#: The search settings of each configuration compared (environment of the transformer).
+#: The search settings of each configuration compared (environment of the transformer): ``today``
+#: is the search as it was before the relevance cache, the admission limit and the cascade (the
+#: ranker on 50 candidates of BM25 and MF, no semantic path, BM25 over the request's best score,
+#: negations searched as words); ``new`` the defaults.
 CONFIGS: Mapping[str, Mapping[str, str]] = {
-    "today": {"SEARCH_RELEVANCE_CACHE_ENABLED": "false", "SEARCH_RANKER_MAX_CONCURRENCY": "0"},
+    "today": {"SEARCH_RELEVANCE_CACHE_ENABLED": "false", "SEARCH_RANKER_MAX_CONCURRENCY": "0",
+              "SEARCH_RANK_CANDIDATES": "50", "SEARCH_SEMANTIC_ENABLED": "false",
+              "SEARCH_LEXICAL_SCALE": "best", "SEARCH_QUERY_NEGATION": "false"},
     "new": {},
 }
 
