@@ -1,19 +1,19 @@
 """The highest steady rate the local stack serves with p99 <= 150 ms, no failures and <= 1% degraded.
 
-For each configuration compared (:data:`bench.serving_load.CONFIGS`: ``today``, the relevance
-cache off and no ranker admission limit, and ``new``, the defaults), in one run: starts the stack
-on a bundle (``artifacts/demo``) on free ports, then offers steady rates in increasing order, each
-``--repeats`` times for ``--seconds``, with locust (:mod:`loadtest.locustfile`: the v2 traffic mix
-of the bundle's query log with its long tail of queries seen once, :mod:`loadtest.tail`). The
-offered rate is known: ``users x --rate-per-user`` requests per second, each user at constant
-throughput (a user waits out the rest of its period after each answer; with p99 far under the
-period, it never falls behind). A rate meets the objective when the median p99 of its runs is
-within it, no run failed a request and the median degraded share is at most 1% (an unranked
-answer is not the answer the objective is about). After the first rate that misses, it bisects
-between the last rate that met it and that one, down to ``--resolution`` req/s, and reports the
-highest rate that met it. Each row also shows what the servers counted: the share of searches
-ranked, pairs scored per search, the relevance cache's hit ratio. A benchmark, not a test: run it
-on a quiet machine (``make bench-load``).
+For each configuration compared (:data:`bench.serving_load.CONFIGS`: ``today``, the relevance cache
+off, no ranker admission limit and the search before the cascade, and ``new``, the defaults), in
+one run: starts the stack on a bundle (``artifacts/demo``) on free ports, then offers steady rates
+in increasing order, each ``--repeats`` times for ``--seconds``, with locust
+(:mod:`loadtest.locustfile`: the v2 traffic mix of the bundle's query log with its long tail of
+queries seen once, :mod:`loadtest.tail`). The offered rate is known: ``users x --rate-per-user``
+requests per second, each user at constant throughput (a user waits out the rest of its period
+after each answer; with p99 far under the period, it never falls behind). A rate meets the
+objective when the median p99 of its runs is within it, no run failed a request and the median
+degraded share is at most 1% (an unranked answer is not the answer the objective is about). After
+the first rate that misses, it bisects between the last rate that met it and that one, down to
+``--resolution`` req/s, and reports the highest rate that met it. Each row also shows what the
+servers counted: the share of searches ranked, pairs scored per search, the relevance cache's hit
+ratio. A benchmark, not a test: run it on a quiet machine (``make bench-load``).
 
     python -m bench.load --bundle artifacts/demo --out bench/results/load.md
 """
