@@ -697,9 +697,17 @@ class TritonServer(LocalServer):
         base = f"http://{self.http_url}/v2/repository/models/{model}"
         self._repository_call(f"{base}/unload", 30.0, model)
         ready_url = f"http://{self.http_url}/v2/models/{model}/ready"
-        deadline = time.monotonic() + NOT_READY_WAIT_S
-        while http_call(ready_url, timeout_s=1.0)[0] == 200 and time.monotonic() < deadline:
+        unloaded = time.monotonic()
+        # Readiness must have turned false (a 200, or no answer, is waited out) before the load.
+        while (status := http_call(ready_url, timeout_s=1.0)[0]) in (200, None) \
+                and time.monotonic() < unloaded + NOT_READY_WAIT_S:
             time.sleep(0.01)
+        took = time.monotonic() - unloaded
+        if status in (200, None):
+            log.warning("%s readiness answered %s %.1f s after its unload; loading it anyway",
+                        model, status, took)
+        else:
+            log.info("%s not ready (%d) %.2f s after its unload", model, status, took)
         deadline = time.monotonic() + wait_unload_s
         while time.monotonic() < deadline and not self._unloaded(model):
             time.sleep(0.02)

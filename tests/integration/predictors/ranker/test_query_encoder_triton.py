@@ -124,7 +124,6 @@ if __name__ == "__main__":
 
 from tests.servers import (  # noqa: E402 - not needed by the child above
     ROOT,
-    ReadinessWatch,
     Server,
     free_port,
     http_call,
@@ -308,20 +307,17 @@ def test_a_killed_model_process_goes_not_ready_and_comes_back_with_the_same_answ
     ranker_stubs = {p.pid for p in model_stubs(triton, RANKER_MODEL)}
     stubs = model_stubs(triton, QUERY_ENCODER_MODEL)
     assert len(stubs) == 1, stubs
-    with ReadinessWatch(triton, QUERY_ENCODER_MODEL) as watch:
-        stubs[0].kill()  # SIGKILL, as a crash or the OOM killer would
-        killed = time.monotonic()
-        failed = False
-        while time.monotonic() - killed < RECOVERY_DEADLINE_S:
-            status, after = _infer(triton, one)
-            if status == 200 and failed:
-                break
-            failed = failed or status != 200
-            time.sleep(0.02)
-        time.sleep(0.1)
+    stubs[0].kill()  # SIGKILL, as a crash or the OOM killer would
+    killed = time.monotonic()
+    failed = False
+    while time.monotonic() - killed < RECOVERY_DEADLINE_S:
+        status, after = _infer(triton, one)
+        if status == 200 and failed:
+            break
+        failed = failed or status != 200
+        time.sleep(0.02)
     assert failed, "no inference failed after the stub was killed"
     assert status == 200, f"not recovered within {RECOVERY_DEADLINE_S:.0f}s: {after!r}"
-    assert watch.went_not_ready(f"/v2/models/{QUERY_ENCODER_MODEL}/ready"), watch.seen
     np.testing.assert_array_equal(after, before)
     new = model_stubs(triton, QUERY_ENCODER_MODEL)
     assert len(new) == 1 and new[0].pid != stubs[0].pid
@@ -332,4 +328,8 @@ def test_a_killed_model_process_goes_not_ready_and_comes_back_with_the_same_answ
         time.sleep(0.1)
     log = triton.log()
     assert f"{QUERY_ENCODER_MODEL} cannot answer" in log, log[-3000:]
+    # Readiness told the truth while the model was reloaded, as the watchdog saw it over HTTP (the
+    # reload of this small model takes ~0.4 s; a test thread sampling /ready can miss it on a
+    # loaded machine, and once did in CI).
+    assert f"{QUERY_ENCODER_MODEL} not ready (400)" in log, log[-3000:]
     assert f"{QUERY_ENCODER_MODEL} answers again" in log, log[-3000:]
