@@ -113,20 +113,19 @@ class Candidates:
 
     def take(self, keep: np.ndarray) -> Candidates:
         """The subset selected by a boolean mask or index array."""
-        return Candidates(self.rows[keep], self.lexical[keep], self.personal[keep],
-                          self.sources[keep], self.session[keep], self.semantic[keep],
-                          self.lexical_reference)
+        return replace(self, **{name: getattr(self, name)[keep] for name in ROW_FIELDS})
 
     def with_session(self, session: np.ndarray) -> Candidates:
         """The same candidates with raw sequence-model scores per row."""
-        return Candidates(self.rows, self.lexical, self.personal, self.sources,
-                          session.astype(np.float32, copy=False), self.semantic,
-                          self.lexical_reference)
+        return replace(self, session=session.astype(np.float32, copy=False))
 
     def with_semantic(self, semantic: np.ndarray) -> Candidates:
         """The same candidates with the query's cosine similarity to each row."""
-        return Candidates(self.rows, self.lexical, self.personal, self.sources, self.session,
-                          semantic.astype(np.float32, copy=False), self.lexical_reference)
+        return replace(self, semantic=semantic.astype(np.float32, copy=False))
+
+
+#: The fields of :class:`Candidates` that hold one value per row.
+ROW_FIELDS = ("rows", "lexical", "personal", "sources", "session", "semantic")
 
 
 def union(

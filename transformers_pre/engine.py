@@ -341,8 +341,10 @@ class SearchEngine:
         with _Timer(timings, Stage.FILTER):
             exclude = (self.catalog.purchased_rows(req.user_id)
                        if req.exclude_purchased and req.user_id != ANONYMOUS_USER else None)
+            lexical_query, refused = self._negation(req.query)
+            if refused is not None:
+                exclude = refused if exclude is None else np.union1d(exclude, refused)
             mask = self.catalog.filter_mask(req.category, req.min_price, req.max_price, exclude)
-            lexical_query, mask = self._negation(req.query, mask)
         tasks: list[asyncio.Future[Any]] = []
         recall_task = sequence_task = semantic_task = None
         if req.query and self.semantic is not None:
@@ -367,20 +369,17 @@ class SearchEngine:
             for task in tasks:  # only left running when a request that allows no degradation failed
                 task.cancel()
 
-    def _negation(self, query: str, mask: np.ndarray | None) -> tuple[str, np.ndarray | None]:
-        """The query BM25 searches and the request's mask after its negation
+    def _negation(self, query: str) -> tuple[str, np.ndarray | None]:
+        """The query BM25 searches and the rows the query's negation refuses
         (:func:`transformers_pre.rewrite.split_negation`): the words before the cue, and the rows
-        whose title or attributes hold the refused words left out."""
+        whose title or attributes hold the refused words (None when it refuses nothing)."""
         if not query or not self.config.query_negation:
-            return query, mask
+            return query, None
         negation = split_negation(query)
         if not negation.refused:
-            return query, mask
-        refused = self.catalog.rows_with_all(negation.refused, self.config.query_rewrite)
-        if refused.size:
-            mask = np.ones(len(self.catalog), dtype=bool) if mask is None else mask.copy()
-            mask[refused] = False
-        return negation.positive, mask
+            return query, None
+        return negation.positive, self.catalog.rows_with_all(negation.refused,
+                                                             self.config.query_rewrite)
 
     async def _search(self, req: SearchRequest, lexical_query: str, mask: np.ndarray | None,
                       recall_task: asyncio.Future[Any] | None,
