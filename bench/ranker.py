@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,12 +36,14 @@ import onnxruntime as ort
 import torch
 from transformers.utils import logging as hf_logging
 
+from pipeline.observe.harness import cpu_model
 from pipeline.supervisor import free_port
 from predictors.ranker.server import RankerSettings, TritonServer
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
 from shopserve.text import PairTokenizer
 from training.data.generator import GeneratorConfig, generate
 from training.ranker.build import (
+    SELECTION_RULE,
     BuildResult,
     RankerBuildConfig,
     Row,
@@ -134,16 +135,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per row (median taken)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every runtime")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton row")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the ranker build (split, sampling, training); the data stay")
     parser.add_argument("--out", type=Path, default=None, help="markdown output file")
     args = parser.parse_args()
 
-    config = RankerBuildConfig.tiny() if args.quick else RankerBuildConfig.demo()
+    config = (RankerBuildConfig.tiny if args.quick else RankerBuildConfig.demo)(seed=args.seed)
     # Every variant, not only up to the first that passes the guard: this compares them all.
     config = replace(config, evaluate_every_variant=True)
     data = GeneratorConfig.tiny() if args.quick else GeneratorConfig.demo()
     requests_n = 6 if args.quick else args.requests
     repeats = 1 if args.quick else args.repeats
-    out = args.out or RESULTS / ("ranker-quick.md" if args.quick else "ranker.md")
+    suffix = "-quick" if args.quick else ""
+    out = args.out or RESULTS / f"ranker{suffix}{f'-seed{args.seed}' if args.seed else ''}.md"
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # the new head's "MISSING weights" report is expected
     hf_logging.disable_progress_bar()
@@ -224,16 +228,17 @@ def main() -> None:
         f"# Ranker benchmark ({'quick' if args.quick else 'demo'})",
         "",
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
-        f"- machine: {platform.processor() or platform.machine()}, {args.threads} threads "
-        f"(torch {torch.__version__}, onnxruntime {ort.__version__})",
+        f"- CPU: {cpu_model()}; {args.threads} threads (torch {torch.__version__}, onnxruntime "
+        f"{ort.__version__})",
+        f"- build seed: {args.seed} (split, sampling and training; the data set is the demo's)",
         f"- data: {len(dataset.items)} items, {result.data['train_queries']} train / "
         f"{result.data['eval_queries']} held-out queries, {result.data['train_pairs']} train "
         f"pairs; max sequence length {result.max_length} (p99.5 of pair lengths; p50 "
         f"{result.data['pair_length_p50']:.0f})",
         f"- build (train, optimise, evaluate): {build_s:.0f} s; "
         f"{requests_n} requests x {PAIRS_PER_REQUEST} pairs, median of {repeats} runs",
-        f"- packaged variant: `{chosen}` (fastest within {config.max_ndcg_drop:.0%} NDCG@10 of "
-        "fp32 6 layers)",
+        f"- packaged variant: `{chosen}` ({SELECTION_RULE}; guard {config.max_ndcg_drop:.0%} "
+        "NDCG@10 against fp32 6 layers)",
     ]
     text = "\n".join([
         *header_lines, "", "## Speed (50 pairs per request)", "", speed_table, "",

@@ -92,9 +92,15 @@ def test_hidden_state_distillation_runs_and_pulls_towards_the_teacher(tiny, toke
 
 
 @pytest.mark.parametrize(("keep", "total", "expected"),
-                         [([0, 2, 4], 6, [2, 4, 6]), ([0, 1, 2, 3], 6, [1, 2, 3, 6]), ([0], 2, [2])])
+                         [([0, 2, 4], 6, [2, 4, 6]), ([0, 1, 2, 3], 6, [1, 2, 4, 6]), ([0], 2, [2]),
+                          ([0, 1], 6, [3, 6]), ([0, 1, 2], 3, [1, 2, 3])])
 def test_hidden_targets(keep: list[int], total: int, expected: list[int]) -> None:
     assert hidden_targets(keep, total) == expected
+
+
+def test_hidden_targets_need_a_smaller_student() -> None:
+    with pytest.raises(ValueError, match="3 layers from a teacher of 2"):
+        hidden_targets([0, 1, 2], 2)
 
 
 def test_no_pairs_is_an_error(tiny, tokenizer) -> None:
