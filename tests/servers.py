@@ -16,12 +16,15 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 from pipeline.supervisor import LOOPBACK, free_port
 from shopserve.process import ChildProcess
 from shopserve.protocol import SEARCH_MODEL
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,6 +198,20 @@ def model_stubs(server: Server, model: str) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return found
+
+
+def call_until_recovered(call: Callable[[], tuple[int | None, T]], deadline_s: float
+                         ) -> tuple[int | None, T, bool]:
+    """Call every 20 ms until a call answers 200 after one did not, or ``deadline_s`` passes (a
+    killed model process recovering): the last status and body, and whether a call failed."""
+    started = time.monotonic()
+    failed = False
+    while True:
+        status, body = call()
+        if status == 200 and failed or time.monotonic() - started >= deadline_s:
+            return status, body, failed
+        failed = failed or status != 200
+        time.sleep(0.02)
 
 
 class ReadinessWatch:

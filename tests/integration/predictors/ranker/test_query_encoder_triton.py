@@ -125,6 +125,7 @@ if __name__ == "__main__":
 from tests.servers import (  # noqa: E402 - not needed by the child above
     ROOT,
     Server,
+    call_until_recovered,
     free_port,
     http_call,
     model_stubs,
@@ -308,14 +309,7 @@ def test_a_killed_model_process_goes_not_ready_and_comes_back_with_the_same_answ
     stubs = model_stubs(triton, QUERY_ENCODER_MODEL)
     assert len(stubs) == 1, stubs
     stubs[0].kill()  # SIGKILL, as a crash or the OOM killer would
-    killed = time.monotonic()
-    failed = False
-    while time.monotonic() - killed < RECOVERY_DEADLINE_S:
-        status, after = _infer(triton, one)
-        if status == 200 and failed:
-            break
-        failed = failed or status != 200
-        time.sleep(0.02)
+    status, after, failed = call_until_recovered(lambda: _infer(triton, one), RECOVERY_DEADLINE_S)
     assert failed, "no inference failed after the stub was killed"
     assert status == 200, f"not recovered within {RECOVERY_DEADLINE_S:.0f}s: {after!r}"
     np.testing.assert_array_equal(after, before)

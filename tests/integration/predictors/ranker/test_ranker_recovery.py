@@ -21,7 +21,15 @@ import pytest
 from predictors.ranker.triton_repo import TOKENIZER_DIR, read_config
 from shopserve.protocol import RANKER, RANKER_MODEL, SCORE
 from shopserve.text import PairTokenizer
-from tests.servers import ReadinessWatch, Server, free_port, http_call, model_stubs, start_server
+from tests.servers import (
+    ReadinessWatch,
+    Server,
+    call_until_recovered,
+    free_port,
+    http_call,
+    model_stubs,
+    start_server,
+)
 from training.ranker.pairs import encode_pairs
 
 pytestmark = pytest.mark.integration
@@ -89,13 +97,7 @@ def _kill_stub_and_wait(server: Server, body: bytes) -> tuple[float, bool, Readi
     with ReadinessWatch(server, RANKER_MODEL) as watch:
         stubs[0].kill()
         killed = time.monotonic()
-        failed = False
-        while time.monotonic() - killed < RECOVERY_DEADLINE_S:
-            status, _ = _scores(server, body)
-            if status == 200 and failed:
-                break
-            failed = failed or status != 200
-            time.sleep(0.02)
+        _, _, failed = call_until_recovered(lambda: _scores(server, body), RECOVERY_DEADLINE_S)
         took = time.monotonic() - killed
         time.sleep(0.1)
     return took, failed, watch

@@ -36,6 +36,7 @@ from tests.servers import (
     ROOT,
     ReadinessWatch,
     Server,
+    call_until_recovered,
     free_port,
     http_call,
     model_stubs,
@@ -213,14 +214,8 @@ def test_a_killed_model_process_goes_not_ready_and_comes_back_with_the_same_answ
     assert len(stubs) == 1, stubs
     with ReadinessWatch(triton, SEQUENCE_MODEL) as watch:
         stubs[0].kill()  # SIGKILL, as a crash or the OOM killer would
-        killed = time.monotonic()
-        failed = False
-        while time.monotonic() - killed < RECOVERY_DEADLINE_S:
-            status, after = _infer(triton, sessions)
-            if status == 200 and failed:
-                break
-            failed = failed or status != 200
-            time.sleep(0.02)
+        status, after, failed = call_until_recovered(lambda: _infer(triton, sessions),
+                                                     RECOVERY_DEADLINE_S)
         time.sleep(0.1)
     assert failed, "no inference failed after the stub was killed"
     assert status == 200, f"not recovered within {RECOVERY_DEADLINE_S:.0f}s: {after!r}"
